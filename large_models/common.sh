@@ -1,0 +1,49 @@
+# Shared by mezo.sh, finetune.sh and icl.sh (sourced, not run): input checks and per-task settings.
+
+known_tasks="SST2 RTE CB BoolQ WSC WIC MultiRC Copa ReCoRD SQuAD DROP"
+
+die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
+
+check_task() {
+    [ -n "${TASK:-}" ] || die "set TASK (one of: $known_tasks), e.g. TASK=SST2 bash $(basename "$0")"
+    case " $known_tasks " in *" $TASK "*) ;; *) die "TASK=$TASK unknown; known: $known_tasks" ;; esac
+}
+
+# MODE -> adapter flags in MODE_ARGS; the XGBLoRA kappa is part of the tag.
+mode_args() {
+    case "$MODE" in
+        ft) MODE_ARGS=(); MODE_TAG=ft ;;
+        lora) MODE_ARGS=(--lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-16}"); MODE_TAG=lora ;;
+        xgblora) MODE_ARGS=(--xgblora --xgblora_rank "${XGBLORA_RANK:-1}" --lora_alpha "${LORA_ALPHA:-16}"
+                            --xgblora_steps_per_iteration "$XGBLORA_STEPS" --xgblora_num_layers "$XGBLORA_LAYERS")
+                 MODE_TAG=xgblora-k$XGBLORA_STEPS ;;
+        prefix) die "MODE=prefix (prefix tuning) is not available yet; use MODE=ft, lora or xgblora" ;;
+        *) die "MODE=$MODE unknown; known: ft lora xgblora" ;;
+    esac
+}
+
+# MeZO's per-task choices: CB and Copa keep 100 dev examples; Copa, ReCoRD, SQuAD and DROP train as a
+# language model on the answer, the others as classification over the candidates.
+# DEFAULT_DEV: the dev-set size when DEV is not given.
+task_args() {
+    case "$TASK" in
+        CB|Copa) DEFAULT_DEV=100 ;;
+        *) DEFAULT_DEV=500 ;;
+    esac
+    case "$TASK" in
+        Copa|ReCoRD|SQuAD|DROP) TASK_ARGS=() ;;
+        *) TASK_ARGS=(--train_as_classification) ;;
+    esac
+}
+
+data_args() {
+    DATA_ARGS=()
+    if [ -n "${DATA_DIR:-}" ]; then
+        [ -d "$DATA_DIR" ] || die "DATA_DIR=$DATA_DIR is not a directory"
+        DATA_ARGS=(--data_dir "$DATA_DIR")
+    fi
+}
+
+print_config() {
+    echo "== $(basename "$0"): $*" >&2
+}

@@ -1,0 +1,116 @@
+"""Zero-shot / in-context evaluation: batched candidate scoring and batched generation.
+
+Classification: every (sample, candidate) row is scored by the mean log-probability of the candidate's tokens;
+the prediction is the argmax over a sample's candidates. Rows of all samples are batched together, longest
+first, so padding stays small; the scores equal those of one row at a time (tested).
+Generation (SQuAD, DROP): greedy or sampled decoding of the answer, cut at ``eos_token``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from large_models.data import collate_rows, encode_option, encode_prompt, pad_left
+from large_models.metrics import Prediction, calculate_metric
+from large_models.scoring import mean_option_logprob, token_logprobs
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    max_length: int = 2048
+    max_new_tokens: int = 50
+    sampling: bool = False
+    temperature: float = 1.0
+    num_beams: int = 1
+    top_k: int | None = None
+    top_p: float = 0.95
+    eos_token: str = "\n"
+    progress: bool = True
+
+
+def _batches(order: Sequence[int], size: int):
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+@torch.inference_mode()
+def score_rows(model, rows: Sequence[Sequence[int]], option_lens: Sequence[int], pad_id: int,
+               batch_size: int, progress: bool = False) -> list[float]:
+    """Mean answer log-probability of every row, computed in batches of similar length."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    scores = [0.0] * len(rows)
+    for idx in tqdm(list(_batches(order, batch_size)), desc="scoring", disable=not progress, leave=False):
+        batch = collate_rows([rows[i] for i in idx], [option_lens[i] for i in idx], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        lp, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"])
+        for i, s in zip(idx, mean_option_logprob(lp, mask).tolist()):
+            scores[i] = s
+    return scores
+
+
+def predict_candidates(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
+    """The highest-scoring candidate of each sample."""
+    rows, lens, owner = [], [], []
+    for s_idx, sample in enumerate(samples):
+        for cand in sample.candidates:
+            ids, n = encode_option(tokenizer, template, sample, cand, demos, cfg.max_length)
+            rows.append(ids)
+            lens.append(n)
+            owner.append(s_idx)
+    scores = score_rows(model, rows, lens, tokenizer.pad_token_id, cfg.batch_size, cfg.progress)
+    best = [(-float("inf"), None)] * len(samples)
+    offsets = [0] * len(samples)
+    for s_idx, score in zip(owner, scores):
+        cand = samples[s_idx].candidates[offsets[s_idx]]
+        offsets[s_idx] += 1
+        if score > best[s_idx][0]:
+            best[s_idx] = (score, cand)
+    return [b[1] for b in best]
+
+
+def _stop_ids(tokenizer, eos_token: str) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    text_ids = tokenizer.encode(eos_token, add_special_tokens=False)
+    if text_ids:
+        ids.append(text_ids[-1])
+    return ids
+
+
+@torch.inference_mode()
+def generate_answers(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list[str]:
+    """Decoded answers, each cut at ``eos_token`` and stripped."""
+    device = next(model.parameters()).device
+    prompts = [encode_prompt(tokenizer, template, s, demos, cfg.max_length - cfg.max_new_tokens) for s in samples]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers = [""] * len(samples)
+    gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sampling, num_beams=cfg.num_beams,
+                      eos_token_id=_stop_ids(tokenizer, cfg.eos_token), pad_token_id=tokenizer.pad_token_id)
+    if cfg.sampling:
+        gen_kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    for idx in tqdm(list(_batches(order, cfg.batch_size)), desc="generating", disable=not cfg.progress, leave=False):
+        ids, mask = pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
+        ids, mask = ids.to(device), mask.to(device)
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+        for i, row in zip(idx, out[:, ids.shape[1]:]):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            answers[i] = text.split(cfg.eos_token)[0].strip()
+    return answers
+
+
+def evaluate(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cfg: EvalConfig | None = None) -> dict:
+    """Metric of ``task`` on ``samples`` (with ``demos`` as in-context demonstrations) and the predictions."""
+    cfg = cfg or EvalConfig()
+    was_training = model.training
+    model.eval()
+    if task.generation:
+        predicted = generate_answers(model, tokenizer, task.template, samples, demos, cfg)
+    else:
+        predicted = predict_candidates(model, tokenizer, task.template, samples, demos, cfg)
+    model.train(was_training)
+    predictions = [Prediction(s.correct_candidate, p) for s, p in zip(samples, predicted)]
+    return {task.metric: calculate_metric(predictions, task.metric), "predictions": predictions}

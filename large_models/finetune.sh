@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Regular (backprop) fine-tuning, the baseline. Usage: MODE=lora TASK=SST2 bash finetune.sh [extra run.py flags]
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/common.sh"
+
+MODEL=${MODEL:-facebook/opt-350m}
+MODE=${MODE:-ft}
+BS=${BS:-8}
+LR=${LR:-1e-5}
+SEED=${SEED:-0}
+TRAIN=${TRAIN:-1000}
+EVAL=${EVAL:-1000}
+EPOCH=${EPOCH:-5}
+XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
+XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
+
+check_task
+mode_args
+task_args
+data_args
+DEV=${DEV:-$DEFAULT_DEV}
+MODEL_NAME=$(basename "${MODEL%/}" .gguf)
+TAG=$MODE_TAG-$EPOCH-$BS-$LR-$SEED
+
+print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR SEED=$SEED TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL" \
+    "EPOCH=$EPOCH DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
+
+EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
+[ "$DEV" -gt 0 ] || EVAL_ARGS=()
+
+python "$HERE/run.py" \
+    --model_name "$MODEL" --task_name "$TASK" --output_dir "$HERE/../result/$TASK-$MODEL_NAME-$TAG" --tag "$TAG" \
+    --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
+    --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \
+    --save_strategy no "${EVAL_ARGS[@]}" \
+    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${TASK_ARGS[@]}" "$@"

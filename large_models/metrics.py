@@ -1,0 +1,93 @@
+"""Evaluation metrics: accuracy for classification, SQuAD-style exact match and token F1 for generation.
+
+The definitions follow MeZO's ``large_models/metrics.py``, which in turn follows the official SQuAD v1.1
+evaluation script (normalise, then compare bags of tokens; take the best gold answer).
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# Gold answers that mean "the question cannot be answered": only an exact (normalised) match scores.
+_NO_ANSWER = ("CANNOTANSWER", "no answer")
+
+
+@dataclass
+class Prediction:
+    """One evaluated sample: its gold candidate (or list of gold answers) and the model's choice."""
+
+    correct_candidate: Any
+    predicted_candidate: Any
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation, drop the articles a/an/the, and collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def _as_list(gold: Any) -> list[str]:
+    return list(gold) if isinstance(gold, (list, tuple)) else [gold]
+
+
+def _token_f1(prediction: str, gold: str) -> float:
+    """Token-level F1 between one prediction and one gold answer, both normalised."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    overlap = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_tokens)
+    recall = overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, gold: Any) -> float:
+    """1.0 when ``prediction`` equals any gold answer after normalisation, else 0.0."""
+    target = normalize_answer(prediction)
+    return float(any(normalize_answer(g) == target for g in _as_list(gold)))
+
+
+def f1_score(prediction: str, gold: Any) -> float:
+    """The best token F1 of ``prediction`` over the gold answers.
+
+    As in MeZO, a first gold answer of ``CANNOTANSWER`` or ``no answer`` asks for an exact match instead.
+    """
+    golds = _as_list(gold)
+    if not golds:
+        raise ValueError("f1_score needs at least one gold answer")
+    if golds[0] in _NO_ANSWER:
+        return float(normalize_answer(golds[0]) == normalize_answer(prediction))
+    return max(_token_f1(prediction, g) for g in golds)
+
+
+def _is_correct(pred: Any) -> bool:
+    """Accuracy of one prediction; a list of gold candidates accepts any of them."""
+    gold = pred.correct_candidate
+    if isinstance(gold, (list, tuple)):
+        return pred.predicted_candidate in gold
+    return pred.predicted_candidate == gold
+
+
+def calculate_metric(predictions: Sequence[Any], metric: str) -> float:
+    """The mean of ``metric`` ("accuracy", "em" or "f1") over ``predictions``.
+
+    Each prediction needs ``correct_candidate`` and ``predicted_candidate`` attributes (see ``Prediction``).
+    """
+    if not predictions:
+        raise ValueError("calculate_metric needs at least one prediction")
+    if metric == "accuracy":
+        scores = [float(_is_correct(p)) for p in predictions]
+    elif metric == "em":
+        scores = [exact_match(p.predicted_candidate, p.correct_candidate) for p in predictions]
+    elif metric == "f1":
+        scores = [f1_score(p.predicted_candidate, p.correct_candidate) for p in predictions]
+    else:
+        raise ValueError(f"unknown metric {metric!r}; known: accuracy, em, f1")
+    return sum(scores) / len(scores)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# MeZO (zeroth-order) fine-tuning. Usage: MODE=xgblora TASK=SST2 bash mezo.sh [extra run.py flags]
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/common.sh"
+
+MODEL=${MODEL:-facebook/opt-350m}
+MODE=${MODE:-ft}
+BS=${BS:-16}
+LR=${LR:-1e-5}
+EPS=${EPS:-1e-3}
+SEED=${SEED:-0}
+TRAIN=${TRAIN:-1000}
+EVAL=${EVAL:-1000}
+STEPS=${STEPS:-20000}
+EVAL_STEPS=${EVAL_STEPS:-4000}
+XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
+XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
+
+check_task
+mode_args
+task_args
+data_args
+DEV=${DEV:-$DEFAULT_DEV}
+MODEL_NAME=$(basename "${MODEL%/}" .gguf)
+TAG=mezo-$MODE_TAG-$STEPS-$BS-$LR-$EPS-$SEED
+
+print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS SEED=$SEED TRAIN=$TRAIN DEV=$DEV" \
+    "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
+
+python "$HERE/run.py" \
+    --model_name "$MODEL" --task_name "$TASK" --output_dir "$HERE/../result/$TASK-$MODEL_NAME-$TAG" --tag "$TAG" \
+    --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
+    --max_steps "$STEPS" --trainer zo --load_float16 --learning_rate "$LR" --zo_eps "$EPS" \
+    --per_device_train_batch_size "$BS" --lr_scheduler_type constant --load_best_model_at_end \
+    --eval_strategy steps --eval_steps "$EVAL_STEPS" --save_strategy no \
+    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${TASK_ARGS[@]}" "$@"

@@ -1,0 +1,183 @@
+"""Entry point: zero-shot / in-context evaluation, MeZO or regular fine-tuning (full, LoRA, XGBLoRA) of a causal LM.
+
+    python large_models/run.py --task_name SST2 --model_name smollm2-135m --data_dir ../shared/data \
+        --trainer zo --xgblora --xgblora_steps_per_iteration 50 --max_steps 200 ...
+
+Writes one result JSON per train set (eval and dev metrics, boosting history, the resolved configuration).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python run.py` from inside large_models/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from transformers import set_seed  # noqa: E402
+from transformers.trainer_utils import IntervalStrategy  # noqa: E402
+
+from large_models import lora  # noqa: E402
+from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
+from large_models.data import TrainCollator, training_feature  # noqa: E402
+from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
+from large_models.models import load_model_and_tokenizer  # noqa: E402
+from large_models.scoring import batch_loss  # noqa: E402
+from large_models.tasks import get_task  # noqa: E402
+from large_models.trainer import BestModelCallback, BoostingCallback, MezoTrainer, PartialMergeCallback  # noqa: E402
+
+logger = logging.getLogger("run")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
+    if args.result_file:
+        return Path(args.result_file)
+    model = Path(args.model_name.rstrip("/")).name.removesuffix(".gguf")
+    name = "-".join(x for x in (args.task_name, model, args.tag) if x)
+    suffix = f"-trainset{set_seed_}" if many_sets else ""
+    return REPO_ROOT / "result" / f"{name}{suffix}.json"
+
+
+def eval_config(args: Arguments) -> EvalConfig:
+    return EvalConfig(batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
+                      max_new_tokens=args.max_new_tokens, sampling=args.sampling, temperature=args.temperature,
+                      num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p, eos_token=args.eos_token,
+                      progress=not args.disable_tqdm)
+
+
+def train_set_seeds(args: Arguments) -> list[int]:
+    if args.train_set_seed is not None:
+        return [args.train_set_seed]
+    return list(range(args.num_train_sets)) if args.num_train_sets else [0]
+
+
+def attach_adapter(model, args: Arguments):
+    model = lora.attach_lora(model, r=args.adapter_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                             target_modules=args.lora_target_modules)
+    blocks = lora.num_blocks(model)
+    if args.xgblora and args.xgblora_num_layers > blocks:
+        raise ArgumentError(f"--xgblora_num_layers {args.xgblora_num_layers}: larger than the {blocks} blocks "
+                            f"this model's boosters cover")
+    return model
+
+
+def lora_ga_estimator(args: Arguments, features, collator):
+    """model -> backprop gradients of each adapted weight, averaged over a few fixed random batches."""
+    rng = random.Random(args.seed)
+    size = args.per_device_train_batch_size
+    batches = [collator(rng.sample(features, min(size, len(features)))) for _ in range(args.lora_ga_batches)]
+
+    def estimate(model):
+        device = next(model.parameters()).device
+        moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        return lora.estimate_lora_ga_grads_backprop(
+            model, moved, lambda m, b: batch_loss(m, b, args.train_as_classification, args.only_train_option))
+    return estimate
+
+
+def build_callbacks(args: Arguments, task, estimator):
+    callbacks = []
+    if args.xgblora:
+        callbacks.append(BoostingCallback(args.xgblora_steps_per_iteration, args.xgblora_merge_frequency,
+                                          args.xgblora_merge_scale, args.xgblora_num_layers, args.seed, estimator))
+    if args.lora_merge_every:
+        callbacks.append(PartialMergeCallback(args.lora_merge_every, args.lora_merge_alpha))
+    if args.keep_best_model:
+        callbacks.append(BestModelCallback(f"eval_{task.metric}"))
+    return callbacks
+
+
+def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[object, dict]:
+    """Fine-tune ``model`` on ``train_samples``; returns the trained model and a summary for the result JSON."""
+    features = [training_feature(tokenizer, task.template, s, args.train_as_classification, args.max_length)
+                for s in train_samples]
+    collator = TrainCollator(tokenizer.pad_token_id)
+    estimator = None
+    if args.uses_adapter:
+        model = attach_adapter(model, args)
+        if args.lora_init == "lora_ga":
+            estimator = lora_ga_estimator(args, features, collator)
+            lora.lora_ga_reinit_(model, estimator(model))
+    callbacks = build_callbacks(args, task, estimator if args.xgblora else None)
+    if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
+        logger.warning("no dev examples (--num_dev 0): evaluation during training is off")
+        args.eval_strategy = IntervalStrategy.NO
+    trainer = MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
+                          data_collator=collator,
+                          processing_class=tokenizer, callbacks=callbacks, task=task, dev_samples=dev_samples,
+                          eval_config=eval_config(args))
+    output = trainer.train()
+    summary = {"train_loss": output.training_loss, "global_step": output.global_step,
+               "log_history": trainer.state.log_history}
+    for cb in callbacks:
+        if isinstance(cb, BoostingCallback):
+            summary["boosting"] = {"num_merges": len(cb.history), "merges": cb.history}
+        if isinstance(cb, PartialMergeCallback):
+            summary["partial_merges"] = cb.history
+        if isinstance(cb, BestModelCallback):
+            summary["best_dev"] = {"value": cb.best, "step": cb.best_step}
+    return model, summary
+
+
+def save(args: Arguments, model, tokenizer) -> None:
+    out = Path(args.output_dir)
+    if args.uses_adapter:
+        lora.save_adapters(model, out / "adapter")
+        model = lora.merged_base_model(model)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    logger.info("saved the trained model to %s", out)
+
+
+def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, many_sets: bool) -> dict:
+    set_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype)
+    num_dev = args.num_dev or 0
+    train_samples = train_set[:len(train_set) - num_dev]
+    dev_samples = train_set[len(train_set) - num_dev:] if args.trainer != "none" and num_dev else []
+    result = {"task": args.task_name, "model": args.model_name, "trainer": args.trainer, "mode": args.mode,
+              "tag": args.tag, "train_set_seed": set_seed_, "num_train": len(train_samples),
+              "num_dev": len(dev_samples), "num_eval": len(eval_samples)}
+    start = time.time()
+    if args.trainer != "none":
+        model, result["train"] = train(args, task, model, tokenizer, train_samples, dev_samples)
+    cfg = eval_config(args)
+    if not args.no_eval:
+        demos = train_samples if args.trainer == "none" else []
+        result["eval"] = {task.metric: evaluate(model, tokenizer, task, eval_samples, demos, cfg)[task.metric]}
+    if dev_samples:
+        result["dev"] = {task.metric: evaluate(model, tokenizer, task, dev_samples, [], cfg)[task.metric]}
+    result["runtime_s"] = round(time.time() - start, 2)
+    result["config"] = args.to_dict()
+    if args.save_model:
+        save(args, model, tokenizer)
+    path = result_path(args, set_seed_, many_sets)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    logger.info("eval %s, dev %s -> %s", result.get("eval"), result.get("dev"), path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    try:
+        task = get_task(args.task_name)
+        valid = task.load("validation", args.data_dir)
+        eval_samples = task.sample_subset(valid, seed=0, num=args.num_eval) if args.num_eval else valid
+        seeds = train_set_seeds(args)
+        train_sets = [[]] * len(seeds)
+        if args.num_train:
+            train_sets = task.sample_train_sets(task.load("train", args.data_dir), args.num_train, args.num_dev,
+                                                seeds)
+        return [run_one(args, task, ts, eval_samples, s, len(seeds) > 1) for ts, s in zip(train_sets, seeds)]
+    except (ArgumentError, FileNotFoundError) as err:
+        sys.exit(f"run.py: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

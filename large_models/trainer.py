@@ -1,0 +1,212 @@
+"""`transformers.Trainer` for MeZO and regular training, connected only through documented override points.
+
+* ``compute_loss``: the candidate-classification or answer-token LM loss (``scoring.batch_loss``).
+* ``training_step``: for ``--trainer zo`` one whole zeroth-order step (``zo.zo_step``): perturb, two forwards,
+  restore, update; no backward, no gradients, no optimizer state. For ``regular``, the Trainer's own step.
+* ``create_optimizer``: zo gets a stateless SGD that exists only so the Trainer's LR scheduler has something to
+  drive (its ``step`` finds no gradients and does nothing); regular training covers every adapter parameter,
+  also those of boosters frozen in the current iteration.
+* ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
+* ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss.
+
+Boosting, partial merges and best-model tracking are callbacks (``on_step_end``, ``on_epoch_end``,
+``on_evaluate``, ``on_train_end``), so merges always fall between two steps.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainerCallback
+
+from large_models import lora, zo
+from large_models.evaluation import EvalConfig, evaluate
+from large_models.schedule import epoch_merge_due, jagged_factor, merge_due
+from large_models.scoring import batch_loss
+
+logger = logging.getLogger(__name__)
+
+# Trainable sets up to this fraction of the model keep z and the original values for an exact restore.
+CACHE_FRACTION = 0.1
+
+
+class MezoTrainer(Trainer):
+    """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
+
+    def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task = task
+        self.dev_samples = list(dev_samples)
+        self.eval_config = eval_config or EvalConfig()
+
+    # ---- loss --------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = batch_loss(model, inputs, self.args.train_as_classification, self.args.only_train_option)
+        return (loss, None) if return_outputs else loss
+
+    # ---- one step ----------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.trainer != "zo":
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.eval()  # the two forwards must see the same network: no dropout
+        inputs = self._prepare_inputs(inputs)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay_names = set(self.get_decay_parameter_names(model))
+        total = sum(p.numel() for p in model.parameters())
+
+        def loss_fn() -> float:
+            with torch.no_grad():
+                return self.compute_loss(model, inputs).item()
+
+        result = zo.zo_step(
+            [p for _, p in named], loss_fn, seed=zo.step_seed(self.args.seed, self.state.global_step),
+            eps=self.args.zo_eps, lr=self.lr_scheduler.get_last_lr()[0], weight_decay=self.args.weight_decay,
+            decay=[n in decay_names for n, _ in named],
+            cache=sum(p.numel() for _, p in named) <= CACHE_FRACTION * total)
+        return torch.tensor(result.loss, device=self.args.device)
+
+    # ---- optimizer and schedule --------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        model = model if model is not None else self.model
+        if self.args.trainer == "zo":
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.SGD(params, lr=self.args.learning_rate, momentum=0.0)
+            return self.optimizer
+        if self.args.uses_adapter:
+            params = lora.trainable_lora_parameters(model, include_frozen=True)
+            decay = set(self.get_decay_parameter_names(model))
+            names = {id(p): n for n, p in model.named_parameters()}
+            groups = [{"params": [p for p in params if names[id(p)] in decay], "weight_decay": self.args.weight_decay},
+                      {"params": [p for p in params if names[id(p)] not in decay], "weight_decay": 0.0}]
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
+            return self.optimizer
+        return super().create_optimizer(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        warmup, kappa = self.args.xgblora_restart_warmup_steps, self.args.xgblora_steps_per_iteration
+        if warmup and isinstance(scheduler, LambdaLR):
+            base = list(scheduler.lr_lambdas)
+            self.lr_scheduler = LambdaLR(scheduler.optimizer,
+                                         [lambda s, f=f: f(s) * jagged_factor(s, kappa, warmup) for f in base])
+        return self.lr_scheduler
+
+    # ---- evaluation on the dev samples -------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if not self.dev_samples:
+            return {}
+        result = evaluate(self.model, self.processing_class, self.task, self.dev_samples, (), self.eval_config)
+        metrics = {f"{metric_key_prefix}_{self.task.metric}": result[self.task.metric]}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def reset_optimizer_state(optimizer, params: Sequence[torch.nn.Parameter]) -> None:
+    """Zero the optimizer state (Adam moments, step count) of ``params``, keyed by the Parameter objects."""
+    if optimizer is None:
+        return
+    state = optimizer.state
+    for p in params:
+        for value in state.get(p, {}).values():
+            if torch.is_tensor(value):
+                value.zero_()
+
+
+class BoostingCallback(TrainerCallback):
+    """XGBLoRA's schedule: merge the boosters into the base weights and start fresh ones.
+
+    Step-based (kappa > 0): after every kappa optimizer steps. Epoch-based (kappa == 0): every ``frequency``
+    epochs. With ``num_layers`` > 0 each iteration trains the boosters of that many blocks, drawn with a generator
+    seeded from the run seed; the others are frozen and stay zero.
+    """
+
+    def __init__(self, kappa: int, frequency: int = 1, scale: float = 1.0, num_layers: int = 0, seed: int = 0,
+                 grad_estimator: Callable | None = None):
+        self.kappa, self.frequency, self.scale, self.num_layers = kappa, frequency, scale, num_layers
+        self.generator = torch.Generator().manual_seed(seed)
+        self.grad_estimator = grad_estimator  # model -> {layer name: gradient}; set for --lora_init lora_ga
+        self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._select_blocks(model)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if merge_due(state.global_step, self.kappa):
+            self.boost(model, optimizer, state.global_step)
+
+    def on_epoch_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.kappa == 0 and epoch_merge_due(round(state.epoch), self.frequency):
+            self.boost(model, optimizer, state.global_step)
+
+    def boost(self, model, optimizer, step: int) -> None:
+        """Merge every booster, re-initialise them, reset their optimizer state, pick the next blocks."""
+        report = lora.merge_and_reinit(model, scale=self.scale, generator=self.generator,
+                                       reinit=self.grad_estimator is None)
+        if self.grad_estimator is not None:
+            lora.lora_ga_reinit_(model, self.grad_estimator(model))
+        reset_optimizer_state(optimizer, lora.trainable_lora_parameters(model, include_frozen=True))
+        self.history.append({"iteration": len(self.history) + 1, "step": step,
+                             "modules": report.num_modules, "delta_norm": report.delta_norm})
+        logger.info("boosting iteration %d: merged %d modules, |dW| = %.4g at step %d",
+                    len(self.history), report.num_modules, report.delta_norm, step)
+        self._select_blocks(model)
+
+    def _select_blocks(self, model) -> None:
+        if self.num_layers:
+            blocks = lora.select_booster_layers(lora.num_blocks(model), self.num_layers, self.generator)
+            lora.set_active_blocks(model, blocks)
+
+
+class PartialMergeCallback(TrainerCallback):
+    """SuperReLoRA-style partial merge for plain LoRA: every ``every`` steps move ``alpha`` of the adapter into W."""
+
+    def __init__(self, every: int, alpha: float):
+        self.every, self.alpha = every, alpha
+        self.history: list[dict] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if merge_due(state.global_step, self.every):
+            report = lora.partial_merge(model, self.alpha)
+            self.history.append({"step": state.global_step, "modules": report.num_modules,
+                                 "delta_norm": report.delta_norm})
+            logger.info("partial merge at step %d: %.2f of %d modules, |dW| = %.4g",
+                        state.global_step, self.alpha, report.num_modules, report.delta_norm)
+
+
+def mutable_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """Parameters that training can change: trainable ones, every adapter, and the base weights merges touch."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad or "lora_" in name or name.endswith("base_layer.weight"):
+            out[name] = p
+    return out
+
+
+class BestModelCallback(TrainerCallback):
+    """Keep, in memory, the parameters of the best dev evaluation, and put them back when training ends."""
+
+    def __init__(self, metric_key: str, greater_is_better: bool = True):
+        self.metric_key, self.greater = metric_key, greater_is_better
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self._snapshot: dict[str, torch.Tensor] | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        value = (metrics or {}).get(self.metric_key)
+        if value is None or (self.best is not None and (value <= self.best if self.greater else value >= self.best)):
+            return
+        self.best, self.best_step = value, state.global_step
+        self._snapshot = {n: p.detach().to("cpu", copy=True) for n, p in mutable_parameters(model).items()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._snapshot is None:
+            return
+        params = mutable_parameters(model)
+        with torch.no_grad():
+            for name, value in self._snapshot.items():
+                params[name].copy_(value)
+        logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)

@@ -1,0 +1,76 @@
+"""Tiny models and a tokenizer built from configs, so the tests never touch the network.
+
+The tokenizer is byte-level with no merges: every byte is one token, plus four specials.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+)
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2's table)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = 0
+    chars = {}
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in _byte_chars():
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+VOCAB = len(SPECIALS) + 256
+COMMON = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def tiny_config(kind: str, layers: int = 2):
+    if kind == "opt":
+        return OPTConfig(hidden_size=32, num_hidden_layers=layers, ffn_dim=64, num_attention_heads=4,
+                         max_position_embeddings=1024, word_embed_proj_dim=32, dropout=0.0, **COMMON)
+    if kind == "llama":
+        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=1024, **COMMON)
+    if kind == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0,
+                          attn_pdrop=0.0, **COMMON)
+    raise ValueError(f"unknown tiny model kind {kind!r}")
+
+
+def make_model(kind: str, seed: int = 0, layers: int = 2, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind, layers))
+    return model.to(dtype).eval()
+
+
+def save_tiny(kind: str, path: Path, seed: int = 0) -> Path:
+    """Write a tiny model and its tokenizer as a HuggingFace directory that `--model_name` accepts."""
+    path = Path(path)
+    make_model(kind, seed).save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
