@@ -164,6 +164,9 @@ class Arguments(TrainingArguments):
         if self.lora_init == "lora_ga" and self.trainer == "zo":
             yield ("--lora_init lora_ga with --trainer zo: LoRA-GA needs backprop gradients, which would cost "
                    "training memory; use --trainer regular, or --lora_init default with zo")
+        if self.lora_init == "lora_ga" and self.xgblora and self.xgblora_merge_scale != 1.0:
+            yield (f"--xgblora_merge_scale {self.xgblora_merge_scale} with --lora_init lora_ga: a LoRA-GA booster "
+                   "starts non-zero, so only eta = 1 merges it without a jump; use 1.0")
         if self.xgblora_restart_warmup_steps and self.trainer != "regular":
             yield f"--xgblora_restart_warmup_steps {self.xgblora_restart_warmup_steps}: only for --trainer regular"
         if self.xgblora_restart_warmup_steps and not (self.xgblora and self.xgblora_steps_per_iteration):

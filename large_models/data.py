@@ -35,7 +35,8 @@ def encode_option(tokenizer, template, sample, candidate, demos: Sequence = (),
     prompt_len = len(tokenizer.encode(prefix + template.encode(sample)))
     ids = tokenizer.encode(prefix + template.verbalize(sample, candidate))
     option_len = max(len(ids) - prompt_len, 1)
-    return ids[-max_length:], min(option_len, max_length - 1)
+    ids = ids[-max_length:]
+    return ids, min(option_len, len(ids) - 1)
 
 
 @dataclass

@@ -83,7 +83,7 @@ def _check_targets(model: nn.Module, targets: list[str]) -> bool:
 def _validate_lora_args(r: int, alpha: float, dropout: float, init: str) -> None:
     """Check the LoRA hyper-parameters, naming the flag and value of the first bad one."""
     if not isinstance(r, int) or r < 1:
-        raise ValueError(f"--lora_r must be a positive integer, got {r!r}")
+        raise ValueError(f"LoRA rank (--lora_r / --xgblora_rank) must be a positive integer, got {r!r}")
     if not alpha > 0:
         raise ValueError(f"--lora_alpha must be > 0, got {alpha!r}")
     if not 0.0 <= dropout < 1.0:
@@ -212,6 +212,21 @@ def _select_layers(model: nn.Module, names: Iterable[str] | None) -> list[tuple[
     return [(n, m) for n, m in layers if n in wanted]
 
 
+def _merge_layers(
+    selected: list[tuple[str, LoraLayer]], coeff: float, then: Callable[[LoraLayer], None]
+) -> MergeReport:
+    """W += coeff * delta for each layer, then `then(layer)` to fix up the adapter; report what was added."""
+    report, sq = MergeReport(), 0.0
+    for name, layer in selected:
+        delta = coeff * delta_weight(layer)
+        _add_to_base_(layer, delta)
+        then(layer)
+        sq += float(delta.pow(2).sum())
+        report.modules.append(name)
+    report.num_modules, report.delta_norm = len(report.modules), math.sqrt(sq)
+    return report
+
+
 def merge_and_reinit(
     model: nn.Module,
     scale: float = 1.0,
@@ -224,20 +239,15 @@ def merge_and_reinit(
     reinit=True: A redrawn from `generator`, B = 0. reinit=False: only B = 0 (the merged delta must leave the
     adapter, or it would count twice), A untouched and `generator` unused; use it when `lora_ga_reinit_` will set
     A and B next. The adapter stays active and trainable. With scale != 1 the model function changes by
-    (scale - 1) * delta, as boosting with learning rate eta intends.
+    (scale - 1) * delta, as boosting with learning rate eta intends. delta_norm is that of the scaled deltas.
     """
-    report, sq = MergeReport(), 0.0
-    for name, layer in _select_layers(model, layers):
-        delta = scale * delta_weight(layer)
-        _add_to_base_(layer, delta)
-        sq += float(delta.pow(2).sum())
+    def fresh(layer: LoraLayer) -> None:
         if reinit:
             reinit_(layer, generator)
         else:
             _lora_AB(layer)[1].data.zero_()
-        report.modules.append(name)
-    report.num_modules, report.delta_norm = len(report.modules), math.sqrt(sq)
-    return report
+
+    return _merge_layers(_select_layers(model, layers), scale, fresh)
 
 
 @torch.no_grad()
@@ -247,31 +257,24 @@ def partial_merge(model: nn.Module, alpha: float) -> MergeReport:
     Only B is scaled (not A and B), so the adapter keeps exactly (1 - alpha) * delta. Requires 0 < alpha <= 1.
     """
     if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"partial merge fraction alpha must satisfy 0 < alpha <= 1, got {alpha!r}")
-    report, sq = MergeReport(), 0.0
-    for name, layer in lora_layers(model):
-        delta = alpha * delta_weight(layer)
-        _add_to_base_(layer, delta)
-        _lora_AB(layer)[1].data.mul_(1.0 - alpha)
-        sq += float(delta.pow(2).sum())
-        report.modules.append(name)
-    report.num_modules, report.delta_norm = len(report.modules), math.sqrt(sq)
-    return report
+        raise ValueError(f"--lora_merge_alpha {alpha!r}: the partial-merge fraction must be in (0, 1]")
+    return _merge_layers(lora_layers(model), alpha, lambda layer: _lora_AB(layer)[1].data.mul_(1.0 - alpha))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Which boosters train
 
 
-def select_booster_layers(num_blocks: int, k: int, generator: torch.Generator) -> list[int]:
+def select_booster_layers(num_blocks: int, k: int, generator: torch.Generator | None) -> list[int]:
     """k distinct block ids, sorted, drawn from `generator`; k == 0 or k == num_blocks means all blocks."""
     if num_blocks < 1:
         raise ValueError(f"num_blocks must be >= 1, got {num_blocks!r}")
     if not 0 <= k <= num_blocks:
-        raise ValueError(f"number of booster layers per iteration must be in [0, {num_blocks}], got {k!r}")
+        raise ValueError(f"--xgblora_num_layers {k!r}: must be in [0, {num_blocks}] (blocks with LoRA layers)")
     if k in (0, num_blocks):
         return list(range(num_blocks))
-    return sorted(torch.randperm(num_blocks, generator=generator, device=generator.device)[:k].tolist())
+    device = generator.device if generator is not None else "cpu"
+    return sorted(torch.randperm(num_blocks, generator=generator, device=device)[:k].tolist())
 
 
 def set_active_blocks(model: nn.Module, blocks: list[int] | None) -> None:
@@ -287,9 +290,9 @@ def set_active_blocks(model: nn.Module, blocks: list[int] | None) -> None:
             param.requires_grad_(on)
 
 
-def trainable_lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The LoRA A/B parameters that currently require grad, in model order."""
-    return [p for _, layer in lora_layers(model) for p in _lora_AB(layer) if p.requires_grad]
+def trainable_lora_parameters(model: nn.Module, include_frozen: bool = False) -> list[nn.Parameter]:
+    """The LoRA A/B parameters that currently require grad, in model order (all of them if include_frozen)."""
+    return [p for _, layer in lora_layers(model) for p in _lora_AB(layer) if include_frozen or p.requires_grad]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,11 +316,11 @@ def merged_base_model(model: PeftModel) -> PreTrainedModel:
 def _lora_ga_config(direction: str, scale: str, stable_gamma: float) -> LoraGAConfig:
     """PEFT's LoraGAConfig after checking the values, naming the flag of a bad one."""
     if direction not in LORA_GA_DIRECTIONS:
-        raise ValueError(f"--lora_ga_direction must be one of {', '.join(LORA_GA_DIRECTIONS)}, got {direction!r}")
+        raise ValueError(f"LoRA-GA direction must be one of {', '.join(LORA_GA_DIRECTIONS)}, got {direction!r}")
     if scale not in LORA_GA_SCALES:
-        raise ValueError(f"--lora_ga_scale must be one of {', '.join(LORA_GA_SCALES)}, got {scale!r}")
+        raise ValueError(f"LoRA-GA scale must be one of {', '.join(LORA_GA_SCALES)}, got {scale!r}")
     if not stable_gamma > 0:
-        raise ValueError(f"--lora_ga_stable_gamma must be > 0, got {stable_gamma!r}")
+        raise ValueError(f"LoRA-GA stable_gamma must be > 0, got {stable_gamma!r}")
     return LoraGAConfig(direction=direction, scale=scale, stable_gamma=stable_gamma)
 
 
@@ -384,6 +387,24 @@ def _only_grad_on(model: nn.Module, params: list[nn.Parameter]) -> dict[nn.Param
     return saved
 
 
+def _sum_grads(
+    model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    weights: dict[str, nn.Parameter],
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Float32 sums of each weight's gradient over `batches` (one backward per batch), and the batch count."""
+    sums = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
+    count = 0
+    for batch in batches:
+        with torch.enable_grad():
+            loss_fn(model, batch).backward()
+        for n, w in weights.items():
+            if w.grad is not None:
+                sums[n] += w.grad.float()
+                w.grad = None
+        count += 1
+    return sums, count
+
+
 def estimate_lora_ga_grads_backprop(
     model: nn.Module,
     batches: Iterable[Any],
@@ -395,19 +416,10 @@ def estimate_lora_ga_grads_backprop(
     Only those base weights require grad while it runs; all requires_grad flags are restored afterwards and the
     base weights' .grad is freed. The model's train/eval mode is left as the caller set it.
     """
-    selected = _select_layers(model, layers)
-    weights = {n: layer.get_base_layer().weight for n, layer in selected}
-    sums = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
-    saved, count = _only_grad_on(model, list(weights.values())), 0
+    weights = {n: layer.get_base_layer().weight for n, layer in _select_layers(model, layers)}
+    saved = _only_grad_on(model, list(weights.values()))
     try:
-        for batch in batches:
-            with torch.enable_grad():
-                loss_fn(model, batch).backward()
-            for n, w in weights.items():
-                if w.grad is not None:
-                    sums[n] += w.grad.float()
-                    w.grad = None
-            count += 1
+        sums, count = _sum_grads(model, batches, loss_fn, weights)
     finally:
         for p, flag in saved.items():
             p.requires_grad_(flag)

@@ -71,11 +71,12 @@ def lora_ga_estimator(args: Arguments, features, collator):
     size = args.per_device_train_batch_size
     batches = [collator(rng.sample(features, min(size, len(features)))) for _ in range(args.lora_ga_batches)]
 
-    def estimate(model):
+    def estimate(model, layers=None):
         device = next(model.parameters()).device
         moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
         return lora.estimate_lora_ga_grads_backprop(
-            model, moved, lambda m, b: batch_loss(m, b, args.train_as_classification, args.only_train_option))
+            model, moved, lambda m, b: batch_loss(m, b, args.train_as_classification, args.only_train_option),
+            layers=layers)
     return estimate
 
 
@@ -91,8 +92,8 @@ def build_callbacks(args: Arguments, task, estimator):
     return callbacks
 
 
-def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[object, dict]:
-    """Fine-tune ``model`` on ``train_samples``; returns the trained model and a summary for the result JSON."""
+def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> MezoTrainer:
+    """Attach the adapter (if any) to ``model`` and return a ready MezoTrainer with its callbacks."""
     features = [training_feature(tokenizer, task.template, s, args.train_as_classification, args.max_length)
                 for s in train_samples]
     collator = TrainCollator(tokenizer.pad_token_id)
@@ -101,26 +102,31 @@ def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -
         model = attach_adapter(model, args)
         if args.lora_init == "lora_ga":
             estimator = lora_ga_estimator(args, features, collator)
-            lora.lora_ga_reinit_(model, estimator(model))
-    callbacks = build_callbacks(args, task, estimator if args.xgblora else None)
+            if not args.xgblora:  # XGBLoRA's callback initialises each booster, the first included
+                lora.lora_ga_reinit_(model, estimator(model))
     if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
         logger.warning("no dev examples (--num_dev 0): evaluation during training is off")
         args.eval_strategy = IntervalStrategy.NO
-    trainer = MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
-                          data_collator=collator,
-                          processing_class=tokenizer, callbacks=callbacks, task=task, dev_samples=dev_samples,
-                          eval_config=eval_config(args))
+    return MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
+                       data_collator=collator, processing_class=tokenizer,
+                       callbacks=build_callbacks(args, task, estimator if args.xgblora else None),
+                       task=task, dev_samples=dev_samples, eval_config=eval_config(args))
+
+
+def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[object, dict]:
+    """Fine-tune ``model`` on ``train_samples``; returns the trained model and a summary for the result JSON."""
+    trainer = build_trainer(args, task, model, tokenizer, train_samples, dev_samples)
     output = trainer.train()
     summary = {"train_loss": output.training_loss, "global_step": output.global_step,
                "log_history": trainer.state.log_history}
-    for cb in callbacks:
+    for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, BoostingCallback):
             summary["boosting"] = {"num_merges": len(cb.history), "merges": cb.history}
         if isinstance(cb, PartialMergeCallback):
             summary["partial_merges"] = cb.history
         if isinstance(cb, BestModelCallback):
             summary["best_dev"] = {"value": cb.best, "step": cb.best_step}
-    return model, summary
+    return trainer.model, summary
 
 
 def save(args: Arguments, model, tokenizer) -> None:

@@ -128,11 +128,13 @@ class BoostingCallback(TrainerCallback):
                  grad_estimator: Callable | None = None):
         self.kappa, self.frequency, self.scale, self.num_layers = kappa, frequency, scale, num_layers
         self.generator = torch.Generator().manual_seed(seed)
-        self.grad_estimator = grad_estimator  # model -> {layer name: gradient}; set for --lora_init lora_ga
+        self.grad_estimator = grad_estimator  # (model, layer names) -> {name: gradient}; for --lora_init lora_ga
         self.history: list[dict] = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._select_blocks(model)
+        if self.grad_estimator is not None:
+            lora.lora_ga_reinit_(model, self.grad_estimator(model, active_lora_layers(model)), generator=self.generator)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if merge_due(state.global_step, self.kappa):
@@ -143,22 +145,27 @@ class BoostingCallback(TrainerCallback):
             self.boost(model, optimizer, state.global_step)
 
     def boost(self, model, optimizer, step: int) -> None:
-        """Merge every booster, re-initialise them, reset their optimizer state, pick the next blocks."""
+        """Merge every booster, start fresh ones on the next blocks, reset their optimizer state."""
         report = lora.merge_and_reinit(model, scale=self.scale, generator=self.generator,
                                        reinit=self.grad_estimator is None)
-        if self.grad_estimator is not None:
-            lora.lora_ga_reinit_(model, self.grad_estimator(model))
+        self._select_blocks(model)
+        if self.grad_estimator is not None:  # LoRA-GA: each booster starts on the top directions of the gradient
+            lora.lora_ga_reinit_(model, self.grad_estimator(model, active_lora_layers(model)), generator=self.generator)
         reset_optimizer_state(optimizer, lora.trainable_lora_parameters(model, include_frozen=True))
         self.history.append({"iteration": len(self.history) + 1, "step": step,
                              "modules": report.num_modules, "delta_norm": report.delta_norm})
         logger.info("boosting iteration %d: merged %d modules, |dW| = %.4g at step %d",
                     len(self.history), report.num_modules, report.delta_norm, step)
-        self._select_blocks(model)
 
     def _select_blocks(self, model) -> None:
         if self.num_layers:
             blocks = lora.select_booster_layers(lora.num_blocks(model), self.num_layers, self.generator)
             lora.set_active_blocks(model, blocks)
+
+
+def active_lora_layers(model) -> list[str]:
+    """Names of the LoRA layers whose booster trains in the current iteration."""
+    return [name for name, layer in lora.lora_layers(model) if any(p.requires_grad for p in layer.parameters())]
 
 
 class PartialMergeCallback(TrainerCallback):

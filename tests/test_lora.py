@@ -149,7 +149,7 @@ def test_delta_weight_is_peft_delta_in_base_layout(kind):
 # merging
 
 
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.float16, 3e-3)])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.5e-2)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_merge_and_reinit_keeps_output(kind, dtype, atol):
     pm = _peft(kind, dtype)
@@ -252,7 +252,7 @@ def test_partial_merge(kind, alpha):
         torch.testing.assert_close(L.delta_weight(layer), (1 - alpha) * delta, atol=1e-7, rtol=1e-6)
         assert torch.equal(_AB(layer)[0], A0)  # only B is scaled
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="alpha"):
+        with pytest.raises(ValueError, match="--lora_merge_alpha"):
             L.partial_merge(pm, bad)
 
 
@@ -268,7 +268,7 @@ def test_select_booster_layers():
         ids = pick(seed)
         assert len(ids) == 3 and ids == sorted(set(ids)) and all(0 <= i < 12 for i in ids)
     assert pick(0, k=0) == pick(0, k=12) == list(range(12))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="--xgblora_num_layers 13"):
         pick(0, k=13)
 
 
@@ -283,8 +283,10 @@ def test_set_active_blocks():
     ids = _ids()
     pm(input_ids=ids, labels=ids).loss.backward()
     assert all((p.grad is not None) == p.requires_grad for _, m in L.lora_layers(pm) for p in _AB(m))
+    everything = L.trainable_lora_parameters(pm, include_frozen=True)
+    assert len(everything) == 3 * 2 * 2 and all(any(p is q for q in everything) for p in trainable)
     L.set_active_blocks(pm, None)
-    assert len(L.trainable_lora_parameters(pm)) == 3 * 2 * 2
+    assert [id(p) for p in L.trainable_lora_parameters(pm)] == [id(p) for p in everything]
     with pytest.raises(ValueError, match=r"\[5\]"):
         L.set_active_blocks(pm, [5])
 
@@ -327,10 +329,10 @@ def test_lora_ga_keeps_output_and_uses_top_singular_vectors(kind):
         U, S, Vh = torch.linalg.svd(G)
         A, B = _AB(layer)
         # ArB2r, r=1: A = top right singular vector v1 (unit); B = u2 * S2 * out^0.25 / sqrt(gamma)
-        assert _cos(A, Vh[0]) > 0.999 and math.isclose(float(A.norm()), 1.0, rel_tol=1e-4)
+        assert _cos(A, Vh[0]) > 0.999 and math.isclose(float(A.detach().norm()), 1.0, rel_tol=1e-4)
         assert _cos(B, U[:, 1]) > 0.999
         if not layer.fan_in_fan_out:  # PEFT takes "out" from weight.shape[0], which is in_features for Conv1D
-            assert math.isclose(float(B.norm()), float(S[1]) * G.shape[0] ** 0.25 / 4, rel_tol=1e-3)
+            assert math.isclose(float(B.detach().norm()), float(S[1]) * G.shape[0] ** 0.25 / 4, rel_tol=1e-3)
 
 
 def test_lora_ga_is_seeded_and_only_touches_named_layers():
@@ -352,9 +354,9 @@ def test_lora_ga_bad_args():
     pm = _peft("opt")
     name, layer = L.lora_layers(pm)[0]
     grad = torch.ones(_weight(layer).shape)
-    with pytest.raises(ValueError, match="--lora_ga_direction.*'up'"):
+    with pytest.raises(ValueError, match="direction.*'up'"):
         L.lora_ga_reinit_(pm, {name: grad}, direction="up")
-    with pytest.raises(ValueError, match="--lora_ga_scale"):
+    with pytest.raises(ValueError, match="scale.*'big'"):
         L.lora_ga_reinit_(pm, {name: grad}, scale="big")
     with pytest.raises(ValueError, match="shape"):
         L.lora_ga_reinit_(pm, {name: grad.T[:, :3]})
@@ -398,7 +400,7 @@ def test_lora_ga_from_backprop_grads_float16():
     for _, layer in L.lora_layers(pm):
         assert _AB(layer)[0].dtype == torch.float32 and _weight(layer).dtype == torch.float16
         assert _AB(layer)[1].abs().max() > 0
-    torch.testing.assert_close(_logits(pm), before, atol=3e-3, rtol=0)
+    torch.testing.assert_close(_logits(pm), before, atol=2e-3, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,9 +418,9 @@ def test_save_adapters_roundtrip(tmp_path):
     torch.testing.assert_close(_logits(loaded), expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_merged_base_model_same_output(kind):
-    pm = _peft(kind)
+@pytest.mark.parametrize("kind,dtype,atol", [(k, torch.float32, 1e-5) for k in KINDS] + [("llama", torch.float16, 2e-3)])
+def test_merged_base_model_same_output(kind, dtype, atol):
+    pm = _peft(kind, dtype)
     _randomize_B(pm, seed=1)
     L.merge_and_reinit(pm, generator=torch.Generator().manual_seed(0))
     _randomize_B(pm, seed=2)  # a merged booster plus a live one
@@ -426,4 +428,5 @@ def test_merged_base_model_same_output(kind):
     merged = L.merged_base_model(pm)
     assert isinstance(merged, PreTrainedModel) and not isinstance(merged, PeftModel)
     assert not any(isinstance(m, LoraLayer) for m in merged.modules())
-    torch.testing.assert_close(_logits(merged), expected, atol=1e-5, rtol=0)
+    assert all(p.dtype == dtype for p in merged.parameters())
+    torch.testing.assert_close(_logits(merged), expected, atol=atol, rtol=0)

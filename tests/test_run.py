@@ -1,0 +1,121 @@
+"""End to end: run.py and the shell drivers on a tiny model with raw-format fixture data."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from large_models import run
+from large_models.arguments import ArgumentError, parse_args
+
+REPO = Path(__file__).resolve().parent.parent
+POSITIVE = ["a gripping , funny film", "the best movie of the year", "warm and wise", "a joy to watch"]
+NEGATIVE = ["dull and lifeless", "a mess from start to end", "boring", "painfully slow"]
+
+
+@pytest.fixture(scope="module")
+def sst2_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "SST-2").mkdir()
+    rows = [f"{t} \t1" for t in POSITIVE] + [f"{t} \t0" for t in NEGATIVE]
+    for name, copies in (("train.tsv", 3), ("dev.tsv", 1)):
+        (root / "SST-2" / name).write_text("sentence\tlabel\n" + "\n".join(rows * copies) + "\n")
+    return root
+
+
+def _run(tmp_path, model_dir, data_dir, *flags):
+    out = tmp_path / "result.json"
+    argv = ["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(data_dir),
+            "--result_file", str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True",
+            "--per_device_eval_batch_size", "4", *flags]
+    run.main(argv)
+    return json.loads(out.read_text())
+
+
+def test_zero_shot_and_icl_write_results(tmp_path, tiny_opt_dir, sst2_dir):
+    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "none", "--num_train", "2", "--train_set_seed", "1",
+                  "--num_eval", "6")
+    assert result["trainer"] == "none" and result["num_eval"] == 6 and result["num_train"] == 2
+    assert 0.0 <= result["eval"]["accuracy"] <= 1.0
+    assert result["config"]["task_name"] == "SST2"
+
+
+@pytest.mark.parametrize("trainer", ["zo", "regular"])
+def test_training_writes_results_with_dev_and_train_summary(tmp_path, tiny_model_dir, sst2_dir, trainer):
+    result = _run(tmp_path, tiny_model_dir, sst2_dir, "--trainer", trainer, "--num_train", "12", "--num_dev", "4",
+                  "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "4", "--per_device_train_batch_size", "4",
+                  "--train_as_classification", "--learning_rate", "1e-3", "--logging_steps", "2",
+                  "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end")
+    assert set(result) >= {"eval", "dev", "train", "config", "runtime_s"}
+    assert result["train"]["global_step"] == 4
+    losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
+    assert len(losses) == 2 and all(0 < x < 5 for x in losses)
+    assert result["train"]["best_dev"]["step"] in (2, 4)
+    assert result["num_train"] == 12 and result["num_dev"] == 4  # MeZO: num_train + num_dev sampled, dev from the end
+
+
+def test_result_file_name_follows_task_model_tag(tmp_path):
+    args = parse_args(["--task_name", "RTE", "--model_name", "org/opt-1.3b", "--tag", "mezo-ft-1-2"])
+    assert run.result_path(args, 0, False).name == "RTE-opt-1.3b-mezo-ft-1-2.json"
+    assert run.result_path(args, 3, True).name == "RTE-opt-1.3b-mezo-ft-1-2-trainset3.json"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--task_name", "SST"], "--task_name 'SST': unknown task; known: SST2"),
+    (["--zo_eps", "0"], "--zo_eps 0.0: must be > 0"),
+    (["--zo_eps=-1e-3"], "--zo_eps -0.001"),
+    (["--xgblora", "--xgblora_steps_per_iteration=-5"], "--xgblora_steps_per_iteration -5: must be >= 0"),
+    (["--xgblora", "--prefix_tuning"], "--prefix_tuning: cannot be combined with --xgblora"),
+    (["--lora", "--xgblora"], "choose one"),
+    (["--trainer", "zo", "--lora", "--lora_init", "lora_ga"], "LoRA-GA needs backprop"),
+    (["--task_name", "SQuAD", "--train_as_classification"], "generation"),
+])
+def test_bad_flags_name_the_flag_and_value(flags, message):
+    with pytest.raises(ArgumentError, match=None) as err:
+        from large_models.arguments import Arguments
+        from transformers import HfArgumentParser
+        HfArgumentParser(Arguments).parse_args_into_dataclasses(args=flags)
+    assert message in str(err.value)
+
+
+def _cli(*argv, env=None, cwd=REPO):
+    return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_bad_flag_exits_nonzero_with_message():
+    proc = _cli(sys.executable, "large_models/run.py", "--task_name", "SST", "--zo_eps", "0")
+    assert proc.returncode != 0
+    assert "--task_name 'SST'" in proc.stderr and "--zo_eps 0.0" in proc.stderr
+
+
+def test_cli_missing_data_file_names_it(tmp_path, tiny_opt_dir):
+    proc = _cli(sys.executable, "large_models/run.py", "--task_name", "RTE", "--model_name", str(tiny_opt_dir),
+                "--data_dir", str(tmp_path))
+    assert proc.returncode != 0
+    assert str(tmp_path / "RTE") in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["mezo.sh", "finetune.sh"])
+def test_driver_rejects_unknown_mode_and_missing_task(script):
+    bad = _cli("bash", script, env={"MODE": "bogus", "TASK": "SST2"})
+    assert bad.returncode != 0 and "MODE=bogus unknown" in bad.stderr
+    missing = _cli("bash", script, env={"TASK": ""})
+    assert missing.returncode != 0 and "set TASK" in missing.stderr
+    prefix = _cli("bash", script, env={"MODE": "prefix", "TASK": "SST2"})
+    assert prefix.returncode != 0 and "not available yet" in prefix.stderr
+
+
+def test_mezo_driver_runs_from_large_models_dir(tmp_path, tiny_opt_dir, sst2_dir):
+    out = tmp_path / "r.json"
+    env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": "xgblora", "DATA_DIR": str(sst2_dir), "STEPS": "2",
+           "TRAIN": "8", "DEV": "4", "EVAL": "4", "EVAL_STEPS": "2", "BS": "4", "XGBLORA_STEPS": "1"}
+    proc = _cli("bash", "mezo.sh", "--result_file", str(out), "--disable_tqdm", "True", env=env,
+                cwd=REPO / "large_models")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["config"]["tag"] == "mezo-xgblora-k1-2-4-1e-5-1e-3-0"
+    assert result["train"]["boosting"]["num_merges"] == 2
+    assert "TASK=SST2" in proc.stderr  # the resolved configuration is printed
