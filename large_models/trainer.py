@@ -40,6 +40,7 @@ class MezoTrainer(Trainer):
         self.task = task
         self.dev_samples = list(dev_samples)
         self.eval_config = eval_config or EvalConfig()
+        self._facts: tuple[set[str], int] | None = None
 
     # ---- loss --------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -53,8 +54,7 @@ class MezoTrainer(Trainer):
         model.eval()  # the two forwards must see the same network: no dropout
         inputs = self._prepare_inputs(inputs)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        decay_names = set(self.get_decay_parameter_names(model))
-        total = sum(p.numel() for p in model.parameters())
+        decay_names, total = self._model_facts(model)
 
         def loss_fn() -> float:
             with torch.no_grad():
@@ -66,6 +66,12 @@ class MezoTrainer(Trainer):
             decay=[n in decay_names for n, _ in named],
             cache=sum(p.numel() for _, p in named) <= CACHE_FRACTION * total)
         return torch.tensor(result.loss, device=self.args.device)
+
+    def _model_facts(self, model) -> tuple[set[str], int]:
+        """Names of parameters with weight decay and the parameter count: fixed for a run, computed once."""
+        if self._facts is None:
+            self._facts = (set(self.get_decay_parameter_names(model)), sum(p.numel() for p in model.parameters()))
+        return self._facts
 
     # ---- optimizer and schedule --------------------------------------------------------------------------
     def create_optimizer(self, model=None):

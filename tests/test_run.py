@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from large_models import run
 from large_models.arguments import ArgumentError, parse_args
@@ -119,3 +120,24 @@ def test_mezo_driver_runs_from_large_models_dir(tmp_path, tiny_opt_dir, sst2_dir
     assert result["config"]["tag"] == "mezo-xgblora-k1-2-4-1e-5-1e-3-0"
     assert result["train"]["boosting"]["num_merges"] == 2
     assert "TASK=SST2" in proc.stderr  # the resolved configuration is printed
+
+
+def test_save_model_writes_merged_model_and_adapter(tmp_path, tiny_opt_dir, sst2_dir):
+    from transformers import AutoModelForCausalLM
+    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "regular", "--xgblora", "--num_train", "8",
+                  "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "3", "--per_device_train_batch_size", "4",
+                  "--xgblora_steps_per_iteration", "2", "--train_as_classification", "--learning_rate", "1e-2",
+                  "--save_model")
+    assert result["train"]["boosting"]["num_merges"] == 1
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    original = AutoModelForCausalLM.from_pretrained(tiny_opt_dir)
+    changed = [n for n, p in saved.named_parameters() if not torch.equal(p, original.state_dict()[n])]
+    assert changed and all("q_proj" in n or "v_proj" in n for n in changed)  # only the adapted weights moved
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+
+
+def test_model_names_resolve(tmp_path):
+    from large_models.models import resolve_model_path
+    assert resolve_model_path("facebook/opt-125m") == "facebook/opt-125m"
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        resolve_model_path(str(tmp_path / "missing.gguf"))
