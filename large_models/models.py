@@ -75,8 +75,12 @@ def convert_gguf(gguf: Path) -> Path:
     logger.info("converting %s to a HF directory in %s (once)", gguf, out)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained; a fresh model with the same weights saves normally.
-    plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained, and its config marks it quantized (which the Trainer refuses
+    # to train); a fresh model with the same, now plain float32, weights saves normally.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     plain.save_pretrained(tmp)

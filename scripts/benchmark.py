@@ -1,0 +1,699 @@
+"""Benchmark of the MeZO step against inference, and against the upstream ("naive") way of writing it.
+
+Runs on whatever device is present, on real architectures with random weights built from their configs (nothing
+is downloaded), at the batch shapes of real tasks. Everything is measured in one process run, side by side:
+
+a. one inference forward of the training loss (``scoring.batch_loss`` under ``no_grad``, as the trainer's loss);
+b. one ZO step (``zo.zo_step`` with that loss) for full-parameter, LoRA (r=8 on q/v) and XGBLoRA (rank-1
+   boosters on q/v) training                                                              -> b / (2a);
+c. the same step written the upstream way: ``torch.manual_seed`` then ``torch.normal`` per parameter and
+   out-of-place ``param.data = param.data + scale * z * eps``, z regenerated four times (+1, -2, +1, update),
+   and full-vocabulary log-softmax at every position                                       -> naive / ours;
+d. peak memory of ZO training over peak memory of inference at the same batch (CUDA: max_memory_allocated;
+   CPU: peak RSS of separate child processes of this script, counted from after the model is built);
+e. ``lora.merge_and_reinit`` on the XGBLoRA model over one forward;
+f. batched candidate scoring (``evaluation.score_rows``) over one-row-at-a-time scoring of the same rows.
+
+Times are medians over ``--repeats`` rounds after ``--warmup`` rounds; in each round every measurement of a model
+runs once, in turn, so a change of machine load hits all of them alike. Prints a markdown table and writes JSON
+(``--out``, default ``result/benchmark-<device>.json``). ``--quick`` uses a tiny config and finishes in seconds.
+
+    python scripts/benchmark.py --model smollm2-135m-config
+    python scripts/benchmark.py --model opt-125m-config
+    python scripts/benchmark.py --device cuda --model opt-1.3b-config --dtype bf16
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("full", "lora", "xgblora")
+MEMORY_CASES = ("full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models and workloads
+
+
+def _model_configs() -> dict[str, Callable]:
+    """Name -> a function building the transformers config (imported lazily: no work at import time)."""
+    from transformers import LlamaConfig, OPTConfig
+
+    def opt(hidden: int, layers: int, heads: int, ffn: int) -> OPTConfig:
+        return OPTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+                         word_embed_proj_dim=hidden, vocab_size=50272, max_position_embeddings=2048,
+                         do_layer_norm_before=True, dropout=0.0, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+
+    return {
+        "tiny": lambda: LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, vocab_size=260, max_position_embeddings=1024,
+                                    pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        "smollm2-135m-config": lambda: LlamaConfig(
+            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+            num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
+            rope_theta=100000.0, rms_norm_eps=1e-5, pad_token_id=2, bos_token_id=1, eos_token_id=2),
+        "opt-125m-config": lambda: opt(768, 12, 12, 3072),
+        "opt-1.3b-config": lambda: opt(2048, 24, 32, 8192),
+        "opt-2.7b-config": lambda: opt(2560, 32, 32, 10240),
+        "opt-6.7b-config": lambda: opt(4096, 32, 32, 16384),
+        "opt-13b-config": lambda: opt(5120, 40, 40, 20480),
+    }
+
+
+MODEL_NAMES = ("tiny", "smollm2-135m-config", "opt-125m-config", "opt-1.3b-config", "opt-2.7b-config",
+               "opt-6.7b-config", "opt-13b-config")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A task's training batch shape: examples x candidates rows of about ``length`` tokens."""
+
+    examples: int
+    candidates: int
+    min_len: int
+    max_len: int
+    option_len: int = 1
+
+
+TASKS = {
+    "sst2": Workload(examples=16, candidates=2, min_len=32, max_len=48),  # ~40 tokens, 2 label words
+    "multirc": Workload(examples=16, candidates=2, min_len=360, max_len=440),  # ~400 tokens, Yes / No
+}
+
+
+def build_model(name: str, dtype: torch.dtype, device: torch.device, seed: int):
+    """A causal LM with random weights from the named config, in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(_model_configs()[name](), dtype=dtype)
+    return model.eval()
+
+
+def attach_variant(model, variant: str, args: argparse.Namespace):
+    """The model as it trains in ``variant``: all parameters, LoRA r=8 on q/v, or rank-1 boosters on q/v."""
+    if variant == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from large_models import lora
+
+    rank = args.lora_r if variant == "lora" else args.xgblora_rank
+    return lora.attach_lora(model, r=rank, alpha=args.lora_alpha).eval()
+
+
+def make_features(work: Workload, vocab: int, seed: int) -> list:
+    """Random training examples: a shared prompt per example, one row per candidate answer token."""
+    from large_models.data import Feature
+
+    gen = torch.Generator().manual_seed(seed)
+    answers = torch.randint(4, vocab, (work.candidates, work.option_len), generator=gen).tolist()
+    features = []
+    for _ in range(work.examples):
+        length = int(torch.randint(work.min_len, work.max_len + 1, (1,), generator=gen))
+        prompt = torch.randint(4, vocab, (length - work.option_len,), generator=gen).tolist()
+        gold = int(torch.randint(work.candidates, (1,), generator=gen))
+        features.append(Feature([prompt + a for a in answers], [work.option_len] * work.candidates, gold))
+    return features
+
+
+def make_batch(features: list, pad_id: int, device: torch.device) -> dict:
+    """The trainer's collated batch (``data.TrainCollator``) on ``device``."""
+    from large_models.data import TrainCollator
+
+    return {k: v.to(device) for k, v in TrainCollator(pad_id)(features).items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The step as this repository takes it, and as upstream MeZO wrote it
+
+
+def trainable(model) -> tuple[list[str], list[torch.nn.Parameter], list[bool], bool]:
+    """Names, parameters, weight-decay flags and the cache choice, exactly as ``MezoTrainer.training_step``."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    from large_models.trainer import CACHE_FRACTION
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    patterns = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+    decay_names = set(get_parameter_names(model, [torch.nn.LayerNorm], patterns))
+    total = sum(p.numel() for p in model.parameters())
+    cache = sum(p.numel() for _, p in named) <= CACHE_FRACTION * total
+    return [n for n, _ in named], [p for _, p in named], [n in decay_names for n, _ in named], cache
+
+
+def loss_fn_for(model, batch: dict) -> Callable[[], float]:
+    """The trainer's ZO loss: ``batch_loss`` (classification over candidates) under no_grad, as a float."""
+    from large_models.scoring import batch_loss
+
+    def loss() -> float:
+        with torch.no_grad():
+            return batch_loss(model, batch, as_classification=True).item()
+
+    return loss
+
+
+def naive_loss_fn_for(model, batch: dict) -> Callable[[], float]:
+    """Upstream's loss: full logits, full-vocabulary log-softmax at every position, then gather the answers."""
+    from large_models.scoring import classification_loss, position_ids
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    width = ids.shape[1]
+    option = torch.arange(width - 1, device=ids.device)[None, :] >= (width - 1 - batch["option_len"])[:, None]
+
+    def loss() -> float:
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
+            shift_logits = logits[..., :-1, :].contiguous()
+            log_probs = F.log_softmax(shift_logits.float(), dim=-1)
+            picked = torch.gather(log_probs, -1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            scores = (picked * option).sum(-1) / option.sum(-1)
+            return classification_loss(scores, batch["group"], batch["gold_row"]).item()
+
+    return loss
+
+
+@torch.no_grad()
+def naive_perturb(params: list[torch.nn.Parameter], seed: int, scaling_factor: float, eps: float) -> None:
+    """Upstream ``zo_perturb_parameters``: reseed the global RNG, draw z per parameter, add out of place."""
+    torch.manual_seed(seed)
+    for param in params:
+        z = torch.normal(mean=0, std=1, size=param.data.size(), device=param.data.device, dtype=param.data.dtype)
+        param.data = param.data + scaling_factor * z * eps
+
+
+@torch.no_grad()
+def naive_update(named: list[tuple[str, torch.nn.Parameter]], seed: int, grad: float, lr: float, wd: float) -> None:
+    """Upstream ``zo_update``: z drawn a fourth time, out-of-place SGD with weight decay except biases / norms."""
+    torch.manual_seed(seed)
+    for name, param in named:
+        z = torch.normal(mean=0, std=1, size=param.data.size(), device=param.data.device, dtype=param.data.dtype)
+        if "bias" not in name and "layer_norm" not in name and "layernorm" not in name:
+            param.data = param.data - lr * (grad * z + wd * param.data)
+        else:
+            param.data = param.data - lr * (grad * z)
+
+
+def naive_step(named: list[tuple[str, torch.nn.Parameter]], loss_fn: Callable[[], float], seed: int, eps: float,
+               lr: float, wd: float) -> float:
+    """Upstream ``zo_step`` + ``zo_update``: +eps, forward, -2eps, forward, +eps, update; returns the first loss."""
+    params = [p for _, p in named]
+    naive_perturb(params, seed, 1.0, eps)
+    loss1 = loss_fn()
+    naive_perturb(params, seed, -2.0, eps)
+    loss2 = loss_fn()
+    grad = (loss1 - loss2) / (2 * eps)
+    naive_perturb(params, seed, 1.0, eps)
+    naive_update(named, seed, grad, lr, wd)
+    return loss1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """torch.cuda.synchronize on CUDA, nothing elsewhere."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    """Wall seconds of one call of ``fn``, the device drained before and after."""
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def run_rounds(cases: dict[str, Callable[[], object]], warmup: int, repeats: int, sync: Callable[[], None],
+               desc: str) -> dict[str, list[float]]:
+    """Each round runs every case once, in turn; returns the samples of the timed rounds per case."""
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for r in tqdm(range(warmup + repeats), desc=desc, leave=False):
+        for key, fn in cases.items():
+            t = timed(fn, sync)
+            if r >= warmup:
+                samples[key].append(t)
+    return samples
+
+
+@dataclass
+class Context:
+    """What every measurement needs: parsed arguments, device, dtype, the batch and a step-seed counter."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype
+    features: list
+    pad_id: int
+    seeds: Iterator[int]
+
+    @property
+    def sync(self) -> Callable[[], None]:
+        return synchronizer(self.device)
+
+
+def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callable[[], object]]:
+    """Forward, our step, our step's tensor work alone (no forwards), upstream's forward and upstream's step."""
+    from large_models import zo
+
+    a = ctx.args
+    names, params, decay, cache = trainable(model)
+    named = list(zip(names, params))
+    loss, naive_loss = loss_fn_for(model, batch), naive_loss_fn_for(model, batch)
+
+    def step(fn: Callable[[], float]) -> Callable[[], object]:
+        return lambda: zo.zo_step(params, fn, seed=next(ctx.seeds), eps=a.eps, lr=a.lr, weight_decay=a.weight_decay,
+                                  decay=decay, cache=cache)
+
+    return {
+        f"forward/{variant}": loss,
+        f"zo_step/{variant}": step(loss),
+        f"zo_overhead/{variant}": step(lambda: 0.0),
+        f"naive_forward/{variant}": naive_loss,
+        f"naive_step/{variant}": lambda: naive_step(named, naive_loss, next(ctx.seeds), a.eps, a.lr, a.weight_decay),
+    }
+
+
+def eval_cases(model, ctx: Context) -> dict[str, Callable[[], object]]:
+    """Batched and one-row-at-a-time scoring of the same rows (the training batch's rows)."""
+    from large_models.evaluation import score_rows
+
+    rows = [r for f in ctx.features for r in f.rows]
+    lens = [n for f in ctx.features for n in f.option_lens]
+    size = ctx.args.eval_batch_size
+    return {"eval_batched": lambda: score_rows(model, rows, lens, ctx.pad_id, batch_size=size),
+            "eval_single": lambda: score_rows(model, rows, lens, ctx.pad_id, batch_size=1)}
+
+
+def merge_case(model, ctx: Context) -> dict[str, Callable[[], object]]:
+    """XGBLoRA's booster merge: W += s B A for every booster, fresh A, B = 0."""
+    from large_models import lora
+
+    gen = torch.Generator().manual_seed(ctx.args.seed)
+    return {"merge/xgblora": lambda: lora.merge_and_reinit(model, generator=gen)}
+
+
+def time_variant(variant: str, ctx: Context) -> dict[str, list[float]]:
+    """Build the model of ``variant`` and time all of its measurements in interleaved rounds."""
+    model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
+    batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
+    cases = zo_cases(variant, model, batch, ctx)
+    if variant == "full":
+        cases.update(eval_cases(model, ctx))
+    if variant == "xgblora":
+        cases.update(merge_case(model, ctx))
+    samples = run_rounds(cases, ctx.args.warmup, ctx.args.repeats, ctx.sync, desc=f"timing {variant}")
+    del model, batch, cases
+    _release(ctx.device)
+    return samples
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Peak memory
+
+
+def _proc_status(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field in bytes, or None where there is no such file."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Return freed heap to the OS and reset the peak RSS (VmHWM) to the current RSS; False where unsupported."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_workload(variant: str, mode: str, ctx: Context):
+    """The model and the function one training or inference iteration of ``variant`` runs."""
+    from large_models import zo
+
+    model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
+    batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
+    names, params, decay, cache = trainable(model)
+    loss, a = loss_fn_for(model, batch), ctx.args
+    if mode == "infer":
+        return model, loss
+    if mode == "naive":
+        return model, lambda: naive_step(list(zip(names, params)), naive_loss_fn_for(model, batch), next(ctx.seeds),
+                                         a.eps, a.lr, a.weight_decay)
+    return model, lambda: zo.zo_step(params, loss, seed=next(ctx.seeds), eps=a.eps, lr=a.lr,
+                                     weight_decay=a.weight_decay, decay=decay, cache=cache)
+
+
+def measure_memory_here(case: str, ctx: Context) -> dict:
+    """Peak memory of ``--mem-steps`` iterations of ``case`` ("variant:mode") in this process.
+
+    CUDA: max_memory_allocated after reset_peak_memory_stats (weights included). CPU: the peak RSS since the model
+    was built (VmHWM after a reset), and the whole-process peak (ru_maxrss) for reference.
+    """
+    variant, mode = case.split(":")
+    model, fn = memory_workload(variant, mode, ctx)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        for _ in range(ctx.args.mem_steps):
+            fn()
+        torch.cuda.synchronize()
+        out = {"peak_bytes": torch.cuda.max_memory_allocated(), "start_bytes": start,
+               "method": "torch.cuda.max_memory_allocated"}
+    else:
+        reset = _reset_peak_rss()
+        start = _proc_status("VmRSS")
+        for _ in range(ctx.args.mem_steps):
+            fn()
+        process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out = {"peak_bytes": _proc_status("VmHWM") if reset else process_peak, "start_bytes": start,
+               "process_peak_bytes": process_peak,
+               "method": "VmHWM since reset after build" if reset else "ru_maxrss (whole process)"}
+    del model, fn
+    _release(ctx.device)
+    return out
+
+
+def _child_command(case: str, args: argparse.Namespace) -> list[str]:
+    """This script, run as a memory child for ``case`` with the parent's settings."""
+    keep = ["model", "task", "device", "dtype", "threads", "seed", "mem_steps", "eps", "lr", "weight_decay",
+            "lora_r", "lora_alpha", "xgblora_rank", "examples"]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", case]
+    for key in keep:
+        value = getattr(args, key)
+        if value is not None:
+            cmd += ["--" + key.replace("_", "-"), str(value)]
+    return cmd
+
+
+def _run_child(case: str, args: argparse.Namespace) -> dict:
+    proc = subprocess.run(_child_command(case, args), capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {case} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(ctx: Context) -> dict[str, dict]:
+    """Peak memory of every case: separate child processes on CPU (a few at a time), in this process on CUDA."""
+    cases = [c for c in MEMORY_CASES if c.split(":")[0] in ctx.args.variants]
+    if ctx.device.type == "cuda":
+        return {c: measure_memory_here(c, ctx) for c in tqdm(cases, desc="memory", leave=False)}
+    with ThreadPoolExecutor(max(1, ctx.args.mem_jobs)) as pool:
+        futures = {c: pool.submit(_run_child, c, ctx.args) for c in cases}
+        return {c: f.result() for c, f in tqdm(futures.items(), desc="memory", leave=False)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ratios, report
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """value = num / (factor * den); num and den name a time ("t:...") or a memory peak ("m:...")."""
+
+    key: str
+    num: str
+    den: str
+    factor: float = 1.0
+    op: str = ""  # "<=", "<", ">=" or "" for information only
+    threshold: float = 0.0
+    label: str = ""
+
+
+def ratio_specs(variants: tuple[str, ...]) -> list[Ratio]:
+    """The measurements of the issue and their targets, for the variants that were run."""
+    step_target = {"full": 1.25, "lora": 1.10, "xgblora": 1.10}
+    out = []
+    for v in variants:
+        out += [Ratio(f"zo_step_over_two_forwards/{v}", f"t:zo_step/{v}", f"t:forward/{v}", 2.0, "<=",
+                      step_target[v], f"b: ZO step / 2 forwards ({v})"),
+                Ratio(f"zo_overhead_over_two_forwards/{v}", f"t:zo_overhead/{v}", f"t:forward/{v}", 2.0, "", 0.0,
+                      f"ZO step minus forwards / 2 forwards ({v})"),
+                Ratio(f"naive_over_ours/{v}", f"t:naive_step/{v}", f"t:zo_step/{v}", 1.0, ">=", 1.05,
+                      f"c: naive step / our step ({v})"),
+                Ratio(f"naive_forward_over_forward/{v}", f"t:naive_forward/{v}", f"t:forward/{v}", 1.0, "", 0.0,
+                      f"full-logits forward / our forward ({v})")]
+    for v in ("lora", "xgblora"):
+        if v in variants and "full" in variants:
+            out.append(Ratio(f"adapter_forward_over_plain/{v}", f"t:forward/{v}", "t:forward/full", 1.0, "", 0.0,
+                             f"{v} forward / plain forward"))
+    for v in ("full", "lora"):
+        if v in variants:
+            out.append(Ratio(f"peak_memory_zo_over_inference/{v}", f"m:{v}:zo", f"m:{v}:infer", 1.0, "<=", 1.15,
+                             f"d: ZO peak memory / inference peak ({v})"))
+    if "full" in variants:
+        out += [Ratio("peak_memory_naive_over_inference/full", "m:full:naive", "m:full:infer", 1.0, "", 0.0,
+                      "naive ZO peak memory / inference peak (full)"),
+                Ratio("eval_batched_speedup", "t:eval_single", "t:eval_batched", 1.0, ">=", 3.0,
+                      "f: one-at-a-time / batched scoring time")]
+    if "xgblora" in variants:
+        out.append(Ratio("merge_over_forward/xgblora", "t:merge/xgblora", "t:forward/xgblora", 1.0, "<", 1.0,
+                         "e: merge_and_reinit / one forward (xgblora)"))
+    return out
+
+
+def lookup(ref: str, times: dict, memory: dict) -> float:
+    """The median time or the peak bytes a ratio's ``num`` / ``den`` names."""
+    kind, key = ref.split(":", 1)
+    return times[key]["median"] if kind == "t" else memory[key]["peak_bytes"]
+
+
+def passes(value: float, op: str, threshold: float) -> bool | None:
+    if not op:
+        return None
+    return {"<=": value <= threshold, "<": value < threshold, ">=": value >= threshold}[op]
+
+
+def compute_ratios(specs: list[Ratio], times: dict, memory: dict) -> dict[str, dict]:
+    out = {}
+    for s in specs:
+        value = lookup(s.num, times, memory) / (s.factor * lookup(s.den, times, memory))
+        out[s.key] = {"value": value, "num": s.num, "den": s.den, "factor": s.factor, "label": s.label,
+                      "target": f"{s.op} {s.threshold:g}" if s.op else "", "pass": passes(value, s.op, s.threshold)}
+    return out
+
+
+def table_rows(times: dict, memory: dict, ratios: dict) -> list[dict]:
+    """Rows of the markdown table: the ratios with targets first, then the raw times and peaks."""
+    rows = [{"measurement": r["label"], "value": f"{r['value']:.3f}", "target": r["target"] or "(info)",
+             "result": "" if r["pass"] is None else ("pass" if r["pass"] else "FAIL")} for r in ratios.values()]
+    rows += [{"measurement": f"time {k} (median of {len(v['samples'])})", "value": f"{v['median'] * 1e3:.1f} ms",
+              "target": "", "result": ""} for k, v in times.items()]
+    rows += [{"measurement": f"peak memory {k}", "value": f"{v['peak_bytes'] / 2**20:.0f} MiB",
+              "target": "", "result": ""} for k, v in memory.items()]
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| measurement | value | target | pass/fail |", "| --- | ---: | --- | --- |"]
+    lines += [f"| {r['measurement']} | {r['value']} | {r['target']} | {r['result']} |" for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Machine description and load
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return found.group(1).strip() if found else platform.machine()
+
+
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU jiffies of the whole machine from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_seconds() -> float:
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+class LoadMeter:
+    """Average number of cores that other processes kept busy while the benchmark ran (Linux)."""
+
+    def __init__(self):
+        self.start = (_busy_jiffies(), _own_cpu_seconds(), time.perf_counter(), os.getloadavg())
+
+    def report(self) -> dict:
+        (j0, own0, t0, load0), j1 = self.start, _busy_jiffies()
+        out = {"loadavg_before": load0, "loadavg_after": os.getloadavg()}
+        if j0 and j1:
+            hz = os.sysconf("SC_CLK_TCK")
+            other = (j1[0] - j0[0]) / hz - (_own_cpu_seconds() - own0)
+            out["other_processes_cores"] = max(0.0, other / (time.perf_counter() - t0))
+        return out
+
+
+def meta(args: argparse.Namespace, device: torch.device) -> dict:
+    import transformers
+
+    return {"device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "model": args.model, "task": args.task, "examples": args.examples, "dtype": args.dtype,
+            "repeats": args.repeats, "warmup": args.warmup, "mem_steps": args.mem_steps, "variants": args.variants,
+            "eval_batch_size": args.eval_batch_size, "lora_r": args.lora_r, "xgblora_rank": args.xgblora_rank,
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help="config to build (default: smollm2-135m-config on CPU, opt-1.3b-config on CUDA)")
+    p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="batch shape of a real task")
+    p.add_argument("--examples", type=int, default=None, help="examples per batch (default: the task's, 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of full,lora,xgblora")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--mem-steps", type=int, default=3, help="iterations per memory measurement")
+    p.add_argument("--mem-jobs", type=int, default=2, help="memory child processes at a time (CPU)")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-7)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--xgblora-rank", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny config, 3 repeats: finishes in seconds")
+    p.add_argument("--out", default=None, help="JSON path (default: result/benchmark-<device>.json)")
+    p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """Fill in the defaults that depend on the device and on --quick; return the device and dtype."""
+    name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if args.quick:
+        args.model = args.model or "tiny"
+        args.repeats, args.warmup, args.mem_steps = min(args.repeats, 3), min(args.warmup, 1), min(args.mem_steps, 2)
+    args.model = args.model or ("opt-1.3b-config" if device.type == "cuda" else "smollm2-135m-config")
+    if args.dtype == "auto":
+        args.dtype = "bf16" if device.type == "cuda" else "fp32"
+    args.examples = args.examples or TASKS[args.task].examples
+    if isinstance(args.variants, str):
+        args.variants = tuple(v for v in args.variants.split(",") if v)
+    if unknown := set(args.variants) - set(VARIANTS):
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    return device, DTYPES[args.dtype]
+
+
+def make_context(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Context:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    config = _model_configs()[args.model]()
+    work = TASKS[args.task]
+    work = Workload(args.examples, work.candidates, work.min_len, work.max_len, work.option_len)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+    features = make_features(work, config.vocab_size, args.seed)
+    return Context(args, device, dtype, features, pad_id, itertools.count(1))
+
+
+def summarise(samples: dict[str, list[float]]) -> dict[str, dict]:
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v} for k, v in samples.items()}
+
+
+def run_benchmark(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """Memory first (children must not share the CPU with timed rounds), then the timed rounds per variant."""
+    ctx = make_context(args, device, dtype)
+    load = LoadMeter()
+    memory = measure_memory(ctx)
+    samples: dict[str, list[float]] = {}
+    for variant in args.variants:
+        samples.update(time_variant(variant, ctx))
+    times = summarise(samples)
+    ratios = compute_ratios(ratio_specs(args.variants), times, memory)
+    result = {"meta": {**meta(args, device), "load": load.report()}, "times": times, "memory": memory,
+              "ratios": ratios}
+    result["table"] = table_rows(times, memory, ratios)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device, dtype = resolve(args)
+    if args.memory_child:
+        ctx = make_context(args, device, dtype)
+        print(json.dumps(measure_memory_here(args.memory_child, ctx)))
+        return {}
+    result = run_benchmark(args, device, dtype)
+    out = Path(args.out or ROOT / "result" / f"benchmark-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    load = result["meta"]["load"]
+    print(f"\n{args.model} / {args.task} x{args.examples} / {device.type} {result['meta']['device_name']} / "
+          f"{args.dtype} / {args.threads} threads / other processes ~{load.get('other_processes_cores', math.nan):.2f}"
+          f" cores\n")
+    print(markdown(result["table"]))
+    print(f"\nwrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
