@@ -56,8 +56,11 @@ def train_set_seeds(args: Arguments) -> list[int]:
 
 
 def attach_adapter(model, args: Arguments):
-    model = lora.attach_lora(model, r=args.adapter_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                             target_modules=args.lora_target_modules)
+    try:
+        model = lora.attach_lora(model, r=args.adapter_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                 target_modules=args.lora_target_modules)
+    except ValueError as err:  # a target module or LoRA setting this model cannot take
+        raise ArgumentError(str(err)) from err
     blocks = lora.num_blocks(model)
     if args.xgblora and args.xgblora_num_layers > blocks:
         raise ArgumentError(f"--xgblora_num_layers {args.xgblora_num_layers}: larger than the {blocks} blocks "

@@ -138,3 +138,14 @@ def test_lora_ga_boosters_keep_the_function_and_start_on_the_gradient(tmp_path, 
         b = layer.lora_B["default"].weight
         active = b.requires_grad
         assert (torch.count_nonzero(b) > 0) == active, name  # LoRA-GA boosters start non-zero; frozen ones are zero
+
+
+def test_ls_larger_than_the_number_of_blocks_is_refused(tmp_path):
+    from large_models.arguments import ArgumentError
+    with pytest.raises(ArgumentError, match="--xgblora_num_layers 5: larger than the 2 blocks"):
+        _trainer(tmp_path, "opt", "--trainer", "zo", "--xgblora", "--xgblora_num_layers", "5")
+
+
+def test_unknown_target_module_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--lora_target_modules: 'q_prj'"):
+        _trainer(tmp_path, "opt", "--trainer", "zo", "--lora", "--lora_target_modules", "q_prj")

@@ -141,3 +141,26 @@ def test_model_names_resolve(tmp_path):
     assert resolve_model_path("facebook/opt-125m") == "facebook/opt-125m"
     with pytest.raises(FileNotFoundError, match="no such GGUF file"):
         resolve_model_path(str(tmp_path / "missing.gguf"))
+
+
+@pytest.fixture(scope="module")
+def squad_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("squad")
+    (root / "SQuAD").mkdir()
+    qas = [{"id": str(i), "question": f"Who is number {i}?", "answers": [{"text": f"Ann {i}", "answer_start": 0}]}
+           for i in range(6)]
+    data = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Ann 0 to Ann 5 are here.",
+                                                                      "qas": qas}]}]}
+    for name in ("train-v1.1.json", "dev-v1.1.json"):
+        (root / "SQuAD" / name).write_text(json.dumps(data))
+    return root
+
+
+def test_generation_task_trains_as_lm_and_evaluates_f1(tmp_path, tiny_opt_dir, squad_dir):
+    out = tmp_path / "squad.json"
+    run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SQuAD", "--data_dir", str(squad_dir),
+              "--result_file", str(out), "--output_dir", str(tmp_path / "o"), "--disable_tqdm", "True",
+              "--trainer", "zo", "--num_train", "4", "--train_set_seed", "0", "--num_eval", "3", "--max_steps", "2",
+              "--per_device_train_batch_size", "2", "--max_new_tokens", "4", "--per_device_eval_batch_size", "2"])
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["eval"]["f1"] <= 1.0 and result["train"]["global_step"] == 2

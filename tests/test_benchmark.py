@@ -1,0 +1,109 @@
+"""scripts/benchmark.py: the quick mode end to end (JSON complete, ratios consistent), and its upstream-style step.
+
+No timing assertions: only that every measurement exists, is positive and finite, and that each ratio is the
+stated quotient of the stored numbers.
+"""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "benchmark.py"
+VARIANTS = ("full", "lora", "xgblora")
+TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_overhead", "naive_forward",
+                                                           "naive_step")]
+TIME_KEYS += ["eval_batched", "eval_single", "merge/xgblora"]
+MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
+TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
+    "peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora", "merge_over_forward/xgblora",
+    "eval_batched_speedup"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through the module's entry
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_json_has_every_time_and_memory(quick_result):
+    result, _ = quick_result
+    assert set(TIME_KEYS) <= set(result["times"])
+    for key in TIME_KEYS:
+        t = result["times"][key]
+        assert _positive(t["median"]) and len(t["samples"]) >= 1 and all(_positive(s) for s in t["samples"])
+        assert t["min"] <= t["median"] <= t["max"]
+    assert set(MEMORY_KEYS) <= set(result["memory"])
+    for key in MEMORY_KEYS:
+        assert _positive(result["memory"][key]["peak_bytes"])
+
+
+def test_quick_ratios_are_quotients_of_stored_values(quick_result):
+    result, _ = quick_result
+    assert set(TARGETED) <= set(result["ratios"])
+
+    def value(ref):
+        kind, key = ref.split(":", 1)
+        return result["times"][key]["median"] if kind == "t" else result["memory"][key]["peak_bytes"]
+
+    for key, r in result["ratios"].items():
+        assert _positive(r["value"]), key
+        assert r["value"] == pytest.approx(value(r["num"]) / (r["factor"] * value(r["den"])), rel=1e-12), key
+    for v in VARIANTS:
+        r = result["ratios"][f"zo_step_over_two_forwards/{v}"]
+        times = result["times"]
+        assert r["value"] == pytest.approx(times[f"zo_step/{v}"]["median"] / (2 * times[f"forward/{v}"]["median"]))
+    for key in TARGETED:
+        assert result["ratios"][key]["target"] and isinstance(result["ratios"][key]["pass"], bool), key
+
+
+def test_quick_prints_table_and_meta(quick_result):
+    result, stdout = quick_result
+    assert "| measurement | value | target | pass/fail |" in stdout
+    meta = result["meta"]
+    assert meta["model"] == "tiny" and meta["device"] == "cpu" and meta["threads"] >= 1
+    assert len(result["table"]) >= len(TARGETED)
+
+
+def _tiny_setup(bench):
+    args = bench.parse_args(["--quick", "--device", "cpu", "--examples", "3"])
+    device, dtype = bench.resolve(args)
+    ctx = bench.make_context(args, device, dtype)
+    model = bench.build_model("tiny", dtype, device, seed=0)
+    return ctx, model, bench.make_batch(ctx.features, ctx.pad_id, device)
+
+
+def test_naive_loss_equals_the_trainer_loss():
+    bench = _load_script()
+    ctx, model, batch = _tiny_setup(bench)
+    assert bench.naive_loss_fn_for(model, batch)() == pytest.approx(bench.loss_fn_for(model, batch)(), rel=1e-5)
+
+
+def test_naive_step_with_zero_lr_restores_the_parameters():
+    bench = _load_script()
+    ctx, model, batch = _tiny_setup(bench)
+    named = [(n, p) for n, p in model.named_parameters()]
+    before = [p.detach().clone() for _, p in named]
+    bench.naive_step(named, bench.naive_loss_fn_for(model, batch), seed=3, eps=1e-3, lr=0.0, wd=0.0)
+    for (name, p), p0 in zip(named, before):
+        torch.testing.assert_close(p.detach(), p0, rtol=0, atol=1e-6, msg=name)
