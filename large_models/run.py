@@ -142,6 +142,13 @@ def save(args: Arguments, model, tokenizer) -> None:
     logger.info("saved the trained model to %s", out)
 
 
+def log_predictions(task, samples, predictions) -> None:
+    """--verbose: each prompt's end, the gold answer and the prediction."""
+    for sample, pred in zip(samples, predictions):
+        logger.info("...%s | gold %r | predicted %r", task.template.encode(sample)[-120:].replace("\n", " "),
+                    pred.correct_candidate, pred.predicted_candidate)
+
+
 def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, many_sets: bool) -> dict:
     set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype)
@@ -157,7 +164,11 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, many
     cfg = eval_config(args)
     if not args.no_eval:
         demos = train_samples if args.trainer == "none" else []
-        result["eval"] = {task.metric: evaluate(model, tokenizer, task, eval_samples, demos, cfg)[task.metric]}
+        scored = evaluate(model, tokenizer, task, eval_samples, demos, cfg)
+        result["eval"] = {task.metric: scored[task.metric]}
+        result["eval_predictions"] = [p.predicted_candidate for p in scored["predictions"]]
+        if args.verbose:
+            log_predictions(task, eval_samples, scored["predictions"])
     if dev_samples:
         result["dev"] = {task.metric: evaluate(model, tokenizer, task, dev_samples, [], cfg)[task.metric]}
     result["runtime_s"] = round(time.time() - start, 2)

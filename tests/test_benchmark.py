@@ -16,8 +16,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "benchmark.py"
 VARIANTS = ("full", "lora", "xgblora")
-TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_overhead", "naive_forward",
-                                                           "naive_step")]
+TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_step_forwards", "zo_overhead",
+                                                           "naive_forward", "naive_step", "naive_step_forwards")]
 TIME_KEYS += ["eval_batched", "eval_single", "merge/xgblora"]
 MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
@@ -53,6 +53,7 @@ def test_quick_json_has_every_time_and_memory(quick_result):
         t = result["times"][key]
         assert _positive(t["median"]) and len(t["samples"]) >= 1 and all(_positive(s) for s in t["samples"])
         assert t["min"] <= t["median"] <= t["max"]
+        assert _positive(t["cpu_median"]) and len(t["cpu_samples"]) == len(t["samples"])
     assert set(MEMORY_KEYS) <= set(result["memory"])
     for key in MEMORY_KEYS:
         assert _positive(result["memory"][key]["peak_bytes"])
@@ -69,17 +70,23 @@ def test_quick_ratios_are_quotients_of_stored_values(quick_result):
     for key, r in result["ratios"].items():
         assert _positive(r["value"]), key
         assert r["value"] == pytest.approx(value(r["num"]) / (r["factor"] * value(r["den"])), rel=1e-12), key
+        if r["num"].startswith("t:"):
+            cpu = result["times"][r["num"][2:]]["cpu_median"] / (r["factor"] * result["times"][r["den"][2:]]["cpu_median"])
+            assert r["value_cpu_time"] == pytest.approx(cpu, rel=1e-12), key
     for v in VARIANTS:
         r = result["ratios"][f"zo_step_over_two_forwards/{v}"]
         times = result["times"]
         assert r["value"] == pytest.approx(times[f"zo_step/{v}"]["median"] / (2 * times[f"forward/{v}"]["median"]))
+        for kind in ("zo_step", "naive_step"):  # a step's own forwards are timed inside it
+            inner, outer = times[f"{kind}_forwards/{v}"]["samples"], times[f"{kind}/{v}"]["samples"]
+            assert all(i <= o for i, o in zip(inner, outer))
     for key in TARGETED:
         assert result["ratios"][key]["target"] and isinstance(result["ratios"][key]["pass"], bool), key
 
 
 def test_quick_prints_table_and_meta(quick_result):
     result, stdout = quick_result
-    assert "| measurement | value | target | pass/fail |" in stdout
+    assert "| measurement | value | value from CPU time | target | pass/fail |" in stdout
     meta = result["meta"]
     assert meta["model"] == "tiny" and meta["device"] == "cpu" and meta["threads"] >= 1
     assert len(result["table"]) >= len(TARGETED)
