@@ -685,7 +685,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--xgblora-rank", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny config, 3 repeats: finishes in seconds")
+    p.add_argument("--quick", action="store_true", help="tiny config, 3 repeats, 1 thread: finishes in seconds")
     p.add_argument("--out", default=None, help="JSON path (default: result/benchmark-<device>.json)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -698,6 +698,7 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     if args.quick:
         args.model = args.model or "tiny"
         args.repeats, args.warmup, args.mem_steps = min(args.repeats, 3), min(args.warmup, 1), min(args.mem_steps, 2)
+        args.threads = args.threads or 1  # a tiny model gains nothing from threads, and spinning ones cost
     args.model = args.model or ("opt-1.3b-config" if device.type == "cuda" else "smollm2-135m-config")
     if args.dtype == "auto":
         args.dtype = "bf16" if device.type == "cuda" else "fp32"

@@ -71,8 +71,8 @@ def test_quick_ratios_are_quotients_of_stored_values(quick_result):
         assert _positive(r["value"]), key
         assert r["value"] == pytest.approx(value(r["num"]) / (r["factor"] * value(r["den"])), rel=1e-12), key
         if r["num"].startswith("t:"):
-            cpu = result["times"][r["num"][2:]]["cpu_median"] / (r["factor"] * result["times"][r["den"][2:]]["cpu_median"])
-            assert r["value_cpu_time"] == pytest.approx(cpu, rel=1e-12), key
+            num, den = (result["times"][ref[2:]]["cpu_median"] for ref in (r["num"], r["den"]))
+            assert r["value_cpu_time"] == pytest.approx(num / (r["factor"] * den), rel=1e-12), key
     for v in VARIANTS:
         r = result["ratios"][f"zo_step_over_two_forwards/{v}"]
         times = result["times"]
