@@ -33,7 +33,10 @@ class Arguments(TrainingArguments):
     num_eval: int | None = field(default=None, metadata={"help": "Evaluation examples sampled from the validation split (default: all)."})
     num_train_sets: int | None = field(default=None, metadata={"help": "Number of train sets (seeds 0..N-1) when --train_set_seed is unset."})
     train_set_seed: int | None = field(default=None, metadata={"help": "Seed for sampling the train/dev set."})
-    result_file: str | None = field(default=None, metadata={"help": "Where to write the result JSON (default: result/<task>-<model>-<tag>.json)."})
+    result_file: str | None = field(default=None, metadata={
+        "help": "Where to write the result JSON (default: <result_dir>/<task>-<model>-<tag>-<config hash>.json)."})
+    result_dir: str | None = field(default=None, metadata={
+        "help": "Folder of default-named results (default: result/ at the repository root)."})
     # ---- model ---------------------------------------------------------------------------------------------
     model_name: str = field(default="facebook/opt-125m", metadata={
         "help": "Hub id, local HF directory, .gguf file, or an offline alias (smollm2-135m)."})

@@ -139,7 +139,7 @@ def check_model_dir(name: str) -> None:
     try:
         json.loads(config.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"--model_name {name!r}: no config.json in it; is this a HuggingFace model directory?") from None
+        raise ModelError(f"--model_name {name!r}: no config.json in it; is it a HuggingFace model directory?") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         where = f"line {err.lineno}: " if isinstance(err, json.JSONDecodeError) else ""
         raise ModelError(f"--model_name {name!r}: {config} is not valid JSON ({where}{err})") from None

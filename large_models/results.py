@@ -27,7 +27,8 @@ from typing import Any
 # Everything else, including flags added later, is in the hash: a new flag changes names until listed here.
 NOT_IN_HASH = frozenset({
     # output locations and overwriting
-    "output_dir", "result_file", "overwrite", "save_model", "tag",  # the tag is in the readable part already
+    "output_dir", "result_file", "result_dir", "overwrite", "save_model",
+    "tag",  # the tag is in the readable part of the name already
     # logging, progress bars, reporting
     "logging_dir", "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
     "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm", "verbose", "report_to", "run_name",
@@ -46,8 +47,8 @@ NOT_IN_HASH = frozenset({
     # an alias, copied into eval_strategy
     "evaluation_strategy",
 })
-# When to evaluate on dev changes the result only when the best dev model is kept.
-EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start"})
+# When to evaluate on dev changes the result only when the best dev model is kept (do_eval follows eval_strategy).
+EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval"})
 
 
 class ResultPathError(ValueError):

@@ -35,14 +35,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
     """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
-    ``result/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
+    ``<result_dir>/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
     result (see results.NOT_IN_HASH). Call it before anything rewrites ``args``."""
     if args.result_file:
         path = Path(args.result_file)
         return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
     digest = config_hash(args.to_dict(), args.keep_best_model)
     name = run_name(args.task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
-    return REPO_ROOT / "result" / f"{name}.json"
+    return Path(args.result_dir or REPO_ROOT / "result") / f"{name}.json"
 
 
 def run_output_dir(args: Arguments, path: Path, many_sets: bool) -> str:
