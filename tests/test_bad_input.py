@@ -52,7 +52,8 @@ DATA_CASES = [
     ("RTE", "RTE/val.jsonl", _jsonl([RTE_ROW]).encode() + b'{"premise": "\xff"}\n',
      ", line 2: not UTF-8 text"),
     ("SQuAD", "SQuAD/dev-v1.1.json", '{"data": [{"title": "T",\n "paragraphs": [', ", line 2: not valid JSON"),
-    ("SQuAD", "SQuAD/dev-v1.1.json", json.dumps({"data": [{"paragraphs": [{"qas": [{"id": "1", "question": "Who?", "answers": []}]}]}]}),
+    ("SQuAD", "SQuAD/dev-v1.1.json",
+     json.dumps({"data": [{"paragraphs": [{"qas": [{"id": "1", "question": "Who?", "answers": []}]}]}]}),
      ": missing or malformed field 'context' for task SQuAD"),
 ]
 
