@@ -36,7 +36,8 @@ from large_models.templates import (
 
 SPLITS = ("train", "validation")
 OFFLINE_DATA_HINT = ("run offline with local files instead: DATA_DIR=<folder> (run.py --data_dir <folder>) holding "
-                     "the data sets' original files, as the README's 'Offline' section lists")
+                     "the data sets' original files, and MODEL=smollm2-135m (--model_name smollm2-135m) or a local "
+                     "model directory, as the README's 'Offline' section shows")
 BOOL_LABELS = {False: 0, True: 1}
 
 

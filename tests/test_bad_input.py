@@ -87,7 +87,7 @@ def test_hub_unreachable_says_how_to_run_offline(tmp_path, monkeypatch):
         run.main(["--task_name", "SST2", "--result_file", str(tmp_path / "r.json")])
     message = str(err.value.code)
     assert "cannot reach the HuggingFace hub to load nyu-mll/glue" in message
-    assert "DATA_DIR=<folder>" in message and "--data_dir" in message
+    assert "DATA_DIR=<folder>" in message and "--data_dir" in message and "MODEL=smollm2-135m" in message
 
 
 # ---- models -------------------------------------------------------------------------------------------------
