@@ -51,6 +51,9 @@ NOT_IN_HASH = frozenset({
 EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval"})
 
 
+WHERE_ELSE = "choose another --result_file or --result_dir"
+
+
 class ResultPathError(ValueError):
     """The result path cannot be used; the message names it and says what to do."""
 
@@ -127,25 +130,26 @@ def _check_parent(path: Path) -> None:
     parent = path.parent
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not existing.is_dir():
-        raise ResultPathError(f"--result_file {path}: {existing} is a file, not a folder")
+        raise ResultPathError(f"result file {path}: {existing} is a file, not a folder; {WHERE_ELSE}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ResultPathError(f"--result_file {path}: cannot write in {parent} ({err.strerror or err})") from None
+        raise ResultPathError(f"result file {path}: cannot write in {parent} ({err.strerror or err}); "
+                              f"{WHERE_ELSE}") from None
 
 
 def check_result_path(path: str | Path, overwrite: bool) -> None:
     """Raise ResultPathError unless a result can be written to ``path`` without replacing a complete one."""
     path = Path(path)
     if path.is_dir():
-        raise ResultPathError(f"--result_file {path}: is a directory; give a file name such as {path / 'result.json'}")
+        raise ResultPathError(f"result file {path}: is a directory; give a file name such as {path / 'result.json'}")
     _check_parent(path)
     reason = None if overwrite else completed_status(path)
     if reason:
-        raise ResultPathError(f"--result_file {path}: {reason}; pass --overwrite to replace it, or choose "
+        raise ResultPathError(f"result file {path}: {reason}; pass --overwrite to replace it, or choose "
                               f"another --result_file or --tag")
 
 

@@ -148,7 +148,8 @@ def test_cli_refuses_a_bad_result_file_before_loading(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit) as err:
         run.main(["--result_file", str(tmp_path / "afile" / "r.json"), "--data_dir", str(tmp_path / "nodata")])
-    assert "--result_file" in str(err.value.code) and "is a file, not a folder" in str(err.value.code)
+    bad = tmp_path / "afile"
+    assert f"result file {bad / 'r.json'}: {bad} is a file, not a folder; choose another" in str(err.value.code)
 
 
 def test_cli_refuses_to_replace_a_complete_result_and_overwrite_replaces_it(tmp_path, monkeypatch, tiny_opt_dir):
@@ -164,7 +165,7 @@ def test_cli_refuses_to_replace_a_complete_result_and_overwrite_replaces_it(tmp_
         _no_model(m)
         with pytest.raises(SystemExit) as err:
             run.main(argv)
-    assert f"--result_file {out}: it holds a completed result; pass --overwrite" in str(err.value.code)
+    assert f"result file {out}: it holds a completed result; pass --overwrite" in str(err.value.code)
     assert json.loads(out.read_text()) == {"eval": {"accuracy": 0.99}}
     run.main(argv + ["--overwrite"])
     assert _strict_load(out)["num_eval"] == 4
