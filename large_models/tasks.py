@@ -127,7 +127,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+            raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno}); "
                             f"the file may be truncated or damaged") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, found {type(row).__name__}")
@@ -139,7 +139,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}); "
+        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
                         f"the file may be truncated or damaged") from None
 
 
