@@ -64,6 +64,9 @@ def test_bad_data_file_names_file_line_and_problem(tmp_path, task, name, content
     with pytest.raises(DataError) as err:
         get_task(task).load("validation", tmp_path)
     assert f"{path}{message}" in str(err.value)
+    with pytest.raises(SystemExit) as exit_:  # the CLI ends with that message alone
+        run.main(["--task_name", task, "--data_dir", str(tmp_path), "--result_file", str(tmp_path / "r.json")])
+    assert exit_.value.code == f"run.py: error: {err.value}"
 
 
 def test_hub_labels_outside_the_label_set_are_refused():
