@@ -220,3 +220,10 @@ def test_max_length_is_capped_to_the_position_limit_and_cut_prompts_counted(tmp_
     assert result["prompts_cut"] == {"train": 0, "eval": 2}
     assert "--max_length 5000 is more than this model's 64 positions" in caplog.text
     assert "2 eval prompt(s) are longer than --max_length 64 tokens" in caplog.text
+
+
+def test_position_limit_reads_each_architecture():
+    from transformers import GPT2Config, LlamaConfig
+    assert models.position_limit(GPT2Config(n_positions=40)) == 40
+    assert models.position_limit(LlamaConfig(max_position_embeddings=96)) == 96
+    assert models.position_limit(object()) is None
