@@ -33,7 +33,10 @@ class Arguments(TrainingArguments):
     num_eval: int | None = field(default=None, metadata={"help": "Evaluation examples sampled from the validation split (default: all)."})
     num_train_sets: int | None = field(default=None, metadata={"help": "Number of train sets (seeds 0..N-1) when --train_set_seed is unset."})
     train_set_seed: int | None = field(default=None, metadata={"help": "Seed for sampling the train/dev set."})
-    result_file: str | None = field(default=None, metadata={"help": "Where to write the result JSON (default: result/<task>-<model>-<tag>.json)."})
+    result_file: str | None = field(default=None, metadata={
+        "help": "Where to write the result JSON (default: <result_dir>/<task>-<model>-<tag>-<config hash>.json)."})
+    result_dir: str | None = field(default=None, metadata={
+        "help": "Folder of default-named results (default: result/ at the repository root)."})
     # ---- model ---------------------------------------------------------------------------------------------
     model_name: str = field(default="facebook/opt-125m", metadata={
         "help": "Hub id, local HF directory, .gguf file, or an offline alias (smollm2-135m)."})
@@ -81,20 +84,24 @@ class Arguments(TrainingArguments):
     save_model: bool = field(default=False, metadata={"help": "Save the trained model (merged) and adapters to output_dir."})
     no_eval: bool = field(default=False, metadata={"help": "Skip the final evaluation."})
     tag: str = field(default="", metadata={"help": "Tag for the result file name."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an existing completed result at the result path (default: refuse before loading anything)."})
     verbose: bool = field(default=False, metadata={"help": "Print prompts and per-example predictions."})
     evaluation_strategy: str | None = field(default=None, metadata={"help": "Alias of --eval_strategy (older transformers)."})
     # ---- TrainingArguments defaults that differ for this project ------------------------------------------
-    output_dir: str | None = field(default="result/output", metadata={"help": "Trainer output (checkpoints, saved model)."})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Trainer output (checkpoints, saved model); default: the result path without '.json', one per run."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpointing (default: none; the best dev model is kept in memory)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the collator's extra columns."})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
-        self._resolve_half_precision()
         problems = list(self._problems())
         if problems:
             raise ArgumentError("invalid arguments:\n  " + "\n  ".join(problems))
+        self._resolve_half_precision()
+        self.output_dir_given = self.output_dir is not None  # else run.py derives it from the run's name
         # The best dev model is tracked in memory (see trainer.BestModelCallback): the Trainer's own reload from a
         # checkpoint would restore only the adapter of a PEFT model and lose every merged booster.
         self.keep_best_model = self.load_best_model_at_end
@@ -145,7 +152,26 @@ class Arguments(TrainingArguments):
             yield f"--num_dev {self.num_dev}: must be >= 0"
         if self.num_eval is not None and self.num_eval < 1:
             yield f"--num_eval {self.num_eval}: must be >= 1"
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, flag) < 1:
+                yield f"--{flag} {getattr(self, flag)}: must be >= 1"
+        yield from self._training_problems()
         yield from self._mode_problems()
+
+    def _training_problems(self):
+        if self.trainer == "none":
+            if self.uses_adapter:
+                flag = "--xgblora" if self.xgblora else "--lora"
+                yield (f"{flag} with --trainer none: an adapter changes nothing until it is trained; "
+                       f"use --trainer zo or regular, or drop {flag}")
+            return
+        if self.num_train == 0:
+            yield f"--num_train 0 with --trainer {self.trainer}: nothing to train on; give --num_train >= 1"
+        if self.max_steps == 0 or self.max_steps < -1:
+            yield (f"--max_steps {self.max_steps} with --trainer {self.trainer}: must be >= 1 "
+                   f"(or -1 to train --num_train_epochs epochs)")
+        if not self.learning_rate > 0:
+            yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
 
     def _mode_problems(self):
         if self.prefix_tuning:
@@ -173,6 +199,9 @@ class Arguments(TrainingArguments):
             yield "--xgblora_restart_warmup_steps: needs --xgblora with --xgblora_steps_per_iteration > 0"
         if self.trainer == "zo" and self.gradient_accumulation_steps != 1:
             yield f"--gradient_accumulation_steps {self.gradient_accumulation_steps}: --trainer zo takes 1"
+        if self.task_name in GENERATION_TASKS and self.max_length <= self.max_new_tokens:
+            yield (f"--max_length {self.max_length}: must exceed --max_new_tokens {self.max_new_tokens} for "
+                   f"generation task {self.task_name}")
         if self.train_as_classification and self.task_name in GENERATION_TASKS:
             yield f"--train_as_classification: task {self.task_name} is generation, it has no candidates"
 

@@ -91,3 +91,21 @@ class TrainCollator:
         batch["group"] = torch.tensor(group, dtype=torch.long)
         batch["gold_row"] = torch.tensor(gold, dtype=torch.long)
         return batch
+
+
+def longest_row(tokenizer, template, sample, demos: Sequence = (), reserve: int = 0) -> int:
+    """Tokens in the longest row ``sample`` gives before any cut: each candidate's row for classification; for
+    generation the prompt plus ``reserve`` generated tokens (evaluation) or prompt plus gold answer (reserve 0)."""
+    prefix = _demo_text(template, demos)
+    if sample.candidates is not None:
+        texts = [template.verbalize(sample, c) for c in sample.candidates]
+    elif reserve:
+        return len(tokenizer.encode(prefix + template.encode(sample))) + reserve
+    else:
+        texts = [template.verbalize(sample, first_answer(sample.correct_candidate))]
+    return max(len(tokenizer.encode(prefix + t)) for t in texts)
+
+
+def count_cut(tokenizer, template, samples: Sequence, max_length: int, demos: Sequence = (), reserve: int = 0) -> int:
+    """How many of ``samples`` have a row longer than ``max_length`` tokens, i.e. lose their left end."""
+    return sum(longest_row(tokenizer, template, s, demos, reserve) > max_length for s in samples)

@@ -20,7 +20,6 @@ mode_args
 task_args
 data_args
 DEV=${DEV:-$DEFAULT_DEV}
-MODEL_NAME=$(basename "${MODEL%/}" .gguf)
 TAG=$MODE_TAG-$EPOCH-$BS-$LR-$SEED
 
 print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR SEED=$SEED TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL" \
@@ -30,7 +29,7 @@ EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
 [ "$DEV" -gt 0 ] || EVAL_ARGS=()
 
 python "$HERE/run.py" \
-    --model_name "$MODEL" --task_name "$TASK" --output_dir "$HERE/../result/$TASK-$MODEL_NAME-$TAG" --tag "$TAG" \
+    --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \
     --save_strategy no "${EVAL_ARGS[@]}" \

@@ -11,12 +11,11 @@ SEED=${SEED:-0}
 
 check_task
 data_args
-MODEL_NAME=$(basename "${MODEL%/}" .gguf)
 TAG=icl-$NUM_TRAIN-$SEED
 
 print_config "TASK=$TASK MODEL=$MODEL NUM_TRAIN=$NUM_TRAIN EVAL=$EVAL SEED=$SEED DATA_DIR=${DATA_DIR:-<hub>} extra: $*"
 
 python "$HERE/run.py" \
-    --model_name "$MODEL" --task_name "$TASK" --output_dir "$HERE/../result/$TASK-$MODEL_NAME-$TAG" --tag "$TAG" \
+    --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --trainer none --num_train "$NUM_TRAIN" --train_set_seed "$SEED" --num_eval "$EVAL" --load_float16 \
     "${DATA_ARGS[@]}" "$@"

