@@ -86,6 +86,10 @@ class Arguments(TrainingArguments):
     tag: str = field(default="", metadata={"help": "Tag for the result file name."})
     overwrite: bool = field(default=False, metadata={
         "help": "Replace an existing completed result at the result path (default: refuse before loading anything)."})
+    save_on_interrupt: bool = field(default=False, metadata={
+        "help": "On SIGUSR1: stop after the current step, save the model (as --save_model) and a checkpoint, exit 75."})
+    merge_warn_ratio: float = field(default=1.0, metadata={
+        "help": "Warn when a merge adds a delta with |dW| above this multiple of |W| (0: never warn)."})
     verbose: bool = field(default=False, metadata={"help": "Print prompts and per-example predictions."})
     evaluation_strategy: str | None = field(default=None, metadata={"help": "Alias of --eval_strategy (older transformers)."})
     # ---- TrainingArguments defaults that differ for this project ------------------------------------------
@@ -179,6 +183,8 @@ class Arguments(TrainingArguments):
                    else "--prefix_tuning: not available yet")
         if self.lora and self.xgblora:
             yield "--lora and --xgblora: choose one (--xgblora trains rank --xgblora_rank boosters)"
+        if not self.merge_warn_ratio >= 0:
+            yield f"--merge_warn_ratio {self.merge_warn_ratio}: must be >= 0 (0: never warn)"
         if not self.xgblora_merge_scale > 0:
             yield f"--xgblora_merge_scale {self.xgblora_merge_scale}: must be > 0"
         if not 0 < self.lora_merge_alpha <= 1:

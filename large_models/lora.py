@@ -10,6 +10,8 @@ re-initialisation of the boosters from an estimated gradient, reusing PEFT's `Lo
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -38,6 +40,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 LORA_INITS = ("default", "gaussian", "lora_ga")
 LORA_GA_DIRECTIONS = ("ArBr", "A2rBr", "ArB2r", "random")
 LORA_GA_SCALES = ("stable", "weight_svd", "gd_scale", "unit")
+logger = logging.getLogger(__name__)
 _BLOCK_RE = re.compile(r"(?:^|\.)(?:layers|layer|h)\.(\d+)(?:\.|$)")
 
 
@@ -165,7 +168,12 @@ def delta_weight(layer: LoraLayer) -> torch.Tensor:
     if name in getattr(layer, "lora_variant", {}):
         raise ValueError(f"LoRA variant {type(layer.lora_variant[name]).__name__} (e.g. DoRA) is not supported here")
     A, B = _lora_AB(layer)
-    return transpose(B.detach().float() @ A.detach().float(), layer.fan_in_fan_out) * layer.scaling[name]
+    return factor_delta(A, B, layer.scaling[name], layer.fan_in_fan_out)
+
+
+def factor_delta(A: torch.Tensor, B: torch.Tensor, scaling: float, fan_in_fan_out: bool) -> torch.Tensor:
+    """s * B @ A in float32 in the base weight's layout: the one formula every merge and its replay use."""
+    return transpose(B.detach().float() @ A.detach().float(), fan_in_fan_out) * scaling
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,11 +182,35 @@ def delta_weight(layer: LoraLayer) -> torch.Tensor:
 
 @dataclass
 class MergeReport:
-    """What a merge did: how many modules, the Frobenius norm of everything added to W, and which modules."""
+    """What a merge did: how many modules, the Frobenius norm of everything added to W, and which modules.
+
+    factors: one MergeFactor per module, enough to replay the merge on a fresh copy of the base model.
+    """
 
     num_modules: int = 0
     delta_norm: float = 0.0
     modules: list[str] = field(default_factory=list)
+    factors: list["MergeFactor"] = field(default_factory=list)
+
+
+@dataclass
+class MergeFactor:
+    """One module's merge: W += coeff * factor_delta(A, B, scaling, fan_in_fan_out), A and B as they were."""
+
+    module: str
+    A: torch.Tensor
+    B: torch.Tensor
+    scaling: float
+    fan_in_fan_out: bool
+    coeff: float
+
+
+class NonFiniteDeltaError(ArithmeticError):
+    """A merge would add NaN or inf to a base weight (the run diverged); nothing was merged into that module."""
+
+
+# A merge whose |delta| exceeds this multiple of |W| is logged as a warning (--merge_warn_ratio).
+MERGE_WARN_RATIO = 1.0
 
 
 @torch.no_grad()
@@ -212,13 +244,37 @@ def _select_layers(model: nn.Module, names: Iterable[str] | None) -> list[tuple[
     return [(n, m) for n, m in layers if n in wanted]
 
 
+def _check_delta(name: str, delta: torch.Tensor, weight: torch.Tensor, warn_ratio: float) -> None:
+    """Refuse a non-finite delta (as PEFT's safe_merge does); warn when |delta| > warn_ratio * |W|."""
+    if not torch.isfinite(delta).all():
+        raise NonFiniteDeltaError(f"merging the adapter of {name} would add NaN/inf to its base weight: training "
+                                  f"diverged (try a lower --learning_rate, or for zo a different --zo_eps)")
+    norm, base = float(delta.norm()), float(weight.detach().float().norm())
+    if warn_ratio > 0 and norm > warn_ratio * base:
+        logger.warning("merge into %s: |dW| = %.4g exceeds %g x |W| = %.4g (a too large learning rate?)", name,
+                       norm, warn_ratio, base)
+
+
+def _factor(name: str, layer: LoraLayer, coeff: float) -> MergeFactor:
+    A, B = _lora_AB(layer)
+    return MergeFactor(name, A.detach().clone(), B.detach().clone(), layer.scaling[_adapter_name(layer)],
+                       bool(layer.fan_in_fan_out), coeff)
+
+
 def _merge_layers(
-    selected: list[tuple[str, LoraLayer]], coeff: float, then: Callable[[LoraLayer], None]
+    selected: list[tuple[str, LoraLayer]], coeff: float, then: Callable[[LoraLayer], None],
+    warn_ratio: float = MERGE_WARN_RATIO,
 ) -> MergeReport:
-    """W += coeff * delta for each layer, then `then(layer)` to fix up the adapter; report what was added."""
+    """W += coeff * delta for each layer, then `then(layer)` to fix up the adapter; report what was added.
+
+    Every delta is checked before any is added, so a non-finite one leaves the model untouched."""
+    deltas = [coeff * delta_weight(layer) for _, layer in selected]
+    for (name, layer), delta in zip(selected, deltas):
+        _check_delta(name, delta, layer.get_base_layer().weight, warn_ratio)
     report, sq = MergeReport(), 0.0
-    for name, layer in selected:
-        delta = coeff * delta_weight(layer)
+    for (name, layer), delta in zip(selected, deltas):
+        if bool(_lora_AB(layer)[1].any()):  # a zero booster (frozen block) adds nothing: nothing to replay
+            report.factors.append(_factor(name, layer, coeff))
         _add_to_base_(layer, delta)
         then(layer)
         sq += float(delta.pow(2).sum())
@@ -227,12 +283,39 @@ def _merge_layers(
     return report
 
 
+@torch.no_grad()
+def replay_merges(model: nn.Module, factors: Iterable[MergeFactor]) -> None:
+    """Redo recorded merges on the base weights, in order and with the same float ops: bit-exact on one device."""
+    layers = dict(lora_layers(model))
+    for f in factors:
+        if f.module not in layers:
+            raise ValueError(f"checkpoint merges module {f.module!r}, which is not a LoRA layer of this model")
+        weight = layers[f.module].get_base_layer().weight
+        delta = f.coeff * factor_delta(f.A.to(weight.device), f.B.to(weight.device), f.scaling, f.fan_in_fan_out)
+        _add_to_base_(layers[f.module], delta)
+
+
+def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base weight of every LoRA layer (the only weights merges change), by LoRA-layer name."""
+    return {name: layer.get_base_layer().weight for name, layer in lora_layers(model)}
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """sha256 of the LoRA layers' base weights (names, shapes, dtypes, bytes): the identity of the base model."""
+    digest = hashlib.sha256()
+    for name, weight in base_weights(model).items():
+        digest.update(f"{name}:{tuple(weight.shape)}:{weight.dtype}".encode())
+        digest.update(weight.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def merge_and_reinit(
     model: nn.Module,
     scale: float = 1.0,
     layers: list[str] | None = None,
     generator: torch.Generator | None = None,
     reinit: bool = True,
+    warn_ratio: float = MERGE_WARN_RATIO,
 ) -> MergeReport:
     """XGBLoRA booster step: W += scale * s * B A for each (named) LoRA layer, then start a fresh booster.
 
@@ -247,18 +330,19 @@ def merge_and_reinit(
         else:
             _lora_AB(layer)[1].data.zero_()
 
-    return _merge_layers(_select_layers(model, layers), scale, fresh)
+    return _merge_layers(_select_layers(model, layers), scale, fresh, warn_ratio)
 
 
 @torch.no_grad()
-def partial_merge(model: nn.Module, alpha: float) -> MergeReport:
+def partial_merge(model: nn.Module, alpha: float, warn_ratio: float = MERGE_WARN_RATIO) -> MergeReport:
     """SuperReLoRA-style partial merge: W += alpha * delta and B *= (1 - alpha); the model function is unchanged.
 
     Only B is scaled (not A and B), so the adapter keeps exactly (1 - alpha) * delta. Requires 0 < alpha <= 1.
     """
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"--lora_merge_alpha {alpha!r}: the partial-merge fraction must be in (0, 1]")
-    return _merge_layers(lora_layers(model), alpha, lambda layer: _lora_AB(layer)[1].data.mul_(1.0 - alpha))
+    return _merge_layers(lora_layers(model), alpha, lambda layer: _lora_AB(layer)[1].data.mul_(1.0 - alpha),
+                         warn_ratio)
 
 
 # ----------------------------------------------------------------------------------------------------------------

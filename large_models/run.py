@@ -20,6 +20,8 @@ from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
 from large_models import lora  # noqa: E402
+from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
+                                     resolve_resume)
 from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
 from large_models.data import TrainCollator, count_cut, training_feature  # noqa: E402
 from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
@@ -27,7 +29,8 @@ from large_models.models import ModelError, load_model_and_tokenizer, position_l
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
 from large_models.scoring import batch_loss  # noqa: E402
 from large_models.tasks import DataError, get_task  # noqa: E402
-from large_models.trainer import BestModelCallback, BoostingCallback, MezoTrainer, PartialMergeCallback  # noqa: E402
+from large_models.trainer import (BestModelCallback, BoostingCallback, DivergenceError, MezoTrainer,  # noqa: E402
+                                  PartialMergeCallback)
 
 logger = logging.getLogger("run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -118,16 +121,20 @@ def lora_ga_estimator(args: Arguments, features, collator):
     return estimate
 
 
-def build_callbacks(args: Arguments, task, estimator):
-    callbacks = []
+def build_callbacks(args: Arguments, task, estimator, run_state: RunStateCallback) -> list:
+    """The mode's callbacks; the stateful ones are registered with ``run_state`` for checkpoints."""
+    stateful = {}
     if args.xgblora:
-        callbacks.append(BoostingCallback(args.xgblora_steps_per_iteration, args.xgblora_merge_frequency,
-                                          args.xgblora_merge_scale, args.xgblora_num_layers, args.seed, estimator))
+        stateful["boosting"] = BoostingCallback(args.xgblora_steps_per_iteration, args.xgblora_merge_frequency,
+                                                args.xgblora_merge_scale, args.xgblora_num_layers, args.seed,
+                                                estimator, args.merge_warn_ratio, run_state.record)
     if args.lora_merge_every:
-        callbacks.append(PartialMergeCallback(args.lora_merge_every, args.lora_merge_alpha))
+        stateful["partial_merges"] = PartialMergeCallback(args.lora_merge_every, args.lora_merge_alpha,
+                                                          args.merge_warn_ratio, run_state.record)
     if args.keep_best_model:
-        callbacks.append(BestModelCallback(f"eval_{task.metric}"))
-    return callbacks
+        stateful["best"] = BestModelCallback(f"eval_{task.metric}")
+    run_state.stateful = stateful
+    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt)]
 
 
 def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> MezoTrainer:
@@ -138,6 +145,8 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
     estimator = None
     if args.uses_adapter:
         model = attach_adapter(model, args)
+    run_state = RunStateCallback(model, args.model_name, {}, store_base=args.lora_init == "lora_ga")
+    if args.uses_adapter:
         if args.lora_init == "lora_ga":
             estimator = lora_ga_estimator(args, features, collator)
             if not args.xgblora:  # XGBLoRA's callback initialises each booster, the first included
@@ -147,16 +156,41 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
         args.eval_strategy = IntervalStrategy.NO
     return MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
                        data_collator=collator, processing_class=tokenizer,
-                       callbacks=build_callbacks(args, task, estimator if args.xgblora else None),
+                       callbacks=build_callbacks(args, task, estimator if args.xgblora else None, run_state),
                        task=task, dev_samples=dev_samples, eval_config=eval_config(args))
 
 
-def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[object, dict]:
-    """Fine-tune ``model`` on ``train_samples``; returns the trained model and a summary for the result JSON."""
+def _callback(trainer, cls):
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
+
+
+def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[object, dict, str]:
+    """Fine-tune ``model`` on ``train_samples`` (resuming if asked); returns the trained model, a summary for the
+    result JSON and the status: ``completed``, ``interrupted at step N`` or ``diverged at step N``."""
     trainer = build_trainer(args, task, model, tokenizer, train_samples, dev_samples)
-    output = trainer.train()
-    summary = {"train_loss": output.training_loss, "global_step": output.global_step,
-               "log_history": trainer.state.log_history}
+    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if checkpoint:
+        _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
+    stopper = _callback(trainer, StopOnSignal)
+    stopper.install()
+    status, summary = "completed", {}
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+        summary = {"train_loss": output.training_loss, "global_step": output.global_step}
+    except DivergenceError as err:
+        logger.error("%s", err)
+        status, summary["error"] = f"diverged at step {err.step}", str(err)
+    finally:
+        stopper.restore_handlers()
+    if stopper.stopped and status == "completed":
+        status = f"interrupted at step {stopper.stopped[1]}"
+        summary["signal"] = stopper.stopped[0]
+    return trainer.model, train_summary(trainer, summary), status
+
+
+def train_summary(trainer, summary: dict) -> dict:
+    """``summary`` plus the log history and what the callbacks recorded (merges, best dev value)."""
+    summary["log_history"] = trainer.state.log_history
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, BoostingCallback):
             summary["boosting"] = {"num_merges": len(cb.history), "merges": cb.history}
@@ -164,7 +198,7 @@ def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -
             summary["partial_merges"] = cb.history
         if isinstance(cb, BestModelCallback):
             summary["best_dev"] = {"value": cb.best, "step": cb.best_step}
-    return trainer.model, summary
+    return summary
 
 
 def save(args: Arguments, model, tokenizer) -> None:
@@ -197,8 +231,11 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, path
               "num_dev": len(dev_samples), "num_eval": len(eval_samples),
               "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
     start = time.time()
+    result["status"] = "completed"
     if args.trainer != "none":
-        model, result["train"] = train(args, task, model, tokenizer, train_samples, dev_samples)
+        model, result["train"], result["status"] = train(args, task, model, tokenizer, train_samples, dev_samples)
+    if result["status"] != "completed":
+        return stopped_run(args, result, path, model, tokenizer, start)
     cfg = eval_config(args)
     if not args.no_eval:
         demos = train_samples if args.trainer == "none" else []
@@ -220,6 +257,28 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, path
     return result
 
 
+class RunStopped(Exception):
+    """Training stopped early (a signal or divergence); the result JSON says so. ``exit_code`` for run.py."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code  # RESUMABLE_EXIT after a signal, 1 after divergence
+
+
+def stopped_run(args: Arguments, result: dict, path: Path, model, tokenizer, start: float):
+    """Write the result of a run that did not complete (no evaluation) and raise RunStopped."""
+    result["runtime_s"] = round(time.time() - start, 2)
+    result["config"] = args.to_dict()
+    signal_name = result["train"].get("signal")
+    if signal_name == "SIGUSR1":  # --save_on_interrupt: save the model as trained so far
+        save(args, model, tokenizer)
+    written = publish_result(path, result, args.overwrite)
+    if signal_name:
+        raise RunStopped(f"{result['status']} ({signal_name}); checkpoint in {args.output_dir}, result in "
+                         f"{written}; re-run with --resume_from_checkpoint auto to continue", RESUMABLE_EXIT)
+    raise RunStopped(f"run.py: error: {result['train']['error']}; result in {written}", 1)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
@@ -238,8 +297,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                 seeds)
         return [run_one(args, task, ts, eval_samples, s, p, o)
                 for ts, s, p, o in zip(train_sets, seeds, paths, out_dirs)]
-    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError) as err:
+    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError) as err:
         sys.exit(f"run.py: error: {err}")
+    except RunStopped as stop:
+        if stop.exit_code != RESUMABLE_EXIT:
+            sys.exit(str(stop))
+        logger.warning("%s", stop)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

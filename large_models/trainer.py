@@ -15,6 +15,7 @@ Boosting, partial merges and best-model tracking are callbacks (``on_step_end``,
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -27,6 +28,26 @@ from large_models.schedule import epoch_merge_due, jagged_factor, merge_due
 from large_models.scoring import batch_loss
 
 logger = logging.getLogger(__name__)
+
+
+
+class DivergenceError(ArithmeticError):
+    """Training produced a non-finite loss, projected gradient or merge; ``step`` is the 1-based step."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(f"diverged at step {step}: {message}")
+        self.step = step
+
+
+def check_finite(step: int, trainer: str, **values: float) -> None:
+    """Raise DivergenceError naming the step and the likely cause if any of ``values`` is NaN or inf."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        cause = ("--learning_rate too large, or --zo_eps too small or too large for this dtype" if trainer == "zo"
+                 else "--learning_rate too large (or no gradient clipping: --max_grad_norm)")
+        shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise DivergenceError(step, f"{shown}; likely cause: {cause}")
+
 
 # Trainable sets up to this fraction of the model keep z and the original values for an exact restore.
 CACHE_FRACTION = 0.1
@@ -49,8 +70,11 @@ class MezoTrainer(Trainer):
 
     # ---- one step ----------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step + 1
         if self.args.trainer != "zo":
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            check_finite(step, "regular", loss=float(loss))
+            return loss
         model.eval()  # the two forwards must see the same network: no dropout
         inputs = self._prepare_inputs(inputs)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -65,6 +89,7 @@ class MezoTrainer(Trainer):
             eps=self.args.zo_eps, lr=self.lr_scheduler.get_last_lr()[0], weight_decay=self.args.weight_decay,
             decay=[n in decay_names for n, _ in named],
             cache=sum(p.numel() for _, p in named) <= CACHE_FRACTION * total)
+        check_finite(step, "zo", loss=result.loss, projected_gradient=result.projected_grad)
         return torch.tensor(result.loss, device=self.args.device)
 
     def _model_facts(self, model) -> tuple[set[str], int]:
@@ -131,13 +156,29 @@ class BoostingCallback(TrainerCallback):
     """
 
     def __init__(self, kappa: int, frequency: int = 1, scale: float = 1.0, num_layers: int = 0, seed: int = 0,
-                 grad_estimator: Callable | None = None):
+                 grad_estimator: Callable | None = None, warn_ratio: float = lora.MERGE_WARN_RATIO,
+                 on_merge: Callable[[lora.MergeReport], None] | None = None):
         self.kappa, self.frequency, self.scale, self.num_layers = kappa, frequency, scale, num_layers
         self.generator = torch.Generator().manual_seed(seed)
         self.grad_estimator = grad_estimator  # (model, layer names) -> {name: gradient}; for --lora_init lora_ga
+        self.warn_ratio, self.on_merge = warn_ratio, on_merge  # on_merge: e.g. the checkpoint's merge record
         self.history: list[dict] = []
+        self.blocks: list[int] | None = None
+        self._resumed = False
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "generator": self.generator.get_state(), "blocks": self.blocks}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next on_train_begin re-activates the saved blocks instead of drawing new boosters."""
+        self.history, self.blocks = list(state["history"]), state["blocks"]
+        self.generator.set_state(state["generator"])
+        self._resumed = True
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self._resumed:  # the adapter was loaded from the checkpoint; only which blocks train is restored here
+            lora.set_active_blocks(model, self.blocks)
+            return
         self._select_blocks(model)
         if self.grad_estimator is not None:
             lora.lora_ga_reinit_(model, self.grad_estimator(model, active_lora_layers(model)), generator=self.generator)
@@ -152,8 +193,13 @@ class BoostingCallback(TrainerCallback):
 
     def boost(self, model, optimizer, step: int) -> None:
         """Merge every booster, start fresh ones on the next blocks, reset their optimizer state."""
-        report = lora.merge_and_reinit(model, scale=self.scale, generator=self.generator,
-                                       reinit=self.grad_estimator is None)
+        try:
+            report = lora.merge_and_reinit(model, scale=self.scale, generator=self.generator,
+                                           reinit=self.grad_estimator is None, warn_ratio=self.warn_ratio)
+        except lora.NonFiniteDeltaError as err:
+            raise DivergenceError(step, str(err)) from err
+        if self.on_merge is not None:
+            self.on_merge(report)
         self._select_blocks(model)
         if self.grad_estimator is not None:  # LoRA-GA: each booster starts on the top directions of the gradient
             lora.lora_ga_reinit_(model, self.grad_estimator(model, active_lora_layers(model)), generator=self.generator)
@@ -165,8 +211,8 @@ class BoostingCallback(TrainerCallback):
 
     def _select_blocks(self, model) -> None:
         if self.num_layers:
-            blocks = lora.select_booster_layers(lora.num_blocks(model), self.num_layers, self.generator)
-            lora.set_active_blocks(model, blocks)
+            self.blocks = lora.select_booster_layers(lora.num_blocks(model), self.num_layers, self.generator)
+            lora.set_active_blocks(model, self.blocks)
 
 
 def active_lora_layers(model) -> list[str]:
@@ -177,13 +223,25 @@ def active_lora_layers(model) -> list[str]:
 class PartialMergeCallback(TrainerCallback):
     """SuperReLoRA-style partial merge for plain LoRA: every ``every`` steps move ``alpha`` of the adapter into W."""
 
-    def __init__(self, every: int, alpha: float):
-        self.every, self.alpha = every, alpha
+    def __init__(self, every: int, alpha: float, warn_ratio: float = lora.MERGE_WARN_RATIO,
+                 on_merge: Callable[[lora.MergeReport], None] | None = None):
+        self.every, self.alpha, self.warn_ratio, self.on_merge = every, alpha, warn_ratio, on_merge
         self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if merge_due(state.global_step, self.every):
-            report = lora.partial_merge(model, self.alpha)
+            try:
+                report = lora.partial_merge(model, self.alpha, self.warn_ratio)
+            except lora.NonFiniteDeltaError as err:
+                raise DivergenceError(state.global_step, str(err)) from err
+            if self.on_merge is not None:
+                self.on_merge(report)
             self.history.append({"step": state.global_step, "modules": report.num_modules,
                                  "delta_norm": report.delta_norm})
             logger.info("partial merge at step %d: %.2f of %d modules, |dW| = %.4g",
@@ -207,6 +265,12 @@ class BestModelCallback(TrainerCallback):
         self.best: float | None = None
         self.best_step: int | None = None
         self._snapshot: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "snapshot": self._snapshot}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self._snapshot = state["best"], state["best_step"], state["snapshot"]
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         value = (metrics or {}).get(self.metric_key)

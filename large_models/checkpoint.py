@@ -1,0 +1,135 @@
+"""Exact resume and preemption: what a checkpoint holds beyond the Trainer's own files, and the stop signals.
+
+The Trainer's checkpoint (``checkpoint-<step>/``) holds the trainable weights (the whole model for full-parameter
+training; only the live adapter for a PEFT model), optimizer, scheduler, RNG states and ``trainer_state.json``
+(step, log history). ``RunStateCallback.on_save`` adds ``run_state.pt`` beside them with what the trajectory
+also depends on:
+
+* the base model's identity: ``--model_name`` and a sha256 of the adapted modules' base weights before training;
+* the merges into the base weights (XGBLoRA boosters, partial merges) as a stack of factors (module, A, B,
+  scaling, coefficient), replayed on load with the same float ops in the same order (bit-exact), so a checkpoint
+  costs the boosters, not a copy of the base model. LoRA-GA shifts the base weights inside PEFT, so in that mode
+  the adapted modules' base weights themselves are stored instead;
+* the state of the stateful callbacks (boosting history, booster generator, active blocks; best dev value and
+  snapshot), through their ``state_dict`` / ``load_state_dict``.
+
+The zo step seed is a function of the run seed and the step (``zo.step_seed``), so the step count restores it.
+
+Signals: SIGTERM (what SLURM sends before killing a job) and, with ``--save_on_interrupt``, SIGUSR1 make training
+stop after the current step with a checkpoint; run.py then exits with ``RESUMABLE_EXIT``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from large_models import lora
+
+logger = logging.getLogger(__name__)
+
+RUN_STATE = "run_state.pt"
+RESUMABLE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal with a checkpoint; re-run with --resume_from_checkpoint auto
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names it and says why."""
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from: ``auto`` is the latest in ``output_dir`` (None if there is none)."""
+    if not value:
+        return None
+    if value == "auto":
+        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        logger.info("--resume_from_checkpoint auto: %s", f"resuming from {found}" if found else
+                    f"no {PREFIX_CHECKPOINT_DIR}-* in {output_dir}, starting from step 0")
+        return found
+    if not (Path(value) / RUN_STATE).is_file():
+        raise CheckpointError(f"--resume_from_checkpoint {value}: no {RUN_STATE} there (not a checkpoint of "
+                              f"run.py, or one cut short); give a checkpoint-<step> folder, or auto")
+    return value
+
+
+class RunStateCallback(TrainerCallback):
+    """Writes ``run_state.pt`` into every checkpoint and restores a run from one (see the module docstring)."""
+
+    def __init__(self, model, model_name: str, stateful: dict, store_base: bool = False):
+        self.identity = {"model_name": model_name, "base_sha256": lora.base_fingerprint(model)
+                         if lora.lora_layers(model) else None}
+        self.stateful = stateful  # name -> object with state_dict() / load_state_dict()
+        self.store_base = store_base  # LoRA-GA: base weights change outside merges; store them
+        self.merges: list[lora.MergeFactor] = []
+
+    def record(self, report: lora.MergeReport) -> None:
+        """Keep the factors of a merge (called by the merging callbacks)."""
+        self.merges.extend(report.factors)
+
+    def state_dict(self, model) -> dict:
+        state = {"identity": self.identity, "callbacks": {k: cb.state_dict() for k, cb in self.stateful.items()}}
+        if self.store_base:
+            state["base_weights"] = {n: w.detach().cpu().clone() for n, w in lora.base_weights(model).items()}
+        else:
+            state["merges"] = [vars(f) for f in self.merges]
+        return state
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        tmp = folder / f".{RUN_STATE}.tmp"
+        torch.save(self.state_dict(model), tmp)
+        os.replace(tmp, folder / RUN_STATE)
+
+    def restore(self, model, checkpoint: str) -> None:
+        """Put the base weights and the callbacks' states of ``checkpoint`` into ``model`` and the callbacks."""
+        state = torch.load(Path(checkpoint) / RUN_STATE, map_location="cpu", weights_only=False)
+        if state["identity"] != self.identity:
+            raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: made from base model "
+                                  f"{state['identity']}, but this run loads {self.identity}")
+        if "base_weights" in state:
+            with torch.no_grad():
+                for name, weight in lora.base_weights(model).items():
+                    weight.copy_(state["base_weights"][name])
+        else:
+            self.merges = [lora.MergeFactor(**f) for f in state["merges"]]
+            lora.replay_merges(model, self.merges)
+        for name, cb in self.stateful.items():
+            cb.load_state_dict(state["callbacks"][name])
+        logger.info("restored %s: %d merges replayed", checkpoint, len(self.merges))
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (and SIGUSR1 with ``--save_on_interrupt``): finish the current step, save a checkpoint, stop.
+
+    ``stopped`` is then ``(signal name, step)``. The handlers only set a flag; the previous handlers come back in
+    ``restore_handlers`` (run.py calls it when training ends).
+    """
+
+    def __init__(self, save_on_interrupt: bool = False):
+        self.signals = [signal.SIGTERM] + ([signal.SIGUSR1] if save_on_interrupt else [])
+        self.received: int | None = None
+        self.stopped: tuple[str, int] | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        logger.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
+        self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None and self.stopped is None:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped = (signal.Signals(self.received).name, state.global_step)
