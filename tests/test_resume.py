@@ -73,7 +73,7 @@ def test_resume_is_exact(tmp_path, mode):
 
 def test_resume_without_the_merges_would_differ(tmp_path):
     """The replayed merges matter: dropping them from the checkpoint changes the resumed run."""
-    flags = MODES["zo-xgblora"][:6]  # without the best-dev model, which would put a snapshot back at the end
+    flags = MODES["zo-xgblora"][:7]  # without the best-dev model, which would put a snapshot back at the end
     whole, _, _ = _train(tmp_path / "whole", flags)
     ckpt = tmp_path / "whole" / f"checkpoint-{CUT}"
     state = torch.load(ckpt / checkpoint.RUN_STATE, weights_only=False)
