@@ -1,0 +1,123 @@
+"""Preemption and divergence through the real CLI: a real signal to a real run.py process, and a huge LR."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from large_models import lora, run
+from large_models.checkpoint import RESUMABLE_EXIT, RUN_STATE
+from tests.test_run import sst2_dir  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 200
+
+
+def _command(tmp_path, model_dir, data_dir, *flags):
+    return [sys.executable, "large_models/run.py", "--model_name", str(model_dir), "--task_name", "SST2",
+            "--data_dir", str(data_dir), "--result_file", str(tmp_path / "result.json"), "--output_dir",
+            str(tmp_path / "out"), "--disable_tqdm", "True", "--trainer", "zo", "--num_train", "8",
+            "--train_set_seed", "0", "--num_eval", "4", "--max_steps", str(STEPS), "--per_device_train_batch_size",
+            "4", "--train_as_classification", "--learning_rate", "1e-3", "--logging_steps", "1",
+            "--resume_from_checkpoint", "auto", "--report_to", "none", *flags]
+
+
+def _signal_after_first_step(command, sig):
+    """Start ``command``, send ``sig`` once it has logged a training loss, return (exit code, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "'loss'" in line:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def _result(tmp_path):
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt_dir, sst2_dir):  # noqa: F811
+    command = _command(tmp_path, tiny_opt_dir, sst2_dir)
+    code, _, err = _signal_after_first_step(command, signal.SIGTERM)
+    assert code == RESUMABLE_EXIT, err[-3000:]
+    result = _result(tmp_path)
+    stopped = int(result["status"].removeprefix("interrupted at step "))
+    assert 1 <= stopped < STEPS and "eval" not in result and result["train"]["signal"] == "SIGTERM"
+    assert (tmp_path / "out" / f"checkpoint-{stopped}" / RUN_STATE).is_file()
+    assert "--resume_from_checkpoint auto" in err
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'out' / f'checkpoint-{stopped}'}" in done.stderr
+    result = _result(tmp_path)
+    assert result["status"] == "completed" and result["train"]["global_step"] == STEPS and "eval" in result
+    steps = [h["step"] for h in result["train"]["log_history"] if "loss" in h]
+    assert steps == list(range(1, STEPS + 1))  # the losses before the stop are kept, none is repeated
+
+
+def test_sigusr1_with_save_on_interrupt_saves_the_model_and_stops(tmp_path, tiny_opt_dir, sst2_dir):  # noqa: F811
+    code, _, err = _signal_after_first_step(_command(tmp_path, tiny_opt_dir, sst2_dir, "--save_on_interrupt"),
+                                            signal.SIGUSR1)
+    assert code == RESUMABLE_EXIT, err[-3000:]
+    result = _result(tmp_path)
+    assert result["status"].startswith("interrupted at step ") and result["train"]["signal"] == "SIGUSR1"
+    assert (tmp_path / "out" / "model" / "config.json").is_file()
+
+
+def _strict_json(path):
+    def refuse(token):
+        raise AssertionError(f"{path} holds {token}: not JSON")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("trainer", ["zo", "regular"])
+def test_huge_learning_rate_stops_with_diverged_status(tmp_path, tiny_opt_dir, sst2_dir, trainer):  # noqa: F811
+    out = tmp_path / "result.json"
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(sst2_dir),
+                  "--result_file", str(out), "--output_dir", str(tmp_path / "o"), "--disable_tqdm", "True",
+                  "--trainer", trainer, "--num_train", "8", "--train_set_seed", "0", "--num_eval", "4",
+                  "--max_steps", "30", "--per_device_train_batch_size", "4", "--train_as_classification",
+                  "--learning_rate", "1e6", "--logging_steps", "1", "--logging_nan_inf_filter", "false",
+                  "--report_to", "none"])
+    message = str(stop.value.code)
+    assert "diverged at step" in message and "--learning_rate" in message
+    result = _strict_json(out)
+    step = int(result["status"].removeprefix("diverged at step "))
+    assert 1 <= step <= 30 and f"diverged at step {step}" in message
+    assert "eval" not in result and "eval_predictions" not in result
+
+
+def _booster_model():
+    from tests.tiny import make_model
+    torch.manual_seed(0)
+    pm = lora.attach_lora(make_model("opt", layers=2), r=1, alpha=16)
+    return pm, [layer.lora_B["default"].weight for _, layer in lora.lora_layers(pm)]
+
+
+def test_merge_refuses_a_non_finite_delta_and_leaves_the_model_alone():
+    pm, bs = _booster_model()
+    for b in bs:
+        torch.nn.init.normal_(b)
+    bs[-1].data[0, 0] = float("nan")
+    before = {n: w.clone() for n, w in lora.base_weights(pm).items()}
+    with pytest.raises(lora.NonFiniteDeltaError, match="NaN/inf.*--learning_rate"):
+        lora.merge_and_reinit(pm, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(w, before[n]) for n, w in lora.base_weights(pm).items())
+
+
+@pytest.mark.parametrize("size, ratio, warned", [(1e3, 1.0, True), (1e-3, 1.0, False), (1e3, 0.0, False)])
+def test_merge_warns_when_the_delta_outgrows_the_weight(caplog, size, ratio, warned):
+    pm, bs = _booster_model()
+    for b in bs:
+        b.data.fill_(size)
+    lora.merge_and_reinit(pm, generator=torch.Generator().manual_seed(0), warn_ratio=ratio)
+    assert ("exceeds" in caplog.text) is warned
