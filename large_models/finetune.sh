@@ -14,6 +14,8 @@ EVAL=${EVAL:-1000}
 EPOCH=${EPOCH:-5}
 XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
 XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
+SAVE_STEPS=${SAVE_STEPS:-500}
+RESUME=${RESUME:-auto}
 
 check_task
 mode_args
@@ -23,7 +25,7 @@ DEV=${DEV:-$DEFAULT_DEV}
 TAG=$MODE_TAG-$EPOCH-$BS-$LR-$SEED
 
 print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR SEED=$SEED TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL" \
-    "EPOCH=$EPOCH DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
+    "EPOCH=$EPOCH SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
 EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
 [ "$DEV" -gt 0 ] || EVAL_ARGS=()
@@ -32,5 +34,6 @@ python "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \
-    --save_strategy no "${EVAL_ARGS[@]}" \
+    --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 \
+    --resume_from_checkpoint "$RESUME" "${EVAL_ARGS[@]}" \
     "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${TASK_ARGS[@]}" "$@"

@@ -16,6 +16,8 @@ STEPS=${STEPS:-20000}
 EVAL_STEPS=${EVAL_STEPS:-4000}
 XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
 XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
+SAVE_STEPS=${SAVE_STEPS:-1000}
+RESUME=${RESUME:-auto}
 
 check_task
 mode_args
@@ -25,12 +27,14 @@ DEV=${DEV:-$DEFAULT_DEV}
 TAG=mezo-$MODE_TAG-$STEPS-$BS-$LR-$EPS-$SEED
 
 print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS SEED=$SEED TRAIN=$TRAIN DEV=$DEV" \
-    "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
+    "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME" \
+    "DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
 python "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --max_steps "$STEPS" --trainer zo --load_float16 --learning_rate "$LR" --zo_eps "$EPS" \
     --per_device_train_batch_size "$BS" --lr_scheduler_type constant --load_best_model_at_end \
-    --eval_strategy steps --eval_steps "$EVAL_STEPS" --save_strategy no \
+    --eval_strategy steps --eval_steps "$EVAL_STEPS" \
+    --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 --resume_from_checkpoint "$RESUME" \
     "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${TASK_ARGS[@]}" "$@"
