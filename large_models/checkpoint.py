@@ -49,10 +49,12 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
         found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         logger.info("--resume_from_checkpoint auto: %s", f"resuming from {found}" if found else
                     f"no {PREFIX_CHECKPOINT_DIR}-* in {output_dir}, starting from step 0")
-        return found
+        if found is None:
+            return None
+        value = found
     if not (Path(value) / RUN_STATE).is_file():
         raise CheckpointError(f"--resume_from_checkpoint {value}: no {RUN_STATE} there (not a checkpoint of "
-                              f"run.py, or one cut short); give a checkpoint-<step> folder, or auto")
+                              f"run.py, or one cut short); delete it, or give another checkpoint-<step> folder")
     return value
 
 

@@ -86,13 +86,16 @@ def test_resume_without_the_merges_would_differ(tmp_path):
 
 
 def test_auto_resumes_from_the_latest_checkpoint(tmp_path):
-    (tmp_path / "checkpoint-3").mkdir()
-    (tmp_path / "checkpoint-12").mkdir()
+    for step in (3, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoint.RUN_STATE).write_bytes(b"")
     assert checkpoint.resolve_resume("auto", str(tmp_path)).endswith("checkpoint-12")
     assert checkpoint.resolve_resume("auto", str(tmp_path / "none")) is None
     assert checkpoint.resolve_resume(None, str(tmp_path)) is None
-    with pytest.raises(checkpoint.CheckpointError, match="--resume_from_checkpoint .*checkpoint-3.*run_state.pt"):
-        checkpoint.resolve_resume(str(tmp_path / "checkpoint-3"), str(tmp_path))
+    (tmp_path / "checkpoint-12" / checkpoint.RUN_STATE).unlink()  # cut short: the latest is refused, by name
+    for value in ("auto", str(tmp_path / "checkpoint-12")):
+        with pytest.raises(checkpoint.CheckpointError, match="--resume_from_checkpoint .*checkpoint-12.*run_state"):
+            checkpoint.resolve_resume(value, str(tmp_path))
 
 
 def test_checkpoint_of_another_base_model_is_refused(tmp_path):
