@@ -89,7 +89,7 @@ class RunStateCallback(TrainerCallback):
     def restore(self, model, checkpoint: str) -> None:
         """Put the base weights and the callbacks' states of ``checkpoint`` into ``model`` and the callbacks."""
         state = torch.load(Path(checkpoint) / RUN_STATE, map_location="cpu", weights_only=False)
-        if state["identity"] != self.identity:
+        if state["identity"]["base_sha256"] != self.identity["base_sha256"]:  # the path may move; weights may not
             raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: made from base model "
                                   f"{state['identity']}, but this run loads {self.identity}")
         if "base_weights" in state:
