@@ -87,7 +87,8 @@ class Arguments(TrainingArguments):
     overwrite: bool = field(default=False, metadata={
         "help": "Replace an existing completed result at the result path (default: refuse before loading anything)."})
     save_on_interrupt: bool = field(default=False, metadata={
-        "help": "On SIGUSR1: stop after the current step, save the model (as --save_model) and a checkpoint, exit 75."})
+        "help": "On SIGUSR1 or SIGINT (as upstream MeZO): stop after the current step, save the model (as "
+                "--save_model) and a checkpoint, exit 75."})
     merge_warn_ratio: float = field(default=1.0, metadata={
         "help": "Warn when a merge adds a delta with |dW| above this multiple of |W| (0: never warn)."})
     verbose: bool = field(default=False, metadata={"help": "Print prompts and per-example predictions."})

@@ -15,8 +15,9 @@ also depends on:
 
 The zo step seed is a function of the run seed and the step (``zo.step_seed``), so the step count restores it.
 
-Signals: SIGTERM (what SLURM sends before killing a job) and, with ``--save_on_interrupt``, SIGUSR1 make training
-stop after the current step with a checkpoint; run.py then exits with ``RESUMABLE_EXIT``.
+Signals: SIGTERM (what SLURM sends before killing a job) and, with ``--save_on_interrupt``, SIGUSR1 and SIGINT
+(as upstream MeZO's flag) make training stop after the current step with a checkpoint; run.py then exits with
+``RESUMABLE_EXIT``.
 """
 from __future__ import annotations
 
@@ -105,14 +106,14 @@ class RunStateCallback(TrainerCallback):
 
 
 class StopOnSignal(TrainerCallback):
-    """SIGTERM (and SIGUSR1 with ``--save_on_interrupt``): finish the current step, save a checkpoint, stop.
+    """SIGTERM (and SIGUSR1, SIGINT with ``--save_on_interrupt``): finish the current step, save a checkpoint, stop.
 
     ``stopped`` is then ``(signal name, step)``. The handlers only set a flag; the previous handlers come back in
     ``restore_handlers`` (run.py calls it when training ends).
     """
 
     def __init__(self, save_on_interrupt: bool = False):
-        self.signals = [signal.SIGTERM] + ([signal.SIGUSR1] if save_on_interrupt else [])
+        self.signals = [signal.SIGTERM] + ([signal.SIGUSR1, signal.SIGINT] if save_on_interrupt else [])
         self.received: int | None = None
         self.stopped: tuple[str, int] | None = None
         self._previous = {}

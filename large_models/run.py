@@ -270,7 +270,7 @@ def stopped_run(args: Arguments, result: dict, path: Path, model, tokenizer, sta
     result["runtime_s"] = round(time.time() - start, 2)
     result["config"] = args.to_dict()
     signal_name = result["train"].get("signal")
-    if signal_name == "SIGUSR1":  # --save_on_interrupt: save the model as trained so far
+    if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
         save(args, model, tokenizer)
     written = publish_result(path, result, args.overwrite)
     if signal_name:
