@@ -30,7 +30,8 @@ print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR SEED=$SEED TRAIN=
 EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
 [ "$DEV" -gt 0 ] || EVAL_ARGS=()
 
-python "$HERE/run.py" \
+# exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see README, Preemption)
+exec python "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \

@@ -30,7 +30,8 @@ print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS SEED=$SE
     "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME" \
     "DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
-python "$HERE/run.py" \
+# exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see README, Preemption)
+exec python "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --max_steps "$STEPS" --trainer zo --load_float16 --learning_rate "$LR" --zo_eps "$EPS" \
