@@ -121,3 +121,21 @@ def test_merge_warns_when_the_delta_outgrows_the_weight(caplog, size, ratio, war
         b.data.fill_(size)
     lora.merge_and_reinit(pm, generator=torch.Generator().manual_seed(0), warn_ratio=ratio)
     assert ("exceeds" in caplog.text) is warned
+
+
+def test_sigterm_to_the_driver_reaches_run_py(tmp_path, tiny_opt_dir, sst2_dir):  # noqa: F811
+    env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": "xgblora", "DATA_DIR": str(sst2_dir),
+           "STEPS": str(STEPS), "TRAIN": "8", "DEV": "0", "EVAL": "4", "BS": "4", "XGBLORA_STEPS": "2"}
+    command = ["env", *[f"{k}={v}" for k, v in env.items()], "bash", "large_models/mezo.sh", "--result_file",
+               str(tmp_path / "result.json"), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True",
+               "--logging_steps", "1"]
+    code, _, err = _signal_after_first_step(command, signal.SIGTERM)
+    assert code == RESUMABLE_EXIT, err[-3000:]
+    assert _result(tmp_path)["status"].startswith("interrupted at step ")
+
+
+def test_merge_warn_ratio_must_not_be_negative():
+    from large_models.arguments import ArgumentError, Arguments
+    from transformers import HfArgumentParser
+    with pytest.raises(ArgumentError, match="--merge_warn_ratio -1.0: must be >= 0"):
+        HfArgumentParser(Arguments).parse_args_into_dataclasses(args=["--merge_warn_ratio=-1"])
