@@ -9,8 +9,12 @@
 * ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
 * ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss.
 
+Every step checks its loss (and for zo the projected gradient) and raises ``DivergenceError`` naming the step
+when one is NaN or inf; merges refuse a non-finite delta the same way.
+
 Boosting, partial merges and best-model tracking are callbacks (``on_step_end``, ``on_epoch_end``,
-``on_evaluate``, ``on_train_end``), so merges always fall between two steps.
+``on_evaluate``, ``on_train_end``), so merges always fall between two steps. Each has ``state_dict`` /
+``load_state_dict`` for checkpoints (``checkpoint.RunStateCallback``).
 """
 from __future__ import annotations
 
