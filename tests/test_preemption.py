@@ -63,13 +63,16 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt
     assert steps == list(range(1, STEPS + 1))  # the losses before the stop are kept, none is repeated
 
 
-def test_sigusr1_with_save_on_interrupt_saves_the_model_and_stops(tmp_path, tiny_opt_dir, sst2_dir):  # noqa: F811
-    code, _, err = _signal_after_first_step(_command(tmp_path, tiny_opt_dir, sst2_dir, "--save_on_interrupt"),
-                                            signal.SIGUSR1)
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT])
+def test_save_on_interrupt_saves_the_model_and_stops(tmp_path, tiny_opt_dir, sst2_dir, sig):  # noqa: F811
+    """Upstream MeZO's --save_on_interrupt: SIGUSR1 or SIGINT saves the model and stops."""
+    code, _, err = _signal_after_first_step(_command(tmp_path, tiny_opt_dir, sst2_dir, "--save_on_interrupt"), sig)
     assert code == RESUMABLE_EXIT, err[-3000:]
     result = _result(tmp_path)
-    assert result["status"].startswith("interrupted at step ") and result["train"]["signal"] == "SIGUSR1"
+    assert result["status"].startswith("interrupted at step ") and result["train"]["signal"] == sig.name
     assert (tmp_path / "out" / "model" / "config.json").is_file()
+    stopped = result["status"].removeprefix("interrupted at step ")
+    assert (tmp_path / "out" / f"checkpoint-{stopped}" / RUN_STATE).is_file()
 
 
 def _strict_json(path):
