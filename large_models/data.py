@@ -13,8 +13,9 @@ import torch
 DEMO_SEPARATOR = "\n\n"
 
 
-def _demo_text(template, demos: Sequence) -> str:
-    return "".join(template.verbalize(d, first_answer(d.correct_candidate)).strip() + DEMO_SEPARATOR for d in demos)
+def demo_text(template, demos: Sequence) -> str:
+    """The demonstrations, each verbalised with its (first) gold answer and stripped, joined by blank lines."""
+    return DEMO_SEPARATOR.join(template.verbalize(d, first_answer(d.correct_candidate)).strip() for d in demos).strip()
 
 
 def first_answer(candidate):
@@ -22,20 +23,35 @@ def first_answer(candidate):
     return candidate[0] if isinstance(candidate, (list, tuple)) else candidate
 
 
+def _with_demos(demos_text: str, text: str) -> str:
+    """MeZO's layout: demonstrations, a blank line, the example; leading whitespace and end spaces dropped."""
+    return (demos_text + DEMO_SEPARATOR + text).lstrip().strip(" ")
+
+
 def encode_prompt(tokenizer, template, sample, demos: Sequence = (), max_length: int = 2048) -> list[int]:
     """Token ids of the demonstrations followed by the sample's prompt (no answer), cut on the left."""
-    ids = tokenizer.encode(_demo_text(template, demos) + template.encode(sample))
+    ids = tokenizer.encode(_with_demos(demo_text(template, demos), template.encode(sample).strip(" ")))
     return ids[-max_length:]
+
+
+def option_length(tokenizer, template, sample, candidate) -> int:
+    """How many tokens ``candidate``'s answer adds to the prompt, counted as MeZO counts them.
+
+    Both texts lose their end spaces (``strip(" ")``, never newlines) and are encoded without demonstrations:
+    a prompt that ends in a space (COPA's ``" so "``) must not keep that space, or a tokenizer that merges a
+    leading space into the next word would count the answer one token short.
+    """
+    prompt = template.encode(sample).strip(" ")
+    full = template.verbalize(sample, candidate).strip(" ")
+    return len(tokenizer.encode(full)) - len(tokenizer.encode(prompt))
 
 
 def encode_option(tokenizer, template, sample, candidate, demos: Sequence = (),
                   max_length: int = 2048) -> tuple[list[int], int]:
     """Token ids of demonstrations + prompt + ``candidate``'s answer text, and how many of them are the answer."""
-    prefix = _demo_text(template, demos)
-    prompt_len = len(tokenizer.encode(prefix + template.encode(sample)))
-    ids = tokenizer.encode(prefix + template.verbalize(sample, candidate))
-    option_len = max(len(ids) - prompt_len, 1)
-    ids = ids[-max_length:]
+    full = template.verbalize(sample, candidate).strip(" ")
+    ids = tokenizer.encode(_with_demos(demo_text(template, demos), full))[-max_length:]
+    option_len = max(option_length(tokenizer, template, sample, candidate), 1)
     return ids, min(option_len, len(ids) - 1)
 
 
@@ -96,14 +112,14 @@ class TrainCollator:
 def longest_row(tokenizer, template, sample, demos: Sequence = (), reserve: int = 0) -> int:
     """Tokens in the longest row ``sample`` gives before any cut: each candidate's row for classification; for
     generation the prompt plus ``reserve`` generated tokens (evaluation) or prompt plus gold answer (reserve 0)."""
-    prefix = _demo_text(template, demos)
+    demos_text = demo_text(template, demos)
     if sample.candidates is not None:
         texts = [template.verbalize(sample, c) for c in sample.candidates]
     elif reserve:
-        return len(tokenizer.encode(prefix + template.encode(sample))) + reserve
+        return len(tokenizer.encode(_with_demos(demos_text, template.encode(sample).strip(" ")))) + reserve
     else:
         texts = [template.verbalize(sample, first_answer(sample.correct_candidate))]
-    return max(len(tokenizer.encode(prefix + t)) for t in texts)
+    return max(len(tokenizer.encode(_with_demos(demos_text, t.strip(" ")))) for t in texts)
 
 
 def count_cut(tokenizer, template, samples: Sequence, max_length: int, demos: Sequence = (), reserve: int = 0) -> int:

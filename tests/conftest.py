@@ -9,9 +9,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tests.tiny import make_tokenizer, save_tiny  # noqa: E402
 
 
+@pytest.fixture(scope="session", params=[False, True], ids=["bytes", "bpe-merges"])
+def tokenizer(request):
+    """Each test that takes it runs with the byte tokenizer and with the one that has real BPE merges."""
+    return make_tokenizer(merges=request.param)
+
+
 @pytest.fixture(scope="session")
-def tokenizer():
-    return make_tokenizer()
+def bpe_tokenizer():
+    return make_tokenizer(merges=True)
 
 
 @pytest.fixture(scope="session", params=["opt", "llama", "gpt2"])

@@ -104,3 +104,42 @@ def test_training_features_and_collator(tokenizer):
     assert (batch["attention_mask"][:, -1] == 1).all()  # left padding: every row ends with a real token
     lm = training_feature(tokenizer, task.template, samples[1], False, 512)
     assert len(lm.rows) == 1 and tokenizer.decode(lm.rows[0][-lm.option_lens[0]:]) == " great"
+
+
+def _copa_sample():
+    data = {"premise": "The toilet overflowed.", "question": "effect", "choice1": "The toilet filled with water.",
+            "choice2": "The toilet was fixed."}
+    return Sample(0, data, data["choice1"], [data["choice1"], data["choice2"]])
+
+
+def test_copa_answer_span_includes_the_word_after_the_space(bpe_tokenizer):
+    """COPA's prompt ends in a space ("... so "); with a BPE that merges " the", the answer is " the toilet ...".
+
+    Counting the answer on the prompt with its trailing space kept (the old code) loses the first token.
+    """
+    task, sample = get_task("Copa"), _copa_sample()
+    ids, n = encode_option(bpe_tokenizer, task.template, sample, sample.candidates[0])
+    assert bpe_tokenizer.decode(ids[-n:]) == " the toilet filled with water."
+    assert bpe_tokenizer.convert_ids_to_tokens(ids[-n:])[0] == "Ġthe"
+    feature = training_feature(bpe_tokenizer, task.template, sample, False, 512)
+    assert bpe_tokenizer.decode(feature.rows[0][-feature.option_lens[0]:]) == " the toilet filled with water."
+
+
+def test_answer_span_is_counted_without_demonstrations(tokenizer):
+    """Demonstrations come before the prompt and never change the answer span (counted on the bare prompt)."""
+    task, sample = get_task("Copa"), _copa_sample()
+    demo = Sample(1, dict(_copa_sample().data, premise="The sink broke."), "The toilet was fixed.",
+                  ["The toilet filled with water.", "The toilet was fixed."])
+    bare = encode_option(tokenizer, task.template, sample, sample.candidates[1])
+    with_demos = encode_option(tokenizer, task.template, sample, sample.candidates[1], [demo])
+    assert with_demos[1] == bare[1]
+    assert tokenizer.decode(with_demos[0][-with_demos[1]:]) == " the toilet was fixed."
+    assert tokenizer.decode(with_demos[0]).startswith("The sink broke so the toilet was fixed.\n\nThe toilet")
+
+
+def test_multirc_paragraph_loses_its_leading_space(tokenizer):
+    task = get_task("MultiRC")
+    sample = Sample(0, {"paragraph": " Sent 1: It rained.", "question": "Did it rain?", "answer": "yes",
+                        "label": 1}, 1, [0, 1])
+    ids, _ = encode_option(tokenizer, task.template, sample, 1)
+    assert tokenizer.decode(ids).startswith("Sent 1: It rained.")

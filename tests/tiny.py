@@ -1,6 +1,9 @@
 """Tiny models and a tokenizer built from configs, so the tests never touch the network.
 
-The tokenizer is byte-level with no merges: every byte is one token, plus four specials.
+Two tokenizers: byte-level with no merges (every byte one token, plus four specials), and the same with a few
+real BPE merges, among them the leading-space merges (``Ġ t`` -> ``Ġt`` -> ``Ġth`` -> ``Ġthe``) every real
+byte-level tokenizer has. A tokenizer without merges cannot show an answer span that is off by one token where a
+space merges into the next word; tests of answer spans run over both.
 """
 from __future__ import annotations
 
@@ -33,11 +36,20 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+# Merges in priority order; each result is a token of its own (ids after the 260 byte tokens).
+MERGES = [("Ġ", "t"), ("Ġt", "h"), ("Ġth", "e"), ("Ġ", "w"), ("Ġ", "s"), ("Ġs", "o"), ("e", "r"), ("a", "t"),
+          ("Ġ", "a"), ("Ġw", "at"), ("Ġwat", "er"), ("Ġ", "g"), ("Ġg", "r"), ("e", "a"), ("Ġgr", "ea"),
+          ("Ġgrea", "t"), ("i", "n"), ("Ġ", "i"), ("Ġi", "t")]
+
+
+def make_tokenizer(merges: bool = False) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer, without merges (default) or with ``MERGES``."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for ch in _byte_chars():
         vocab[ch] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    for a, b in (MERGES if merges else []):
+        vocab[a + b] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=MERGES if merges else [], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
@@ -45,7 +57,7 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-VOCAB = len(SPECIALS) + 256
+VOCAB = len(SPECIALS) + 256 + len(MERGES)  # room for both tokenizers
 COMMON = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
