@@ -115,6 +115,14 @@ class Arguments(TrainingArguments):
             self.max_grad_norm = 0.0  # zo has no gradients to clip; also keeps a meaningless grad_norm out of logs
         super().__post_init__()
 
+    def to_dict(self) -> dict:
+        """The resolved flags, with ``--load_best_model_at_end`` as the user gave it (the Trainer is handed False
+        because ``BestModelCallback`` keeps the best model; that value is under ``trainer_load_best_model_at_end``)."""
+        config = super().to_dict()
+        config["load_best_model_at_end"] = getattr(self, "keep_best_model", config["load_best_model_at_end"])
+        config["trainer_load_best_model_at_end"] = self.load_best_model_at_end
+        return config
+
     # -- derived --------------------------------------------------------------------------------------------
     @property
     def uses_adapter(self) -> bool:

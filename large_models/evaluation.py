@@ -53,12 +53,21 @@ def score_rows(model, rows: Sequence[Sequence[int]], option_lens: Sequence[int],
     return scores
 
 
+def demo_sets_for(samples: Sequence, demos: Sequence) -> list:
+    """``demos`` is one demonstration set shared by every sample, or (a list of lists) one set per sample."""
+    if demos and isinstance(demos[0], (list, tuple)):
+        if len(demos) != len(samples):
+            raise ValueError(f"{len(demos)} demonstration sets for {len(samples)} samples")
+        return list(demos)
+    return [demos] * len(samples)
+
+
 def predict_candidates(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
-    """The highest-scoring candidate of each sample."""
+    """The highest-scoring candidate of each sample (``demos``: one shared set, or one set per sample)."""
     rows, lens, owner = [], [], []
-    for s_idx, sample in enumerate(samples):
+    for s_idx, (sample, sample_demos) in enumerate(zip(samples, demo_sets_for(samples, demos))):
         for cand in sample.candidates:
-            ids, n = encode_option(tokenizer, template, sample, cand, demos, cfg.max_length)
+            ids, n = encode_option(tokenizer, template, sample, cand, sample_demos, cfg.max_length)
             rows.append(ids)
             lens.append(n)
             owner.append(s_idx)
@@ -83,9 +92,10 @@ def _stop_ids(tokenizer, eos_token: str) -> list[int]:
 
 @torch.inference_mode()
 def generate_answers(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list[str]:
-    """Decoded answers, each cut at ``eos_token`` and stripped."""
+    """Decoded answers, each cut at ``eos_token`` and stripped (``demos`` as in ``predict_candidates``)."""
     device = next(model.parameters()).device
-    prompts = [encode_prompt(tokenizer, template, s, demos, cfg.max_length - cfg.max_new_tokens) for s in samples]
+    prompts = [encode_prompt(tokenizer, template, s, d, cfg.max_length - cfg.max_new_tokens)
+               for s, d in zip(samples, demo_sets_for(samples, demos))]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers = [""] * len(samples)
     gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sampling, num_beams=cfg.num_beams,
@@ -103,7 +113,11 @@ def generate_answers(model, tokenizer, template, samples: Sequence, demos: Seque
 
 
 def evaluate(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cfg: EvalConfig | None = None) -> dict:
-    """Metric of ``task`` on ``samples`` (with ``demos`` as in-context demonstrations) and the predictions."""
+    """Metric of ``task`` on ``samples`` and the predictions.
+
+    ``demos`` are the in-context demonstrations: one list shared by every sample, or a list of lists, one
+    demonstration set per sample (MeZO's default for in-context learning).
+    """
     cfg = cfg or EvalConfig()
     was_training = model.training
     model.eval()

@@ -28,7 +28,7 @@ from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
 from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
 from large_models.scoring import batch_loss  # noqa: E402
-from large_models.tasks import DataError, get_task  # noqa: E402
+from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
 from large_models.trainer import (BestModelCallback, BoostingCallback, DivergenceError, MezoTrainer,  # noqa: E402
                                   PartialMergeCallback)
 
@@ -87,7 +87,20 @@ def eval_config(args: Arguments) -> EvalConfig:
                       progress=not args.disable_tqdm)
 
 
+def one_demo_set_per_example(args: Arguments) -> bool:
+    """MeZO's in-context default: ``--trainer none`` with neither ``--train_set_seed`` nor ``--num_train_sets``
+    draws a separate demonstration set for each evaluation example."""
+    return args.trainer == "none" and args.train_set_seed is None and not args.num_train_sets
+
+
+def eval_subset(task, valid: list, seed: int, num: int | None) -> list:
+    """The ``--num_eval`` evaluation examples, drawn as MeZO draws them: with the train set's seed."""
+    return task.sample_subset(valid, seed=seed, num=num) if num else valid
+
+
 def train_set_seeds(args: Arguments) -> list[int]:
+    if one_demo_set_per_example(args):
+        return [0]  # one run; its eval subset is drawn with seed 0
     if args.train_set_seed is not None:
         return [args.train_set_seed]
     return list(range(args.num_train_sets)) if args.num_train_sets else [0]
@@ -218,7 +231,10 @@ def log_predictions(task, samples, predictions) -> None:
                     pred.correct_candidate, pred.predicted_candidate)
 
 
-def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, path: Path, output_dir: str) -> dict:
+def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | None, path: Path, output_dir: str,
+            demo_sets: list | None = None) -> dict:
+    """Train (if asked) and evaluate one train set. ``set_seed_`` None with ``demo_sets``: MeZO's in-context mode,
+    one demonstration set per evaluation example (``demo_sets[i]`` for ``eval_samples[i]``)."""
     args.output_dir = output_dir
     set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype)
@@ -227,7 +243,9 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, path
     train_samples = train_set[:len(train_set) - num_dev]
     dev_samples = train_set[len(train_set) - num_dev:] if args.trainer != "none" and num_dev else []
     result = {"task": args.task_name, "model": args.model_name, "trainer": args.trainer, "mode": args.mode,
-              "tag": args.tag, "train_set_seed": set_seed_, "num_train": len(train_samples),
+              "tag": args.tag, "train_set_seed": set_seed_, "eval_seed": set_seed_ or 0,
+              "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
+              "num_train": len(demo_sets[0]) if demo_sets else len(train_samples),
               "num_dev": len(dev_samples), "num_eval": len(eval_samples),
               "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
     start = time.time()
@@ -238,7 +256,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int, path
         return stopped_run(args, result, path, model, tokenizer, start)
     cfg = eval_config(args)
     if not args.no_eval:
-        demos = train_samples if args.trainer == "none" else []
+        demos = demo_sets if demo_sets is not None else train_samples if args.trainer == "none" else []
         scored = evaluate(model, tokenizer, task, eval_samples, demos, cfg)
         result["eval"] = {task.metric: scored[task.metric]}
         result["eval_predictions"] = [p.predicted_candidate for p in scored["predictions"]]
@@ -290,12 +308,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             check_result_path(path, args.overwrite)
         task = get_task(args.task_name)
         valid = task.load("validation", args.data_dir)
-        eval_samples = task.sample_subset(valid, seed=0, num=args.num_eval) if args.num_eval else valid
-        train_sets = [[]] * len(seeds)
-        if args.num_train:
-            train_sets = task.sample_train_sets(task.load("train", args.data_dir), args.num_train, args.num_dev,
-                                                seeds)
-        return [run_one(args, task, ts, eval_samples, s, p, o)
+        train = task.load("train", args.data_dir) if args.num_train else []
+        if one_demo_set_per_example(args):
+            eval_samples = eval_subset(task, valid, 0, args.num_eval)
+            demo_seeds = per_example_demo_seeds(len(valid), args.num_eval)[:len(eval_samples)]
+            demo_sets = [task.sample_subset(train, s, args.num_train) if train else [] for s in demo_seeds]
+            return [run_one(args, task, [], eval_samples, None, paths[0], out_dirs[0], demo_sets)]
+        train_sets = task.sample_train_sets(train, args.num_train, args.num_dev, seeds) if train else [[]] * len(seeds)
+        return [run_one(args, task, ts, eval_subset(task, valid, s, args.num_eval), s, p, o)
                 for ts, s, p, o in zip(train_sets, seeds, paths, out_dirs)]
     except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError) as err:
         sys.exit(f"run.py: error: {err}")

@@ -87,6 +87,13 @@ def sample_train_sets(train: list[Sample], num_train: int, num_dev: int | None,
     return [sample_subset(train, seed, total) for seed in seeds]
 
 
+def per_example_demo_seeds(num_valid: int, num_eval: int | None) -> list[int]:
+    """MeZO's seeds for one demonstration set per evaluation example (``--trainer none`` without a train-set
+    seed): ``num_eval`` (else the validation size) integers in [0, 10000) drawn by numpy under seed 0."""
+    count = num_valid if num_eval is None else num_eval
+    return np.random.RandomState(0).randint(0, 10000, count).tolist()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Reading original files
 

@@ -167,3 +167,70 @@ def test_generation_task_trains_as_lm_and_evaluates_f1(tmp_path, tiny_opt_dir, s
               "--per_device_train_batch_size", "2", "--max_new_tokens", "4", "--per_device_eval_batch_size", "2"])
     result = json.loads(out.read_text())
     assert 0.0 <= result["eval"]["f1"] <= 1.0 and result["train"]["global_step"] == 2
+
+
+def test_config_records_the_users_load_best_model_at_end(tmp_path, tiny_opt_dir, sst2_dir):
+    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "zo", "--num_train", "8", "--num_dev", "2",
+                  "--train_set_seed", "0", "--num_eval", "2", "--max_steps", "1", "--per_device_train_batch_size",
+                  "2", "--train_as_classification", "--eval_strategy", "steps", "--eval_steps", "1",
+                  "--load_best_model_at_end", "--save_strategy", "no")
+    assert result["config"]["load_best_model_at_end"] is True  # what the user asked for (mezo.sh's combination)
+    assert result["config"]["trainer_load_best_model_at_end"] is False  # the best model is kept by our callback
+    assert result["train"]["best_dev"]["step"] == 1
+
+
+def _captured_eval(monkeypatch):
+    seen = []
+    real = run.evaluate
+
+    def spy(model, tokenizer, task, samples, demos=(), cfg=None):
+        seen.append((list(samples), demos))
+        return real(model, tokenizer, task, samples, demos, cfg)
+    monkeypatch.setattr(run, "evaluate", spy)
+    return seen
+
+
+def test_eval_subset_is_drawn_with_the_train_set_seed(tmp_path, tiny_opt_dir, sst2_dir, monkeypatch):
+    from large_models.tasks import get_task
+    seen = _captured_eval(monkeypatch)
+    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "none", "--num_train", "1", "--train_set_seed", "3",
+                  "--num_eval", "4")
+    valid = get_task("SST2").load("validation", sst2_dir)
+    expected = get_task("SST2").sample_subset(valid, seed=3, num=4)
+    assert [s.id for s in seen[0][0]] == [s.id for s in expected]
+    assert [s.id for s in seen[0][0]] != [s.id for s in get_task("SST2").sample_subset(valid, seed=0, num=4)]
+    assert result["eval_seed"] == 3 and result["demonstrations"] == "one set"
+
+
+def test_num_train_sets_draw_a_new_eval_subset_per_set(tmp_path, tiny_opt_dir, sst2_dir, monkeypatch):
+    seen = _captured_eval(monkeypatch)
+    results = _run_many(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "none", "--num_train", "1",
+                        "--num_train_sets", "2", "--num_eval", "4")
+    assert [r["eval_seed"] for r in results] == [0, 1]
+    assert [s.id for s in seen[0][0]] != [s.id for s in seen[1][0]]
+
+
+def _run_many(tmp_path, model_dir, data_dir, *flags):
+    argv = ["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(data_dir),
+            "--result_dir", str(tmp_path), "--disable_tqdm", "True", "--per_device_eval_batch_size", "4", *flags]
+    return run.main(argv)
+
+
+def test_icl_without_a_seed_draws_one_demonstration_set_per_example(tmp_path, tiny_opt_dir, sst2_dir, monkeypatch):
+    """MeZO's in-context default: example i's demonstrations are the train subset drawn with seed i of
+    numpy's randint(0, 10000) under seed 0 (the global generator, as upstream draws them)."""
+    import numpy as np
+    from large_models.tasks import get_task
+    seen = _captured_eval(monkeypatch)
+    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "none", "--num_train", "2", "--num_eval", "5")
+    task = get_task("SST2")
+    train, valid = task.load("train", sst2_dir), task.load("validation", sst2_dir)
+    np.random.seed(0)
+    seeds = np.random.randint(0, 10000, 5)
+    samples, demos = seen[0]
+    assert [s.id for s in samples] == [s.id for s in task.sample_subset(valid, 0, 5)]
+    assert len(demos) == 5
+    for i, seed in enumerate(seeds):
+        assert [d.id for d in demos[i]] == [d.id for d in task.sample_subset(train, int(seed), 2)]
+    assert len({tuple(d.id for d in ds) for ds in demos}) > 1  # not one shared set
+    assert result["demonstrations"] == "one set per eval example" and result["train_set_seed"] is None
