@@ -43,6 +43,9 @@ class Arguments(TrainingArguments):
     load_float16: bool = field(default=False, metadata={"help": "Load the model in float16 (CUDA only; float32 on CPU)."})
     load_bfloat16: bool = field(default=False, metadata={"help": "Load the model in bfloat16."})
     max_length: int = field(default=2048, metadata={"help": "Longest input in tokens; longer prompts lose their left end."})
+    scoring: Literal["shared", "rows"] = field(default="shared", metadata={
+        "help": "Candidate scoring: shared = each prompt runs once and all its candidates are scored from it; "
+                "rows = one full row per candidate (upstream MeZO's layout). Same scores within float rounding."})
     # ---- training ------------------------------------------------------------------------------------------
     trainer: Literal["none", "regular", "zo"] = field(default="none", metadata={
         "help": "none: zero-shot / in-context evaluation; regular: backprop fine-tuning; zo: MeZO."})

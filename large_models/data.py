@@ -49,28 +49,53 @@ def option_length(tokenizer, template, sample, candidate) -> int:
 def encode_option(tokenizer, template, sample, candidate, demos: Sequence = (),
                   max_length: int = 2048) -> tuple[list[int], int]:
     """Token ids of demonstrations + prompt + ``candidate``'s answer text, and how many of them are the answer."""
-    full = template.verbalize(sample, candidate).strip(" ")
-    ids = tokenizer.encode(_with_demos(demo_text(template, demos), full))[-max_length:]
-    option_len = max(option_length(tokenizer, template, sample, candidate), 1)
-    return ids, min(option_len, len(ids) - 1)
+    feature = encode_candidates(tokenizer, template, sample, [candidate], demos, 0, max_length)
+    return feature.rows[0], feature.option_lens[0]
 
 
 @dataclass
 class Feature:
-    """One training example: one row per candidate (classification) or a single gold row (LM loss)."""
+    """One example's candidate rows (classification: one per candidate; LM loss: the gold row only).
+
+    ``rows[i]`` is demonstrations + prompt + candidate ``i``'s answer, whose last ``option_lens[i]`` tokens are the
+    answer. ``prompt`` is the row without its answer when that is the same for every row (then the prompt can be
+    run once and every answer scored from it); None when sharing would not be exact: a BPE merge across the
+    prompt/answer boundary, or a row cut on the left by ``max_length``.
+    """
 
     rows: list[list[int]]
     option_lens: list[int]
     gold: int  # index of the gold row in ``rows``
+    prompt: list[int] | None = None
+
+
+def shared_prompt(prompt: list[int], rows: Sequence[Sequence[int]], option_lens: Sequence[int],
+                  truncated: bool) -> list[int] | None:
+    """``prompt`` if every row is exactly ``prompt`` followed by its answer tokens, else None."""
+    if truncated or not prompt or any(list(r[:len(r) - n]) != prompt for r, n in zip(rows, option_lens)):
+        return None
+    return prompt
+
+
+def encode_candidates(tokenizer, template, sample, candidates: Sequence, demos: Sequence = (), gold: int = 0,
+                      max_length: int = 2048) -> Feature:
+    """The rows of ``candidates`` for ``sample`` (see Feature), answer spans from ``option_length``."""
+    demos_text = demo_text(template, demos)
+    full = [tokenizer.encode(_with_demos(demos_text, template.verbalize(sample, c).strip(" "))) for c in candidates]
+    lens = [max(option_length(tokenizer, template, sample, c), 1) for c in candidates]
+    rows = [r[-max_length:] for r in full]
+    lens = [min(n, len(r) - 1) for n, r in zip(lens, rows)]
+    prompt = tokenizer.encode(_with_demos(demos_text, template.encode(sample).strip(" ")))
+    return Feature(rows, lens, gold, shared_prompt(prompt, rows, lens, any(len(r) > max_length for r in full)))
 
 
 def training_feature(tokenizer, template, sample, as_classification: bool, max_length: int) -> Feature:
+    """Every candidate (``as_classification``) or the gold answer alone (LM loss on the answer)."""
+    gold_answer = first_answer(sample.correct_candidate)
     if as_classification:
-        encoded = [encode_option(tokenizer, template, sample, c, (), max_length) for c in sample.candidates]
-        gold = sample.candidates.index(first_answer(sample.correct_candidate))
-        return Feature([e[0] for e in encoded], [e[1] for e in encoded], gold)
-    ids, option_len = encode_option(tokenizer, template, sample, first_answer(sample.correct_candidate), (), max_length)
-    return Feature([ids], [option_len], 0)
+        return encode_candidates(tokenizer, template, sample, sample.candidates, (),
+                                 sample.candidates.index(gold_answer), max_length)
+    return encode_candidates(tokenizer, template, sample, [gold_answer], (), 0, max_length)
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,23 +115,60 @@ def collate_rows(rows: Sequence[Sequence[int]], option_lens: Sequence[int], pad_
     return {"input_ids": ids, "attention_mask": mask, "option_len": torch.tensor(list(option_lens), dtype=torch.long)}
 
 
-class TrainCollator:
-    """Batches Features: every row of every example, plus which example each row belongs to and the gold rows."""
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``rows`` into (ids, mask)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
 
-    def __call__(self, features: Sequence[Feature]) -> dict:
-        rows, lens, group, gold = [], [], [], []
-        for i, f in enumerate(features):
-            gold.append(len(rows) + f.gold)
+def collate_candidates(features: Sequence[Feature], pad_id: int, shared: bool = True) -> dict:
+    """Batch the candidate rows of ``features`` for ``scoring.candidate_logprobs``.
+
+    Candidates are numbered in order over the batch (``group``: the example of each; ``gold_row``: the gold
+    candidate of each example). With ``shared``, examples that have a common prompt go into the shared-prefix part
+    (``prompt_ids``/``prompt_mask`` left-padded, one per example; ``answer_ids``/``answer_mask`` right-padded, one per
+    candidate; ``answer_owner``: its prompt; ``shared_index``: its candidate number); every other row goes into
+    the row part (``input_ids``/``attention_mask``/``option_len``, left-padded; ``row_index``).
+    """
+    group, gold, prompts, answers, owner, shared_index, rows, lens, row_index = ([] for _ in range(9))
+    count = 0
+    for i, f in enumerate(features):
+        gold.append(count + f.gold)
+        group.extend([i] * len(f.rows))
+        if shared and f.prompt is not None:
+            owner.extend([len(prompts)] * len(f.rows))
+            prompts.append(f.prompt)
+            answers.extend(r[len(r) - n:] for r, n in zip(f.rows, f.option_lens))
+            shared_index.extend(range(count, count + len(f.rows)))
+        else:
             rows.extend(f.rows)
             lens.extend(f.option_lens)
-            group.extend([i] * len(f.rows))
-        batch = collate_rows(rows, lens, self.pad_id)
-        batch["group"] = torch.tensor(group, dtype=torch.long)
-        batch["gold_row"] = torch.tensor(gold, dtype=torch.long)
-        return batch
+            row_index.extend(range(count, count + len(f.rows)))
+        count += len(f.rows)
+    batch = {"group": torch.tensor(group), "gold_row": torch.tensor(gold)}
+    if prompts:
+        batch["prompt_ids"], batch["prompt_mask"] = pad_left(prompts, pad_id)
+        batch["answer_ids"], batch["answer_mask"] = pad_right(answers, pad_id)
+        batch["answer_owner"], batch["shared_index"] = torch.tensor(owner), torch.tensor(shared_index)
+    if rows:
+        batch.update(collate_rows(rows, lens, pad_id))
+        batch["row_index"] = torch.tensor(row_index)
+    return batch
+
+
+class TrainCollator:
+    """Batches Features for the training loss (``collate_candidates``); ``shared`` False keeps every row whole."""
+
+    def __init__(self, pad_id: int, shared: bool = True):
+        self.pad_id, self.shared = pad_id, shared
+
+    def __call__(self, features: Sequence[Feature]) -> dict:
+        return collate_candidates(features, self.pad_id, self.shared)
 
 
 def longest_row(tokenizer, template, sample, demos: Sequence = (), reserve: int = 0) -> int:

@@ -1,21 +1,25 @@
 """Zero-shot / in-context evaluation: batched candidate scoring and batched generation.
 
-Classification: every (sample, candidate) row is scored by the mean log-probability of the candidate's tokens;
-the prediction is the argmax over a sample's candidates. Rows of all samples are batched together, longest
-first, so padding stays small; the scores equal those of one row at a time (tested).
+Classification: every candidate is scored by the mean log-probability of its answer tokens (scoring.py: each
+prompt once with ``--scoring shared``, a row per candidate with ``rows``); the prediction is the argmax over a
+sample's candidates. Samples are batched longest first, so padding stays small; the scores equal those of one
+sample at a time (tested).
 Generation (SQuAD, DROP): greedy or sampled decoding of the answer, cut at ``eos_token``.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from large_models.data import collate_rows, encode_option, encode_prompt, pad_left
+from large_models.data import collate_candidates, collate_rows, encode_candidates, encode_prompt, pad_left
 from large_models.metrics import Prediction, calculate_metric
-from large_models.scoring import mean_option_logprob, token_logprobs
+from large_models.scoring import candidate_logprobs, mean_option_logprob, token_logprobs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +34,7 @@ class EvalConfig:
     top_p: float = 0.95
     eos_token: str = "\n"
     progress: bool = True
+    scoring: str = "shared"  # or "rows": see scoring.py
 
 
 def _batches(order: Sequence[int], size: int):
@@ -62,24 +67,33 @@ def demo_sets_for(samples: Sequence, demos: Sequence) -> list:
     return [demos] * len(samples)
 
 
+@torch.inference_mode()
+def candidate_scores(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
+    """Every candidate's mean answer log-probability, a list per sample, ``cfg.batch_size`` samples per batch
+    (longest first). ``cfg.scoring``: ``shared`` (each prompt once) or ``rows`` (a row per candidate)."""
+    device = next(model.parameters()).device
+    features = [encode_candidates(tokenizer, template, s, s.candidates, d, 0, cfg.max_length)
+                for s, d in zip(samples, demo_sets_for(samples, demos))]
+    shared = cfg.scoring == "shared"
+    if shared and (unshared := sum(f.prompt is None for f in features)):
+        logger.info("%d of %d examples scored by rows: their prompt tokens are not a prefix of every candidate "
+                    "row (a BPE merge across the boundary, or a row cut by --max_length)", unshared, len(features))
+    order = sorted(range(len(features)), key=lambda i: -max(len(r) for r in features[i].rows))
+    scores = [None] * len(features)
+    for idx in tqdm(list(_batches(order, cfg.batch_size)), desc="scoring", disable=not cfg.progress, leave=False):
+        batch = collate_candidates([features[i] for i in idx], tokenizer.pad_token_id, shared)
+        lp, mask = candidate_logprobs(model, {k: v.to(device) for k, v in batch.items()})
+        flat = mean_option_logprob(lp, mask).tolist()
+        for i in idx:
+            scores[i], flat = flat[:len(features[i].rows)], flat[len(features[i].rows):]
+    return scores
+
+
 def predict_candidates(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
-    """The highest-scoring candidate of each sample (``demos``: one shared set, or one set per sample)."""
-    rows, lens, owner = [], [], []
-    for s_idx, (sample, sample_demos) in enumerate(zip(samples, demo_sets_for(samples, demos))):
-        for cand in sample.candidates:
-            ids, n = encode_option(tokenizer, template, sample, cand, sample_demos, cfg.max_length)
-            rows.append(ids)
-            lens.append(n)
-            owner.append(s_idx)
-    scores = score_rows(model, rows, lens, tokenizer.pad_token_id, cfg.batch_size, cfg.progress)
-    best = [(-float("inf"), None)] * len(samples)
-    offsets = [0] * len(samples)
-    for s_idx, score in zip(owner, scores):
-        cand = samples[s_idx].candidates[offsets[s_idx]]
-        offsets[s_idx] += 1
-        if score > best[s_idx][0]:
-            best[s_idx] = (score, cand)
-    return [b[1] for b in best]
+    """The highest-scoring candidate of each sample (the first one on ties); ``demos``: one shared set, or one
+    set per sample."""
+    scores = candidate_scores(model, tokenizer, template, samples, demos, cfg)
+    return [sample.candidates[max(range(len(sc)), key=sc.__getitem__)] for sample, sc in zip(samples, scores)]
 
 
 def _stop_ids(tokenizer, eos_token: str) -> list[int]:

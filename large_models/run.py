@@ -84,7 +84,7 @@ def eval_config(args: Arguments) -> EvalConfig:
     return EvalConfig(batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
                       max_new_tokens=args.max_new_tokens, sampling=args.sampling, temperature=args.temperature,
                       num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p, eos_token=args.eos_token,
-                      progress=not args.disable_tqdm)
+                      progress=not args.disable_tqdm, scoring=args.scoring)
 
 
 def one_demo_set_per_example(args: Arguments) -> bool:
@@ -150,11 +150,23 @@ def build_callbacks(args: Arguments, task, estimator, run_state: RunStateCallbac
     return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt)]
 
 
+def training_shares_prompts(args: Arguments, features) -> bool:
+    """Whether the training loss runs each prompt once (``--scoring shared``; not for an LM loss on every token).
+    Examples whose rows do not share their prompt exactly are scored by rows; their count is logged."""
+    shared = args.scoring == "shared" and (args.train_as_classification or args.only_train_option)
+    unshared = sum(f.prompt is None for f in features)
+    if shared and unshared:
+        logger.info("%d of %d training examples are scored by rows: their prompt tokens are not a prefix of every "
+                    "candidate row (a BPE merge across the boundary, or a row cut by --max_length)", unshared,
+                    len(features))
+    return shared
+
+
 def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> MezoTrainer:
     """Attach the adapter (if any) to ``model`` and return a ready MezoTrainer with its callbacks."""
     features = [training_feature(tokenizer, task.template, s, args.train_as_classification, args.max_length)
                 for s in train_samples]
-    collator = TrainCollator(tokenizer.pad_token_id)
+    collator = TrainCollator(tokenizer.pad_token_id, shared=training_shares_prompts(args, features))
     estimator = None
     if args.uses_adapter:
         model = attach_adapter(model, args)

@@ -1,8 +1,19 @@
 """Log-likelihoods of answer tokens, and the two training losses built on them.
 
-Rows are left-padded, so the answer ("option") tokens are the last ``option_len`` tokens of each row. Only the
-last ``max(option_len) + 1`` positions need the LM head; ``logits_to_keep`` asks the model for just those, which
-gives the same numbers as full logits at a fraction of the cost (vocabulary projections dominate small models).
+Two layouts, one result (``candidate_logprobs``):
+
+* **Rows** (``--scoring rows``, upstream MeZO's layout): one left-padded row per candidate, prompt + answer, so
+  the answer tokens are the last ``option_len`` of the row. Only the last ``max(option_len) + 1`` positions need
+  the LM head; ``logits_to_keep`` asks the model for just those.
+* **Shared prefix** (``--scoring shared``, the default): each prompt runs once (left-padded, ``use_cache``); the
+  first answer token of every candidate is scored from the prompt's last logits, and the rest of each answer runs
+  as a continuation from the prompt's KV cache, gathered once per candidate (``Cache.batch_select_indices``).
+  A KV cache rather than a packed row with a block attention mask: it needs nothing of an architecture beyond
+  its ordinary cache (OPT, LLaMA-family, GPT-2 alike), and gradients flow through the cached keys and values into
+  the prompt pass, so regular training uses the same path. Single-token answers (SST-2, RTE, CB, ...) need no
+  continuation at all. Positions continue from each prompt's own length, so left padding does not shift them.
+
+The scores equal those of the row layout within float rounding (tested to 1e-5 in float32).
 """
 from __future__ import annotations
 
@@ -37,6 +48,49 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return logprobs, mask
 
 
+def _logprob_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+
+
+def shared_prefix_logprobs(model, prompt_ids, prompt_mask, answer_ids, answer_mask, owner) -> torch.Tensor:
+    """Log-probability of every answer token (answers right-padded, ``owner``: each answer's prompt row)."""
+    width = answer_ids.shape[1]
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                logits_to_keep=1, use_cache=width > 1)
+    first = _logprob_of(out.logits[owner, -1:], answer_ids[:, :1])
+    if width == 1:
+        return first
+    cache = out.past_key_values
+    cache.batch_select_indices(owner)
+    mask = torch.cat([prompt_mask[owner], answer_mask[:, :-1]], dim=1)
+    positions = prompt_mask[owner].sum(-1, keepdim=True) + torch.arange(width - 1, device=answer_ids.device)
+    rest = model(input_ids=answer_ids[:, :-1], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                 use_cache=False)
+    return torch.cat([first, _logprob_of(rest.logits, answer_ids[:, 1:])], dim=1)
+
+
+def candidate_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer-token log-probabilities of every candidate of a ``data.collate_candidates`` batch, in candidate
+    order: ``(logprobs, mask)`` of shape (candidates, K), the counted tokens marked by ``mask``."""
+    parts = []
+    if "prompt_ids" in batch:
+        lp = shared_prefix_logprobs(model, batch["prompt_ids"], batch["prompt_mask"], batch["answer_ids"],
+                                    batch["answer_mask"], batch["answer_owner"])
+        parts.append((batch["shared_index"], lp, batch["answer_mask"].bool()))
+    if "input_ids" in batch:
+        lp, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"])
+        index = batch.get("row_index", torch.arange(lp.shape[0], device=lp.device))  # a plain row batch: in order
+        parts.append((index, lp, mask))
+    width = max(lp.shape[1] for _, lp, _ in parts)
+    total = sum(index.shape[0] for index, _, _ in parts)
+    logprobs = parts[0][1].new_zeros((total, width))
+    mask = torch.zeros((total, width), dtype=torch.bool, device=logprobs.device)
+    for index, lp, m in parts:
+        logprobs = logprobs.index_copy(0, index.to(logprobs.device), F.pad(lp, (0, width - lp.shape[1])))
+        mask[index] = F.pad(m, (0, width - m.shape[1]))
+    return logprobs, mask
+
+
 def mean_option_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Length-normalised log-likelihood of each row's answer: MeZO's candidate score."""
     return (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
@@ -58,9 +112,13 @@ def lm_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def batch_loss(model, batch: dict, as_classification: bool, only_train_option: bool = True) -> torch.Tensor:
-    """The training loss of a collated batch (see data.TrainCollator)."""
-    logprobs, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
-                                    all_tokens=not (as_classification or only_train_option))
+    """The training loss of a collated batch (see data.TrainCollator): cross-entropy over the candidates, the
+    LM loss on the answer tokens, or (``only_train_option`` False) on every token of the rows."""
+    if not (as_classification or only_train_option):
+        logprobs, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
+                                        all_tokens=True)
+        return lm_loss(logprobs, mask)
+    logprobs, mask = candidate_logprobs(model, batch)
     if as_classification:
         return classification_loss(mean_option_logprob(logprobs, mask), batch["group"], batch["gold_row"])
     return lm_loss(logprobs, mask)

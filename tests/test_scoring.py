@@ -98,7 +98,7 @@ def test_training_features_and_collator(tokenizer):
     task = get_task("SST2")
     samples = _sst2_samples()
     feats = [training_feature(tokenizer, task.template, s, True, 512) for s in samples[:2]]
-    batch = TrainCollator(pad_id=0)(feats)
+    batch = TrainCollator(pad_id=0, shared=False)(feats)
     assert batch["group"].tolist() == [0, 0, 1, 1]
     assert batch["gold_row"].tolist() == [0, 3]  # sample 0 gold label 0 -> row 0; sample 1 gold label 1 -> row 3
     assert (batch["attention_mask"][:, -1] == 1).all()  # left padding: every row ends with a real token

@@ -1,0 +1,153 @@
+"""Shared-prefix candidate scoring (each prompt once) against the row-per-candidate reference (``--scoring rows``).
+
+Every candidate-scored task, on tiny OPT, LLaMA and GPT-2 models, with the byte tokenizer and the one with BPE
+merges (the ``tokenizer`` fixture runs both): same scores within 1e-5, same predictions, same training losses and
+gradients, and ZO projected gradients within 1e-3 relative over 20 steps.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from large_models import lora, zo
+from large_models.data import TrainCollator, encode_candidates, training_feature
+from large_models.evaluation import EvalConfig, candidate_scores
+from large_models.scoring import batch_loss
+from large_models.tasks import Sample, get_task
+from large_models.templates import Template
+from tests.test_tasks import (_write_boolq, _write_copa, _write_multirc, _write_record, _write_rte_cb, _write_sst2,
+                              _write_wic_wsc)
+from tests.tiny import make_model
+
+CANDIDATE_TASKS = ["SST2", "RTE", "CB", "BoolQ", "WSC", "WIC", "MultiRC", "Copa", "ReCoRD"]
+KINDS = ["opt", "llama", "gpt2"]
+CLASSIFICATION = {"SST2": True, "RTE": True, "CB": True, "BoolQ": True, "WSC": True, "WIC": True, "MultiRC": True,
+                  "Copa": False, "ReCoRD": False}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shared_data")
+    for write in (_write_sst2, _write_rte_cb, _write_boolq, _write_wic_wsc, _write_multirc, _write_copa,
+                  _write_record):
+        write(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {kind: make_model(kind) for kind in KINDS}
+
+
+def _samples(name, data_dir):
+    task = get_task(name)
+    return task, task.load("train", data_dir), task.load("validation", data_dir)
+
+
+def _scores(model, tokenizer, task, samples, demos, scoring):
+    cfg = EvalConfig(batch_size=3, progress=False, scoring=scoring)
+    return candidate_scores(model, tokenizer, task.template, samples, demos, cfg)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", CANDIDATE_TASKS)
+def test_shared_prefix_scores_equal_rows(name, kind, data_dir, models, tokenizer):
+    task, train, valid = _samples(name, data_dir)
+    samples = valid + train  # more examples, of different lengths, in one batch
+    for demos in ([], train[:1]):
+        features = [encode_candidates(tokenizer, task.template, s, s.candidates, demos) for s in samples]
+        assert any(f.prompt is not None for f in features)  # the shared path is really taken
+        shared = _scores(models[kind], tokenizer, task, samples, demos, "shared")
+        rows = _scores(models[kind], tokenizer, task, samples, demos, "rows")
+        for s, r in zip(shared, rows):
+            torch.testing.assert_close(torch.tensor(s), torch.tensor(r), rtol=0, atol=1e-5)
+        assert [max(range(len(s)), key=s.__getitem__) for s in shared] == \
+               [max(range(len(r)), key=r.__getitem__) for r in rows]
+
+
+def test_multi_token_answers_take_the_cache_continuation(data_dir, tokenizer):
+    """ReCoRD and Copa answers are several tokens: the continuation from the KV cache is exercised."""
+    task, train, _ = _samples("Copa", data_dir)
+    feature = training_feature(tokenizer, task.template, train[0], True, 512)
+    assert feature.prompt is not None and min(feature.option_lens) > 1
+
+
+class _MergingTemplate(Template):
+    """A prompt ending in `` a`` whose answer ``t`` merges with it (``a`` + ``t`` -> ``at``) under BPE."""
+
+    def encode(self, sample):
+        return "look a"
+
+    def answer_text(self, sample, candidate):
+        return candidate
+
+
+def test_bpe_merge_across_the_boundary_falls_back_to_rows(bpe_tokenizer, models, caplog):
+    sample = Sample(0, {}, "t", ["t", "nd"])
+    feature = encode_candidates(bpe_tokenizer, _MergingTemplate(), sample, sample.candidates)
+    assert feature.prompt is None  # "look a" + "t" tokenizes as ... "Ġ" "at": the prompt is not a prefix
+    task = type("T", (), {"template": _MergingTemplate()})()
+    with caplog.at_level(logging.INFO, logger="large_models.evaluation"):
+        shared = _scores(models["llama"], bpe_tokenizer, task, [sample], [], "shared")
+    rows = _scores(models["llama"], bpe_tokenizer, task, [sample], [], "rows")
+    assert shared == rows
+    assert "1 of 1 examples scored by rows" in caplog.text
+
+
+def test_left_truncated_rows_fall_back_to_rows(data_dir, tokenizer, models):
+    task, train, valid = _samples("RTE", data_dir)
+    feature = encode_candidates(tokenizer, task.template, train[0], train[0].candidates, max_length=20)
+    assert feature.prompt is None and all(len(r) == 20 for r in feature.rows)
+    untruncated = encode_candidates(tokenizer, task.template, train[0], train[0].candidates)
+    assert untruncated.prompt is not None
+
+
+def _batch(tokenizer, task, samples, classification, shared):
+    feats = [training_feature(tokenizer, task.template, s, classification, 512) for s in samples]
+    return TrainCollator(0, shared=shared)(feats)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["SST2", "CB", "MultiRC", "Copa", "ReCoRD"])
+def test_training_loss_and_gradients_equal_rows(name, kind, data_dir, tokenizer):
+    """Regular training: the same loss, and gradients flow through the prompt pass into every weight alike."""
+    task, train, valid = _samples(name, data_dir)
+    samples, classification = train + valid, CLASSIFICATION[name]
+    grads = {}
+    for shared in (True, False):
+        model = make_model(kind)
+        model.train()
+        loss = batch_loss(model, _batch(tokenizer, task, samples, classification, shared), classification)
+        loss.backward()
+        grads[shared] = (loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert abs(grads[True][0] - grads[False][0]) < 1e-5
+    assert len(grads[True][1]) == len(grads[False][1]) > 0
+    for a, b in zip(grads[True][1], grads[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,eps", [("full", 1e-3), ("lora", 1e-2)])
+@pytest.mark.parametrize("name", ["SST2", "Copa"])
+def test_zo_projected_gradients_follow_rows_for_20_steps(name, mode, eps, data_dir, tokenizer):
+    """MeZO with each layout from the same start: projected gradients agree step for step within 1e-3, relative
+    where |g| > 1 and absolute below (a float32 rounding of the loss, ~5e-7, becomes ~2.5e-4 after dividing by
+    2 eps = 2e-3; bit equality is not expected). MeZO's eps: 1e-3 full-parameter, 1e-2 LoRA."""
+    task, train, valid = _samples(name, data_dir)
+    samples, classification = train + valid, CLASSIFICATION[name]
+    grads = {}
+    for shared in (True, False):
+        model = make_model("llama")
+        model = lora.attach_lora(model, r=4, alpha=8) if mode == "lora" else model
+        batch = _batch(tokenizer, task, samples, classification, shared)
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def loss_fn():
+            with torch.no_grad():
+                return batch_loss(model, batch, classification).item()
+        grads[shared] = [zo.zo_step(params, loss_fn, seed=zo.step_seed(0, step), eps=eps, lr=1e-3,
+                                    cache=mode == "lora").projected_grad for step in range(20)]
+    for a, b in zip(grads[True], grads[False]):
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (a, b)
+    assert min(abs(g) for g in grads[False]) > 0  # the estimates are not zero
