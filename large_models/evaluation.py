@@ -68,25 +68,32 @@ def demo_sets_for(samples: Sequence, demos: Sequence) -> list:
 
 
 @torch.inference_mode()
-def candidate_scores(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
-    """Every candidate's mean answer log-probability, a list per sample, ``cfg.batch_size`` samples per batch
-    (longest first). ``cfg.scoring``: ``shared`` (each prompt once) or ``rows`` (a row per candidate)."""
+def score_features(model, features: Sequence, pad_id: int, batch_size: int, shared: bool = True,
+                   progress: bool = False) -> list[list[float]]:
+    """Mean answer log-probability of every candidate of every ``data.Feature``, ``batch_size`` features per batch
+    (longest first); ``shared``: each prompt once (rows where it cannot be shared exactly)."""
     device = next(model.parameters()).device
+    order = sorted(range(len(features)), key=lambda i: -max(len(r) for r in features[i].rows))
+    scores = [None] * len(features)
+    for idx in tqdm(list(_batches(order, batch_size)), desc="scoring", disable=not progress, leave=False):
+        batch = collate_candidates([features[i] for i in idx], pad_id, shared)
+        lp, mask = candidate_logprobs(model, {k: v.to(device) for k, v in batch.items()})
+        flat = mean_option_logprob(lp, mask).tolist()
+        for i in idx:
+            scores[i], flat = flat[:len(features[i].rows)], flat[len(features[i].rows):]
+    return scores
+
+
+def candidate_scores(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
+    """Every candidate's mean answer log-probability, a list per sample. ``cfg.scoring``: ``shared`` (each
+    prompt once) or ``rows`` (a row per candidate, upstream's layout)."""
     features = [encode_candidates(tokenizer, template, s, s.candidates, d, 0, cfg.max_length)
                 for s, d in zip(samples, demo_sets_for(samples, demos))]
     shared = cfg.scoring == "shared"
     if shared and (unshared := sum(f.prompt is None for f in features)):
         logger.info("%d of %d examples scored by rows: their prompt tokens are not a prefix of every candidate "
                     "row (a BPE merge across the boundary, or a row cut by --max_length)", unshared, len(features))
-    order = sorted(range(len(features)), key=lambda i: -max(len(r) for r in features[i].rows))
-    scores = [None] * len(features)
-    for idx in tqdm(list(_batches(order, cfg.batch_size)), desc="scoring", disable=not cfg.progress, leave=False):
-        batch = collate_candidates([features[i] for i in idx], tokenizer.pad_token_id, shared)
-        lp, mask = candidate_logprobs(model, {k: v.to(device) for k, v in batch.items()})
-        flat = mean_option_logprob(lp, mask).tolist()
-        for i in idx:
-            scores[i], flat = flat[:len(features[i].rows)], flat[len(features[i].rows):]
-    return scores
+    return score_features(model, features, tokenizer.pad_token_id, cfg.batch_size, shared, cfg.progress)
 
 
 def predict_candidates(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:

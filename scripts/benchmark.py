@@ -100,6 +100,7 @@ class Workload:
 TASKS = {
     "sst2": Workload(examples=16, candidates=2, min_len=32, max_len=48),  # ~40 tokens, 2 label words
     "multirc": Workload(examples=16, candidates=2, min_len=360, max_len=440),  # ~400 tokens, Yes / No
+    "cb": Workload(examples=16, candidates=3, min_len=60, max_len=100),  # ~80 tokens, Yes / No / Maybe
 }
 
 
@@ -126,7 +127,8 @@ def attach_variant(model, variant: str, args: argparse.Namespace):
 
 
 def make_features(work: Workload, vocab: int, seed: int) -> list:
-    """Random training examples: a shared prompt per example, one row per candidate answer token."""
+    """Random training examples: a prompt per example and a row per candidate (prompt + answer token), the
+    prompt marked as shared, as ``data.encode_candidates`` marks it."""
     from large_models.data import Feature
 
     gen = torch.Generator().manual_seed(seed)
@@ -136,15 +138,15 @@ def make_features(work: Workload, vocab: int, seed: int) -> list:
         length = int(torch.randint(work.min_len, work.max_len + 1, (1,), generator=gen))
         prompt = torch.randint(4, vocab, (length - work.option_len,), generator=gen).tolist()
         gold = int(torch.randint(work.candidates, (1,), generator=gen))
-        features.append(Feature([prompt + a for a in answers], [work.option_len] * work.candidates, gold))
+        features.append(Feature([prompt + a for a in answers], [work.option_len] * work.candidates, gold, prompt))
     return features
 
 
-def make_batch(features: list, pad_id: int, device: torch.device) -> dict:
-    """The trainer's collated batch (``data.TrainCollator``) on ``device``."""
+def make_batch(features: list, pad_id: int, device: torch.device, shared: bool = True) -> dict:
+    """The trainer's collated batch (``data.TrainCollator``; ``shared`` False: upstream's rows) on ``device``."""
     from large_models.data import TrainCollator
 
-    return {k: v.to(device) for k, v in TrainCollator(pad_id)(features).items()}
+    return {k: v.to(device) for k, v in TrainCollator(pad_id, shared)(features).items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,7 +338,8 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
     a = ctx.args
     names, params, decay, cache = trainable(model)
     named = list(zip(names, params))
-    loss, naive_loss = loss_fn_for(model, batch), naive_loss_fn_for(model, batch)
+    rows_batch = make_batch(ctx.features, ctx.pad_id, ctx.device, shared=False)  # upstream's layout
+    loss, naive_loss = loss_fn_for(model, batch), naive_loss_fn_for(model, rows_batch)
     clock, naive_clock = ForwardClock(loss, ctx.sync), ForwardClock(naive_loss, ctx.sync)
 
     def ours(fn: Callable[[], float]) -> object:
@@ -358,14 +361,22 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
 
 
 def eval_cases(model, ctx: Context) -> dict[str, Callable[[], object]]:
-    """Batched and one-row-at-a-time scoring of the same rows (the training batch's rows)."""
-    from large_models.evaluation import score_rows
+    """The project's batched evaluation (``evaluation.score_features``: shared prefix, ``--eval_batch_size``
+    examples a batch) and upstream's, one row at a time, of the same examples."""
+    from large_models.evaluation import score_features, score_rows
 
     rows = [r for f in ctx.features for r in f.rows]
     lens = [n for f in ctx.features for n in f.option_lens]
     size = ctx.args.eval_batch_size
-    return {"eval_batched": lambda: score_rows(model, rows, lens, ctx.pad_id, batch_size=size),
+    return {"eval_batched": lambda: score_features(model, ctx.features, ctx.pad_id, size),
             "eval_single": lambda: score_rows(model, rows, lens, ctx.pad_id, batch_size=1)}
+
+
+def ref_case(variant: str, plain, ctx: Context) -> dict[str, Callable[[], object]]:
+    """REF: two forwards of the plain model (no adapter) over upstream's row layout, trimmed logits, as the loss."""
+    rows_batch = make_batch(ctx.features, ctx.pad_id, ctx.device, shared=False)
+    loss = loss_fn_for(plain, rows_batch)
+    return {f"ref/{variant}": lambda: (loss(), loss())}
 
 
 def merge_case(model, ctx: Context) -> dict[str, Callable[[], object]]:
@@ -381,12 +392,14 @@ def time_variant(variant: str, ctx: Context) -> Samples:
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
     cases = zo_cases(variant, model, batch, ctx)
+    plain = model if variant == "full" else build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed)
+    cases.update(ref_case(variant, plain, ctx))
     if variant == "full":
         cases.update(eval_cases(model, ctx))
     if variant == "xgblora":
         cases.update(merge_case(model, ctx))
     samples = run_rounds(cases, ctx.args.warmup, ctx.args.repeats, ctx.sync, desc=f"timing {variant}")
-    del model, batch, cases
+    del model, plain, batch, cases
     _release(ctx.device)
     return samples
 
@@ -439,8 +452,9 @@ def memory_workload(variant: str, mode: str, ctx: Context):
     if mode == "infer":
         return model, loss
     if mode == "naive":
-        return model, lambda: naive_step(list(zip(names, params)), naive_loss_fn_for(model, batch), next(ctx.seeds),
-                                         a.eps, a.lr, a.weight_decay)
+        naive_loss = naive_loss_fn_for(model, make_batch(ctx.features, ctx.pad_id, ctx.device, shared=False))
+        return model, lambda: naive_step(list(zip(names, params)), naive_loss, next(ctx.seeds), a.eps, a.lr,
+                                         a.weight_decay)
     return model, lambda: zo.zo_step(params, loss, seed=next(ctx.seeds), eps=a.eps, lr=a.lr,
                                      weight_decay=a.weight_decay, decay=decay, cache=cache)
 
@@ -522,7 +536,12 @@ class Ratio:
     label: str = ""
 
 
-def ratio_specs(variants: tuple[str, ...]) -> list[Ratio]:
+# ZO step / REF targets at 2 candidates (SST-2 shapes) and 3 (CB shapes); full-parameter only for SST-2.
+REF_TARGETS = {"full": 0.85, "lora": 0.60, "xgblora": 0.60}
+REF_TARGETS_3 = {"full": None, "lora": 0.45, "xgblora": 0.45}
+
+
+def ratio_specs(variants: tuple[str, ...], candidates: int = 2) -> list[Ratio]:
     """The measurements of the issue and their targets, for the variants that were run."""
     step_target = {"full": 1.25, "lora": 1.10, "xgblora": 1.10}
     out = []
@@ -539,6 +558,10 @@ def ratio_specs(variants: tuple[str, ...]) -> list[Ratio]:
                       f"full-logits forward / our forward ({v})"),
                 Ratio(f"naive_step_over_its_forwards/{v}", f"t:naive_step/{v}", f"t:naive_step_forwards/{v}", 1.0,
                       "", 0.0, f"naive step / its own two forwards, same call ({v})")]
+    for v in variants:
+        target = REF_TARGETS[v] if candidates == 2 else (REF_TARGETS_3[v] if candidates == 3 else None)
+        out.append(Ratio(f"zo_step_over_ref/{v}", f"t:zo_step/{v}", f"t:ref/{v}", 1.0, "<=" if target else "",
+                         target or 0.0, f"ZO step / REF: 2 plain-model forwards over {candidates}-candidate rows ({v})"))
     for v in ("lora", "xgblora"):
         if v in variants and "full" in variants:
             out.append(Ratio(f"adapter_forward_over_plain/{v}", f"t:forward/{v}", "t:forward/full", 1.0, "", 0.0,
@@ -551,7 +574,7 @@ def ratio_specs(variants: tuple[str, ...]) -> list[Ratio]:
         out += [Ratio("peak_memory_naive_over_inference/full", "m:full:naive", "m:full:infer", 1.0, "", 0.0,
                       "naive ZO peak memory / inference peak (full)"),
                 Ratio("eval_batched_speedup", "t:eval_single", "t:eval_batched", 1.0, ">=", 3.0,
-                      "f: one-at-a-time / batched scoring time")]
+                      "f: one row at a time (upstream) / batched shared-prefix evaluation time")]
     if "xgblora" in variants:
         out.append(Ratio("merge_over_forward/xgblora", "t:merge/xgblora", "t:forward/xgblora", 1.0, "<", 1.0,
                          "e: merge_and_reinit / one forward (xgblora)"))
@@ -740,7 +763,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device, dtype: torch.d
     for variant in args.variants:
         samples.update(time_variant(variant, ctx))
     times = summarise(samples)
-    ratios = compute_ratios(ratio_specs(args.variants), times, memory)
+    ratios = compute_ratios(ratio_specs(args.variants, TASKS[args.task].candidates), times, memory)
     result = {"meta": {**meta(args, device), "load": load.report()}, "times": times, "memory": memory,
               "ratios": ratios}
     result["table"] = table_rows(times, memory, ratios)

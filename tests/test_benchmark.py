@@ -18,11 +18,11 @@ SCRIPT = REPO / "scripts" / "benchmark.py"
 VARIANTS = ("full", "lora", "xgblora")
 TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_step_forwards", "zo_overhead",
                                                            "naive_forward", "naive_step", "naive_step_forwards")]
-TIME_KEYS += ["eval_batched", "eval_single", "merge/xgblora"]
+TIME_KEYS += ["eval_batched", "eval_single", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
 MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
     "peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora", "merge_over_forward/xgblora",
-    "eval_batched_speedup"]
+    "eval_batched_speedup"] + [f"zo_step_over_ref/{v}" for v in VARIANTS]
 
 
 def _load_script():
@@ -97,13 +97,18 @@ def _tiny_setup(bench):
     device, dtype = bench.resolve(args)
     ctx = bench.make_context(args, device, dtype)
     model = bench.build_model("tiny", dtype, device, seed=0)
-    return ctx, model, bench.make_batch(ctx.features, ctx.pad_id, device)
+    return ctx, model, bench.make_batch(ctx.features, ctx.pad_id, device, shared=False)
 
 
 def test_naive_loss_equals_the_trainer_loss():
+    """Upstream's loss on its rows equals the trainer's loss on both layouts (rows, and the shared prefix)."""
     bench = _load_script()
     ctx, model, batch = _tiny_setup(bench)
-    assert bench.naive_loss_fn_for(model, batch)() == pytest.approx(bench.loss_fn_for(model, batch)(), rel=1e-5)
+    shared = bench.make_batch(ctx.features, ctx.pad_id, torch.device("cpu"))
+    assert "prompt_ids" in shared and "input_ids" not in shared
+    naive = bench.naive_loss_fn_for(model, batch)()
+    assert naive == pytest.approx(bench.loss_fn_for(model, batch)(), rel=1e-5)
+    assert naive == pytest.approx(bench.loss_fn_for(model, shared)(), rel=1e-5)
 
 
 def test_naive_step_with_zero_lr_restores_the_parameters():
