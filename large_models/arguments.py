@@ -53,6 +53,9 @@ class Arguments(TrainingArguments):
     train_as_classification: bool = field(default=False, metadata={
         "help": "Cross-entropy over the candidates' length-normalised log-likelihoods."})
     zo_eps: float = field(default=1e-3, metadata={"help": "MeZO perturbation scale eps."})
+    zo_fold_adapters: bool = field(default=True, metadata={
+        "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
+                "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
     prefix_tuning: bool = field(default=False, metadata={"help": "Prefix tuning (not available yet)."})
     # ---- LoRA / XGBLoRA ------------------------------------------------------------------------------------
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all parameters."})

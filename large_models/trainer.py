@@ -18,6 +18,7 @@ Boosting, partial merges and best-model tracking are callbacks (``on_step_end``,
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -85,7 +86,8 @@ class MezoTrainer(Trainer):
         decay_names, total = self._model_facts(model)
 
         def loss_fn() -> float:
-            with torch.no_grad():
+            fold = lora.folded_adapters(model) if self.args.zo_fold_adapters else contextlib.nullcontext()
+            with torch.no_grad(), fold:
                 return self.compute_loss(model, inputs).item()
 
         result = zo.zo_step(

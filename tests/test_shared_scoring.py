@@ -151,3 +151,50 @@ def test_zo_projected_gradients_follow_rows_for_20_steps(name, mode, eps, data_d
     for a, b in zip(grads[True], grads[False]):
         assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (a, b)
     assert min(abs(g) for g in grads[False]) > 0  # the estimates are not zero
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folded_adapter_forward_equals_peft_and_restores_the_base(kind):
+    model = lora.attach_lora(make_model(kind), r=4, alpha=8).eval()
+    for _, layer in lora.lora_layers(model):
+        torch.nn.init.normal_(lora._lora_AB(layer)[1], std=0.5)  # a non-zero adapter, so folding matters
+    ids = torch.randint(4, 200, (3, 12))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        peft_logits = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain_logits = model(input_ids=ids).logits
+        with lora.folded_adapters(model):
+            folded = model(input_ids=ids).logits
+    assert (peft_logits - plain_logits).abs().max() > 1e-2  # the adapter changes the output
+    torch.testing.assert_close(folded, peft_logits, rtol=0, atol=1e-5)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit-identical afterwards
+    assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+def test_zo_xgblora_with_folding_follows_peft_across_a_merge(data_dir, tokenizer):
+    """Trainer-level: zo XGBLoRA with and without folding, merges at steps 3 and 6: the same losses."""
+    import json
+
+    from large_models import run
+    logs = {}
+    for fold in ("True", "False"):
+        out = data_dir / f"fold-{fold}.json"
+        run.main(["--model_name", str(_tiny_dir(data_dir)), "--task_name", "SST2", "--data_dir", str(data_dir),
+                  "--result_file", str(out), "--overwrite", "--disable_tqdm", "True", "--trainer", "zo",
+                  "--xgblora", "--xgblora_steps_per_iteration", "3", "--num_train", "3", "--train_set_seed", "0",
+                  "--max_steps", "7", "--per_device_train_batch_size", "2", "--train_as_classification",
+                  "--learning_rate", "1e-1", "--zo_eps", "1e-2", "--logging_steps", "1", "--no_eval",
+                  "--save_strategy", "no", "--zo_fold_adapters", fold])
+        result = json.loads(out.read_text())
+        logs[fold] = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
+        assert result["train"]["boosting"]["num_merges"] == 2
+    assert len(logs["True"]) == 7
+    for a, b in zip(logs["True"], logs["False"]):
+        assert abs(a - b) <= 1e-4, (logs["True"], logs["False"])
+
+
+def _tiny_dir(root):
+    from tests.tiny import save_tiny
+    path = root / "tiny-llama"
+    return path if (path / "config.json").exists() else save_tiny("llama", path)
