@@ -566,9 +566,13 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
     for layer, name in layers:
         hooks, base = _FoldHooks(layer, name), layer.get_base_layer()
         handles += [base.register_forward_pre_hook(hooks.before), base.register_forward_hook(hooks.after)]
+    # PEFT re-enabling adapters marks every active adapter trainable again: keep the frozen boosters frozen.
+    trainable = [(p, p.requires_grad) for p in model.parameters()]
     try:
         with model.disable_adapter():
             yield
     finally:
         for handle in handles:
             handle.remove()
+        for param, flag in trainable:
+            param.requires_grad_(flag)
