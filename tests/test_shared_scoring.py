@@ -158,16 +158,16 @@ def test_folded_adapter_forward_equals_peft_and_restores_the_base(kind):
     model = lora.attach_lora(make_model(kind), r=4, alpha=8).eval()
     for _, layer in lora.lora_layers(model):
         torch.nn.init.normal_(lora._lora_AB(layer)[1], std=0.5)  # a non-zero adapter, so folding matters
-    lora._lora_AB(lora.lora_layers(model)[0][1])[0].requires_grad_(False)  # as a frozen booster's
-    flags = [p.requires_grad for p in model.parameters()]
     ids = torch.randint(4, 200, (3, 12))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         peft_logits = model(input_ids=ids).logits
         with model.disable_adapter():
             plain_logits = model(input_ids=ids).logits
-        with lora.folded_adapters(model):
-            folded = model(input_ids=ids).logits
+    lora._lora_AB(lora.lora_layers(model)[0][1])[0].requires_grad_(False)  # as a frozen booster's
+    flags = [p.requires_grad for p in model.parameters()]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad(), lora.folded_adapters(model):
+        folded = model(input_ids=ids).logits
     assert (peft_logits - plain_logits).abs().max() > 1e-2  # the adapter changes the output
     torch.testing.assert_close(folded, peft_logits, rtol=0, atol=1e-5)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit-identical afterwards
