@@ -167,12 +167,16 @@ def trainable(model) -> tuple[list[str], list[torch.nn.Parameter], list[bool], b
     return [n for n, _ in named], [p for _, p in named], [n in decay_names for n, _ in named], cache
 
 
-def loss_fn_for(model, batch: dict) -> Callable[[], float]:
-    """The trainer's ZO loss: ``batch_loss`` (classification over candidates) under no_grad, as a float."""
+def loss_fn_for(model, batch: dict, fold: bool = False) -> Callable[[], float]:
+    """The trainer's ZO loss: ``batch_loss`` (classification over candidates) under no_grad, as a float; with
+    ``fold`` the adapters run folded into the weights (``lora.folded_adapters``, as ``--zo_fold_adapters``)."""
+    import contextlib
+
+    from large_models import lora
     from large_models.scoring import batch_loss
 
     def loss() -> float:
-        with torch.no_grad():
+        with torch.no_grad(), lora.folded_adapters(model) if fold else contextlib.nullcontext():
             return batch_loss(model, batch, as_classification=True).item()
 
     return loss
@@ -340,7 +344,8 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
     named = list(zip(names, params))
     rows_batch = make_batch(ctx.features, ctx.pad_id, ctx.device, shared=False)  # upstream's layout
     loss, naive_loss = loss_fn_for(model, batch), naive_loss_fn_for(model, rows_batch)
-    clock, naive_clock = ForwardClock(loss, ctx.sync), ForwardClock(naive_loss, ctx.sync)
+    folded = loss_fn_for(model, batch, fold=variant != "full")  # what the trainer's zo step runs
+    clock, naive_clock = ForwardClock(folded, ctx.sync), ForwardClock(naive_loss, ctx.sync)
 
     def ours(fn: Callable[[], float]) -> object:
         zo.zo_step(params, fn, seed=next(ctx.seeds), eps=a.eps, lr=a.lr, weight_decay=a.weight_decay, decay=decay,
@@ -351,7 +356,8 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
         naive_step(named, naive_clock, next(ctx.seeds), a.eps, a.lr, a.weight_decay)
         return naive_clock.take()
 
-    return {
+    folded_case = {} if variant == "full" else {f"forward_folded/{variant}": folded}
+    return folded_case | {
         f"forward/{variant}": loss,
         f"zo_step/{variant}": lambda: ours(clock),
         f"zo_overhead/{variant}": lambda: ours(lambda: 0.0),
@@ -448,7 +454,7 @@ def memory_workload(variant: str, mode: str, ctx: Context):
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
     names, params, decay, cache = trainable(model)
-    loss, a = loss_fn_for(model, batch), ctx.args
+    loss, a = loss_fn_for(model, batch, fold=mode == "zo" and variant != "full"), ctx.args
     if mode == "infer":
         return model, loss
     if mode == "naive":
@@ -565,7 +571,9 @@ def ratio_specs(variants: tuple[str, ...], candidates: int = 2) -> list[Ratio]:
     for v in ("lora", "xgblora"):
         if v in variants and "full" in variants:
             out.append(Ratio(f"adapter_forward_over_plain/{v}", f"t:forward/{v}", "t:forward/full", 1.0, "", 0.0,
-                             f"{v} forward / plain forward"))
+                             f"{v} forward (PEFT's adapter path) / plain forward"))
+            out.append(Ratio(f"folded_forward_over_plain/{v}", f"t:forward_folded/{v}", "t:forward/full", 1.0, "<=",
+                             1.05, f"{v} forward under zo (folded) / plain forward"))
     for v in ("full", "lora"):
         if v in variants:
             out.append(Ratio(f"peak_memory_zo_over_inference/{v}", f"m:{v}:zo", f"m:{v}:infer", 1.0, "<=", 1.15,

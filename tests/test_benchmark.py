@@ -19,10 +19,12 @@ VARIANTS = ("full", "lora", "xgblora")
 TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_step_forwards", "zo_overhead",
                                                            "naive_forward", "naive_step", "naive_step_forwards")]
 TIME_KEYS += ["eval_batched", "eval_single", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
+TIME_KEYS += ["forward_folded/lora", "forward_folded/xgblora"]
 MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
     "peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora", "merge_over_forward/xgblora",
-    "eval_batched_speedup"] + [f"zo_step_over_ref/{v}" for v in VARIANTS]
+    "eval_batched_speedup"] + [f"zo_step_over_ref/{v}" for v in VARIANTS] + [
+    "folded_forward_over_plain/lora", "folded_forward_over_plain/xgblora"]
 
 
 def _load_script():
