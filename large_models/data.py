@@ -28,22 +28,25 @@ def _with_demos(demos_text: str, text: str) -> str:
     return (demos_text + DEMO_SEPARATOR + text).lstrip().strip(" ")
 
 
+def _prompt_text(template, sample, demos_text: str) -> str:
+    """The demonstrations and the sample's prompt (no answer), in MeZO's layout."""
+    return _with_demos(demos_text, template.encode(sample).strip(" "))
+
+
 def encode_prompt(tokenizer, template, sample, demos: Sequence = (), max_length: int = 2048) -> list[int]:
     """Token ids of the demonstrations followed by the sample's prompt (no answer), cut on the left."""
-    ids = tokenizer.encode(_with_demos(demo_text(template, demos), template.encode(sample).strip(" ")))
-    return ids[-max_length:]
+    return tokenizer.encode(_prompt_text(template, sample, demo_text(template, demos)))[-max_length:]
 
 
-def option_length(tokenizer, template, sample, candidate) -> int:
-    """How many tokens ``candidate``'s answer adds to the prompt, counted as MeZO counts them.
+def option_lengths(tokenizer, template, sample, candidates: Sequence) -> list[int]:
+    """How many tokens each candidate's answer adds to the prompt, counted as MeZO counts them.
 
     Both texts lose their end spaces (``strip(" ")``, never newlines) and are encoded without demonstrations:
     a prompt that ends in a space (COPA's ``" so "``) must not keep that space, or a tokenizer that merges a
     leading space into the next word would count the answer one token short.
     """
-    prompt = template.encode(sample).strip(" ")
-    full = template.verbalize(sample, candidate).strip(" ")
-    return len(tokenizer.encode(full)) - len(tokenizer.encode(prompt))
+    prompt_len = len(tokenizer.encode(template.encode(sample).strip(" ")))
+    return [len(tokenizer.encode(template.verbalize(sample, c).strip(" "))) - prompt_len for c in candidates]
 
 
 def encode_option(tokenizer, template, sample, candidate, demos: Sequence = (),
@@ -79,13 +82,12 @@ def shared_prompt(prompt: list[int], rows: Sequence[Sequence[int]], option_lens:
 
 def encode_candidates(tokenizer, template, sample, candidates: Sequence, demos: Sequence = (), gold: int = 0,
                       max_length: int = 2048) -> Feature:
-    """The rows of ``candidates`` for ``sample`` (see Feature), answer spans from ``option_length``."""
+    """The rows of ``candidates`` for ``sample`` (see Feature), answer spans from ``option_lengths``."""
     demos_text = demo_text(template, demos)
     full = [tokenizer.encode(_with_demos(demos_text, template.verbalize(sample, c).strip(" "))) for c in candidates]
-    lens = [max(option_length(tokenizer, template, sample, c), 1) for c in candidates]
     rows = [r[-max_length:] for r in full]
-    lens = [min(n, len(r) - 1) for n, r in zip(lens, rows)]
-    prompt = tokenizer.encode(_with_demos(demos_text, template.encode(sample).strip(" ")))
+    lens = [min(max(n, 1), len(r) - 1) for n, r in zip(option_lengths(tokenizer, template, sample, candidates), rows)]
+    prompt = tokenizer.encode(_prompt_text(template, sample, demos_text))
     return Feature(rows, lens, gold, shared_prompt(prompt, rows, lens, any(len(r) > max_length for r in full)))
 
 
@@ -98,32 +100,31 @@ def training_feature(tokenizer, template, sample, as_classification: bool, max_l
     return encode_candidates(tokenizer, template, sample, [gold_answer], (), 0, max_length)
 
 
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad ``rows`` into (input_ids, attention_mask)."""
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r, dtype=torch.long)
+            mask[i, span] = 1
     return ids, mask
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad ``rows`` into (input_ids, attention_mask)."""
+    return _pad(rows, pad_id, left=True)
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``rows`` into (ids, mask)."""
+    return _pad(rows, pad_id, left=False)
 
 
 def collate_rows(rows: Sequence[Sequence[int]], option_lens: Sequence[int], pad_id: int) -> dict:
     ids, mask = pad_left(rows, pad_id)
     return {"input_ids": ids, "attention_mask": mask, "option_len": torch.tensor(list(option_lens), dtype=torch.long)}
-
-
-def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``rows`` into (ids, mask)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
 
 
 def collate_candidates(features: Sequence[Feature], pad_id: int, shared: bool = True) -> dict:
@@ -178,7 +179,7 @@ def longest_row(tokenizer, template, sample, demos: Sequence = (), reserve: int 
     if sample.candidates is not None:
         texts = [template.verbalize(sample, c) for c in sample.candidates]
     elif reserve:
-        return len(tokenizer.encode(_with_demos(demos_text, template.encode(sample).strip(" ")))) + reserve
+        return len(tokenizer.encode(_prompt_text(template, sample, demos_text))) + reserve
     else:
         texts = [template.verbalize(sample, first_answer(sample.correct_candidate))]
     return max(len(tokenizer.encode(_with_demos(demos_text, t.strip(" ")))) for t in texts)

@@ -567,7 +567,7 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
         hooks, base = _FoldHooks(layer, name), layer.get_base_layer()
         handles += [base.register_forward_pre_hook(hooks.before), base.register_forward_hook(hooks.after)]
     # PEFT re-enabling adapters marks every active adapter trainable again: keep the frozen boosters frozen.
-    trainable = [(p, p.requires_grad) for p in model.parameters()]
+    trainable = [(p, p.requires_grad) for p in trainable_lora_parameters(model, include_frozen=True)]
     try:
         with model.disable_adapter():
             yield

@@ -62,8 +62,9 @@ def shared_prefix_logprobs(model, prompt_ids, prompt_mask, answer_ids, answer_ma
         return first
     cache = out.past_key_values
     cache.batch_select_indices(owner)
-    mask = torch.cat([prompt_mask[owner], answer_mask[:, :-1]], dim=1)
-    positions = prompt_mask[owner].sum(-1, keepdim=True) + torch.arange(width - 1, device=answer_ids.device)
+    owner_mask = prompt_mask[owner]
+    mask = torch.cat([owner_mask, answer_mask[:, :-1]], dim=1)
+    positions = owner_mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=answer_ids.device)
     rest = model(input_ids=answer_ids[:, :-1], attention_mask=mask, position_ids=positions, past_key_values=cache,
                  use_cache=False)
     return torch.cat([first, _logprob_of(rest.logits, answer_ids[:, 1:])], dim=1)

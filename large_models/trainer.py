@@ -35,7 +35,6 @@ from large_models.scoring import batch_loss
 logger = logging.getLogger(__name__)
 
 
-
 class DivergenceError(ArithmeticError):
     """Training produced a non-finite loss, projected gradient or merge; ``step`` is the 1-based step."""
 
@@ -142,6 +141,18 @@ class MezoTrainer(Trainer):
         return metrics
 
 
+def checked_merge(step: int, merge: Callable[[], lora.MergeReport],
+                  on_merge: Callable[[lora.MergeReport], None] | None) -> lora.MergeReport:
+    """Run ``merge``; a non-finite delta becomes a DivergenceError at ``step``; ``on_merge`` sees the report."""
+    try:
+        report = merge()
+    except lora.NonFiniteDeltaError as err:
+        raise DivergenceError(step, str(err)) from err
+    if on_merge is not None:
+        on_merge(report)
+    return report
+
+
 def reset_optimizer_state(optimizer, params: Sequence[torch.nn.Parameter]) -> None:
     """Zero the optimizer state (Adam moments, step count) of ``params``, keyed by the Parameter objects."""
     if optimizer is None:
@@ -199,13 +210,9 @@ class BoostingCallback(TrainerCallback):
 
     def boost(self, model, optimizer, step: int) -> None:
         """Merge every booster, start fresh ones on the next blocks, reset their optimizer state."""
-        try:
-            report = lora.merge_and_reinit(model, scale=self.scale, generator=self.generator,
-                                           reinit=self.grad_estimator is None, warn_ratio=self.warn_ratio)
-        except lora.NonFiniteDeltaError as err:
-            raise DivergenceError(step, str(err)) from err
-        if self.on_merge is not None:
-            self.on_merge(report)
+        report = checked_merge(step, lambda: lora.merge_and_reinit(
+            model, scale=self.scale, generator=self.generator, reinit=self.grad_estimator is None,
+            warn_ratio=self.warn_ratio), self.on_merge)
         self._select_blocks(model)
         if self.grad_estimator is not None:  # LoRA-GA: each booster starts on the top directions of the gradient
             lora.lora_ga_reinit_(model, self.grad_estimator(model, active_lora_layers(model)), generator=self.generator)
@@ -242,12 +249,8 @@ class PartialMergeCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if merge_due(state.global_step, self.every):
-            try:
-                report = lora.partial_merge(model, self.alpha, self.warn_ratio)
-            except lora.NonFiniteDeltaError as err:
-                raise DivergenceError(state.global_step, str(err)) from err
-            if self.on_merge is not None:
-                self.on_merge(report)
+            report = checked_merge(state.global_step, lambda: lora.partial_merge(model, self.alpha, self.warn_ratio),
+                                   self.on_merge)
             self.history.append({"step": state.global_step, "modules": report.num_modules,
                                  "delta_norm": report.delta_norm})
             logger.info("partial merge at step %d: %.2f of %d modules, |dW| = %.4g",
