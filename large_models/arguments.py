@@ -42,6 +42,10 @@ class Arguments(TrainingArguments):
         "help": "Hub id, local HF directory, .gguf file, or an offline alias (smollm2-135m)."})
     load_float16: bool = field(default=False, metadata={"help": "Load the model in float16 (CUDA only; float32 on CPU)."})
     load_bfloat16: bool = field(default=False, metadata={"help": "Load the model in bfloat16."})
+    load_int8: bool = field(default=False, metadata={
+        "help": "Load the linear weights in 8 bits (bitsandbytes LLM.int8(), as upstream MeZO); CUDA only. For "
+                "evaluation and adapter training (--lora, --prefix_tuning): base weights that are perturbed or merged "
+                "cannot be 8-bit."})
     max_length: int = field(default=2048, metadata={"help": "Longest input in tokens; longer prompts lose their left end."})
     scoring: Literal["shared", "rows"] = field(default="shared", metadata={
         "help": "Candidate scoring: shared = each prompt runs once and all its candidates are scored from it; "
@@ -160,6 +164,7 @@ class Arguments(TrainingArguments):
             yield f"--zo_eps {self.zo_eps}: must be > 0"
         if self.load_float16 and self.load_bfloat16:
             yield "--load_float16 and --load_bfloat16: choose one"
+        yield from self._int8_problems()
         for flag in ("num_train", "max_length", "lora_r", "xgblora_rank", "xgblora_merge_frequency", "max_new_tokens"):
             if getattr(self, flag) < (0 if flag == "num_train" else 1):
                 yield f"--{flag} {getattr(self, flag)}: must be {'>= 0' if flag == 'num_train' else '>= 1'}"
@@ -176,6 +181,19 @@ class Arguments(TrainingArguments):
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
         yield from self._mode_problems()
+
+    def _int8_problems(self):
+        if not self.load_int8:
+            return
+        if not torch.cuda.is_available():
+            yield ("--load_int8: needs CUDA (bitsandbytes' 8-bit layers have no CPU path); drop it on this machine, "
+                   "or use --load_bfloat16 / --load_float16 on a GPU")
+        if self.trainer != "none" and not (self.lora or self.prefix_tuning):
+            yield (f"--load_int8 with --trainer {self.trainer} and no --lora/--prefix_tuning: training would change "
+                   "the 8-bit base weights themselves; train an adapter (--lora) or evaluate only (--trainer none)")
+        if self.xgblora or self.lora_merge_every:
+            flag = "--xgblora" if self.xgblora else f"--lora_merge_every {self.lora_merge_every}"
+            yield f"--load_int8 with {flag}: merges write into the base weights, which cannot be 8-bit"
 
     def _training_problems(self):
         if self.trainer == "none":

@@ -519,20 +519,21 @@ def estimate_lora_ga_grads_backprop(
 
 
 class _FoldHooks:
-    """Forward hooks of one adapted base layer: before it runs, ``W += delta`` in place (its old values kept in a
-    temporary copy); after, the copy is put back, bit for bit. ``delta`` is the LoRA layer's ``get_delta_weight``
-    (scale, and GPT-2's transposed Conv1D layout, included)."""
+    """Forward hooks of one adapted base layer: before it runs, its weight's storage is swapped for a new tensor
+    ``W + delta``; after, the original storage is swapped back, so ``W`` itself is never written (bit-exact by
+    construction). ``delta`` is the LoRA layer's ``get_delta_weight`` (scale, and GPT-2's transposed Conv1D
+    layout, included). One add per call: no copy of ``W`` is saved or restored."""
 
     def __init__(self, layer: LoraLayer, adapter: str):
-        self.layer, self.adapter, self.saved = layer, adapter, None
+        self.layer, self.adapter, self.original = layer, adapter, None
 
     def before(self, module: nn.Module, inputs) -> None:
-        self.saved = module.weight.detach().clone()
-        module.weight.data.add_(self.layer.get_delta_weight(self.adapter))
+        self.original = module.weight.data
+        module.weight.data = torch.add(self.original, self.layer.get_delta_weight(self.adapter))
 
     def after(self, module: nn.Module, inputs, output) -> None:
-        module.weight.data.copy_(self.saved)
-        self.saved = None
+        module.weight.data = self.original
+        self.original = None
 
 
 def _nonzero_boosters(model: nn.Module) -> list[tuple[LoraLayer, str]]:
@@ -550,22 +551,22 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
     """Forward passes inside run every adapted layer as one plain matmul with ``W + s B A``.
 
     For zo steps (no backward): PEFT's LoRA path (dropout, two skinny matmuls, scale, add) costs 12-36% of a
-    forward on CPU. Here torch's documented module hooks add ``s B A`` to each adapted weight just before its
-    layer runs and put the saved values back right after (one temporary weight at a time, so memory stays that
-    of inference; the base weights end bit-identical), and PEFT's adapter path is switched off with its own
-    ``disable_adapter``. Scores equal PEFT's within float rounding (the product is summed in another order).
-    Dropout must be inactive (eval mode), as it is in a zo step. Not for backprop (the in-place add).
+    forward on CPU. Here torch's documented module hooks hand each adapted base layer the weight ``W + s B A``
+    just before it runs (one new tensor per layer call, so memory stays that of inference) and give it back its
+    own ``W`` right after; ``W`` is never written, so the base weights stay bit-identical. PEFT's adapter path is
+    switched off with its own ``disable_adapter``; a booster with ``B = 0`` (fresh or frozen) adds exactly
+    nothing, so its layer simply runs plain. Scores equal PEFT's within float rounding (the product is summed in
+    another order). Dropout must be inactive (eval mode), as it is in a zo step. Not for backprop: no gradient
+    reaches ``A`` and ``B`` through the swapped weight.
     """
-    layers = _nonzero_boosters(model) if isinstance(model, PeftModel) else []
-    if not layers:
+    if not isinstance(model, PeftModel) or not lora_layers(model):
         yield
         return
     if any(m.training for m in model.modules()):
         raise ValueError("folded_adapters: the model must be in eval mode (adapter dropout would be skipped)")
-    handles = []
-    for layer, name in layers:
-        hooks, base = _FoldHooks(layer, name), layer.get_base_layer()
-        handles += [base.register_forward_pre_hook(hooks.before), base.register_forward_hook(hooks.after)]
+    hooks = [(_FoldHooks(layer, name), layer.get_base_layer()) for layer, name in _nonzero_boosters(model)]
+    handles = [h for fold, base in hooks
+               for h in (base.register_forward_pre_hook(fold.before), base.register_forward_hook(fold.after))]
     # PEFT re-enabling adapters marks every active adapter trainable again: keep the frozen boosters frozen.
     trainable = [(p, p.requires_grad) for p in trainable_lora_parameters(model, include_frozen=True)]
     try:
@@ -574,5 +575,8 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+        for fold, base in hooks:  # a forward that raised mid-layer: give that layer its own weight back
+            if fold.original is not None:
+                fold.after(base, None, None)
         for param, flag in trainable:
             param.requires_grad_(flag)

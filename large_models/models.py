@@ -184,18 +184,28 @@ def load_tokenizer(path: str, model_type: str):
     return tokenizer
 
 
-def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32):
-    """The model (eval mode, on CUDA when available) and its left-padding tokenizer.
+def int8_config():
+    """``--load_int8``: bitsandbytes 8-bit linear weights (LLM.int8(), as upstream MeZO's ``load_in_8bit``).
+    CUDA only: bitsandbytes has no working CPU path for these layers; ``arguments.py`` refuses the flag without
+    CUDA before anything loads."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8: bool = False):
+    """The model (eval mode, on CUDA when available) and its left-padding tokenizer; ``int8``: 8-bit linear
+    weights through bitsandbytes (CUDA only), the rest in ``dtype``.
 
     Raises ModelError (or FileNotFoundError) naming ``--model_name`` when the model cannot be found or read.
     """
     path = resolve_model_path(name)
+    extra = {"quantization_config": int8_config(), "device_map": "auto"} if int8 else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
         tokenizer = load_tokenizer(path, model.config.model_type)
     except Exception as err:  # damaged weights, unknown architectures and hub errors all surface here
         raise ModelError(_load_failure(name, path, err)) from err
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not int8:  # an 8-bit model is placed by device_map, and cannot be moved
         model = model.cuda()
     model.eval()
     return model, tokenizer

@@ -249,7 +249,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
     one demonstration set per evaluation example (``demo_sets[i]`` for ``eval_samples[i]``)."""
     args.output_dir = output_dir
     set_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype)
+    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8)
     cap_max_length(args, model)
     num_dev = args.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]

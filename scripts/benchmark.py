@@ -123,7 +123,13 @@ def attach_variant(model, variant: str, args: argparse.Namespace):
     from large_models import lora
 
     rank = args.lora_r if variant == "lora" else args.xgblora_rank
-    return lora.attach_lora(model, r=rank, alpha=args.lora_alpha).eval()
+    model = lora.attach_lora(model, r=rank, alpha=args.lora_alpha).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():  # B != 0, as after the first step: a fresh B = 0 adapter would not be folded at all
+        for _, layer in lora.lora_layers(model):
+            B = lora._lora_AB(layer)[1]
+            B.copy_(1e-3 * torch.randn(B.shape, generator=gen))
+    return model
 
 
 def make_features(work: Workload, vocab: int, seed: int) -> list:
@@ -375,7 +381,21 @@ def eval_cases(model, ctx: Context) -> dict[str, Callable[[], object]]:
     lens = [n for f in ctx.features for n in f.option_lens]
     size = ctx.args.eval_batch_size
     return {"eval_batched": lambda: score_features(model, ctx.features, ctx.pad_id, size),
-            "eval_single": lambda: score_rows(model, rows, lens, ctx.pad_id, batch_size=1)}
+            "eval_single": lambda: upstream_row_scores(model, rows, lens, ctx.device),
+            "eval_single_trimmed": lambda: score_rows(model, rows, lens, ctx.pad_id, batch_size=1)}
+
+
+@torch.inference_mode()
+def upstream_row_scores(model, rows: list, option_lens: list, device: torch.device) -> list[float]:
+    """Upstream MeZO's evaluation forward, one row per call: full logits, log-softmax over the vocabulary at
+    every position (in the model's dtype), the answer tokens' entries picked out and averaged."""
+    scores = []
+    for row, n in zip(rows, option_lens):
+        ids = torch.tensor([row], device=device)
+        log_probs = F.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
+        picked = log_probs[torch.arange(ids.shape[1] - 1, device=device), ids[0, 1:]]
+        scores.append(picked[-n:].mean().item())
+    return scores
 
 
 def ref_case(variant: str, plain, ctx: Context) -> dict[str, Callable[[], object]]:
@@ -391,6 +411,35 @@ def merge_case(model, ctx: Context) -> dict[str, Callable[[], object]]:
 
     gen = torch.Generator().manual_seed(ctx.args.seed)
     return {"merge/xgblora": lambda: lora.merge_and_reinit(model, generator=gen)}
+
+
+def trainer_step_cases(args: argparse.Namespace, out_dir: str) -> dict[str, Callable[[], object]]:
+    """The ZO-XGBLoRA step as the Trainer runs it (``MezoTrainer.training_step`` on a freshly collated batch) with
+    real weights (``--trainer-step-model``) and a real SST-2 batch (``--data-dir``), and REF on that batch: two
+    forwards of the plain model (a second copy without an adapter) over upstream's row layout."""
+    from large_models import run
+    from large_models.data import TrainCollator
+    from large_models.models import load_model_and_tokenizer
+    from large_models.tasks import get_task
+
+    size = args.examples
+    targs = run.parse_args([
+        "--model_name", args.trainer_step_model, "--task_name", "SST2", "--data_dir", args.data_dir,
+        "--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "1000", "--num_train", str(size),
+        "--train_set_seed", "0", "--per_device_train_batch_size", str(size), "--train_as_classification",
+        "--learning_rate", "1e-4", "--zo_eps", "1e-3", "--max_steps", "1000", "--output_dir", out_dir,
+        "--disable_tqdm", "True", "--report_to", "none", "--seed", str(args.seed)])
+    task = get_task("SST2")
+    samples = task.sample_train_sets(task.load("train", args.data_dir), size, None, [0])[0]
+    model, tokenizer = load_model_and_tokenizer(args.trainer_step_model)
+    plain, _ = load_model_and_tokenizer(args.trainer_step_model)
+    trainer = run.build_trainer(targs, task, model, tokenizer, samples, [])
+    trainer.create_optimizer_and_scheduler(num_training_steps=targs.max_steps)
+    features, collate = list(trainer.train_dataset), trainer.data_collator
+    rows = make_batch(features, tokenizer.pad_token_id, next(plain.parameters()).device, shared=False)
+    ref = loss_fn_for(plain, rows)
+    return {"trainer_step/xgblora": lambda: trainer.training_step(trainer.model, collate(features)),
+            "ref/trainer": lambda: (ref(), ref())}
 
 
 def time_variant(variant: str, ctx: Context) -> Samples:
@@ -547,7 +596,7 @@ REF_TARGETS = {"full": 0.85, "lora": 0.60, "xgblora": 0.60}
 REF_TARGETS_3 = {"full": None, "lora": 0.45, "xgblora": 0.45}
 
 
-def ratio_specs(variants: tuple[str, ...], candidates: int = 2) -> list[Ratio]:
+def ratio_specs(variants: tuple[str, ...], candidates: int = 2, trainer_step: bool = False) -> list[Ratio]:
     """The measurements of the issue and their targets, for the variants that were run."""
     step_target = {"full": 1.25, "lora": 1.10, "xgblora": 1.10}
     out = []
@@ -582,7 +631,12 @@ def ratio_specs(variants: tuple[str, ...], candidates: int = 2) -> list[Ratio]:
         out += [Ratio("peak_memory_naive_over_inference/full", "m:full:naive", "m:full:infer", 1.0, "", 0.0,
                       "naive ZO peak memory / inference peak (full)"),
                 Ratio("eval_batched_speedup", "t:eval_single", "t:eval_batched", 1.0, ">=", 3.0,
-                      "f: one row at a time (upstream) / batched shared-prefix evaluation time")]
+                      "f: one row at a time (upstream's forward) / batched shared-prefix evaluation time"),
+                Ratio("eval_batched_speedup_trimmed", "t:eval_single_trimmed", "t:eval_batched", 1.0, "", 0.0,
+                      "one row at a time with trimmed logits / batched shared-prefix evaluation time")]
+    if trainer_step:
+        out.append(Ratio("trainer_step_over_ref/xgblora", "t:trainer_step/xgblora", "t:ref/trainer", 1.0, "<=", 0.70,
+                         "the Trainer's ZO-XGBLoRA step, real weights and SST-2 batch / REF on that batch"))
     if "xgblora" in variants:
         out.append(Ratio("merge_over_forward/xgblora", "t:merge/xgblora", "t:forward/xgblora", 1.0, "<", 1.0,
                          "e: merge_and_reinit / one forward (xgblora)"))
@@ -716,6 +770,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--xgblora-rank", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trainer-step-model", default=None,
+                   help="also time the Trainer's ZO-XGBLoRA step with these real weights (e.g. smollm2-135m) on a "
+                        "real SST-2 batch from --data-dir, against REF on that batch")
+    p.add_argument("--data-dir", default=None, help="task data for --trainer-step-model (e.g. ../shared/data)")
     p.add_argument("--quick", action="store_true", help="tiny config, 3 repeats, 1 thread: finishes in seconds")
     p.add_argument("--out", default=None, help="JSON path (default: result/benchmark-<device>.json)")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
@@ -734,6 +792,8 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     if args.dtype == "auto":
         args.dtype = "bf16" if device.type == "cuda" else "fp32"
     args.examples = args.examples or TASKS[args.task].examples
+    if args.trainer_step_model and (args.task != "sst2" or not args.data_dir):
+        raise SystemExit("--trainer-step-model: needs --task sst2 and --data-dir (the real SST-2 files)")
     if isinstance(args.variants, str):
         args.variants = tuple(v for v in args.variants.split(",") if v)
     if unknown := set(args.variants) - set(VARIANTS):
@@ -770,8 +830,14 @@ def run_benchmark(args: argparse.Namespace, device: torch.device, dtype: torch.d
     samples: Samples = {}
     for variant in args.variants:
         samples.update(time_variant(variant, ctx))
+    if args.trainer_step_model:
+        import tempfile
+        with tempfile.TemporaryDirectory() as out_dir:
+            samples.update(run_rounds(trainer_step_cases(args, out_dir), args.warmup, args.repeats, ctx.sync,
+                                      desc="timing the trainer's step"))
     times = summarise(samples)
-    ratios = compute_ratios(ratio_specs(args.variants, TASKS[args.task].candidates), times, memory)
+    specs = ratio_specs(args.variants, TASKS[args.task].candidates, trainer_step=bool(args.trainer_step_model))
+    ratios = compute_ratios(specs, times, memory)
     result = {"meta": {**meta(args, device), "load": load.report()}, "times": times, "memory": memory,
               "ratios": ratios}
     result["table"] = table_rows(times, memory, ratios)

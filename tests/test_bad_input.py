@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from large_models import models, run
@@ -178,6 +179,8 @@ TRAIN = ["--trainer", "zo", "--num_train", "4"]
     (TRAIN + ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be >= 1"),
     (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size 0: must be >= 1"),
     (["--task_name", "SQuAD", "--max_length", "50"], "--max_length 50: must exceed --max_new_tokens 50"),
+    (TRAIN + ["--load_int8"], "--load_int8 with --trainer zo and no --lora/--prefix_tuning"),
+    (TRAIN + ["--load_int8", "--xgblora"], "--load_int8 with --xgblora: merges write into the base weights"),
 ])
 def test_bad_flag_is_reported_before_anything_loads(tmp_path, monkeypatch, capsys, flags, message):
     def fail(*args, **kwargs):
@@ -188,6 +191,14 @@ def test_bad_flag_is_reported_before_anything_loads(tmp_path, monkeypatch, capsy
         run.main(flags + ["--result_file", str(tmp_path / "r.json")])
     assert err.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_load_int8_without_cuda_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit) as err:
+        run.main(["--load_int8", "--result_file", str(tmp_path / "r.json")])
+    assert err.value.code == 2 and "--load_int8: needs CUDA" in capsys.readouterr().err
 
 
 # ---- prompts longer than the model's positions --------------------------------------------------------------

@@ -18,7 +18,7 @@ SCRIPT = REPO / "scripts" / "benchmark.py"
 VARIANTS = ("full", "lora", "xgblora")
 TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_step_forwards", "zo_overhead",
                                                            "naive_forward", "naive_step", "naive_step_forwards")]
-TIME_KEYS += ["eval_batched", "eval_single", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
+TIME_KEYS += ["eval_batched", "eval_single", "eval_single_trimmed", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
 TIME_KEYS += ["forward_folded/lora", "forward_folded/xgblora"]
 MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
@@ -121,3 +121,29 @@ def test_naive_step_with_zero_lr_restores_the_parameters():
     bench.naive_step(named, bench.naive_loss_fn_for(model, batch), seed=3, eps=1e-3, lr=0.0, wd=0.0)
     for (name, p), p0 in zip(named, before):
         torch.testing.assert_close(p.detach(), p0, rtol=0, atol=1e-6, msg=name)
+
+
+def test_upstream_row_scores_equal_the_batched_scores():
+    """The "one row at a time" baseline scores the same examples as the batched shared-prefix evaluation."""
+    from large_models.evaluation import score_features
+
+    bench = _load_script()
+    ctx, model, _ = _tiny_setup(bench)
+    rows = [r for f in ctx.features for r in f.rows]
+    lens = [n for f in ctx.features for n in f.option_lens]
+    single = bench.upstream_row_scores(model, rows, lens, torch.device("cpu"))
+    batched = [s for per in score_features(model, ctx.features, ctx.pad_id, batch_size=2) for s in per]
+    assert len(single) == len(rows) == 2 * len(ctx.features)
+    assert single == pytest.approx(batched, abs=1e-5)
+
+
+def test_benchmark_adapters_are_live():
+    """The timed adapters have B != 0 (as after a step), so the folded forward really folds."""
+    from large_models import lora
+
+    bench = _load_script()
+    args = bench.parse_args(["--quick", "--device", "cpu"])
+    bench.resolve(args)
+    model = bench.attach_variant(bench.build_model("tiny", torch.float32, torch.device("cpu"), 0), "lora", args)
+    layers = lora.lora_layers(model)
+    assert layers and all(lora._lora_AB(layer)[1].abs().min() > 0 for _, layer in layers)

@@ -175,6 +175,23 @@ def test_folded_adapter_forward_equals_peft_and_restores_the_base(kind):
     assert [p.requires_grad for p in model.parameters()] == flags  # PEFT's re-enable would unfreeze boosters
 
 
+def test_folded_adapters_give_back_the_base_weight_when_a_forward_raises():
+    model = lora.attach_lora(make_model("llama"), r=2, alpha=4).eval()
+    for _, layer in lora.lora_layers(model):
+        torch.nn.init.normal_(lora._lora_AB(layer)[1], std=0.5)
+    base = lora.lora_layers(model)[0][1].get_base_layer()
+    weight, storage = base.weight.detach().clone(), base.weight.data_ptr()
+
+    def fail(module, inputs):
+        assert not torch.equal(module.weight, weight)  # the fold has swapped in W + s B A by now
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), lora.folded_adapters(model):
+        base.register_forward_pre_hook(fail)  # runs after the fold's own pre-hook
+        model(input_ids=torch.randint(4, 200, (1, 5)))
+    assert base.weight.data_ptr() == storage and torch.equal(base.weight, weight)
+
+
 def test_zo_xgblora_with_folding_follows_peft_across_a_merge(data_dir, tokenizer):
     """Trainer-level: zo XGBLoRA with and without folding, merges at steps 3 and 6: the same losses."""
     import json
