@@ -55,8 +55,8 @@ def mean_f1(answers: list[str], gold: list[list[str]]) -> float:
 def objective_for(args, tokenizer, task) -> Objective:
     """The objective ``args`` ask for: ``F1Objective`` with ``--non_diff`` (generation tasks, checked when the
     arguments were parsed), else ``AnswerLoss`` with ``--train_as_classification`` / ``--only_train_option``."""
-    if getattr(args, "non_diff", False):
-        if task is not None and not task.generation:
+    if args.non_diff:
+        if task is not None and not task.generation:  # parse_args refuses it; this guards programmatic use
             raise ValueError(f"--non_diff: task {task.name} has no generated answer to score")
         return F1Objective(tokenizer, EvalConfig.from_args(args))
     return AnswerLoss(args.train_as_classification, args.only_train_option)

@@ -70,7 +70,7 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
     demos = train_samples if args.trainer == "none" else []
     reserve = args.max_new_tokens if task.generation else 0
     cut = {"train": count_cut(tokenizer, task.template, [] if args.trainer == "none" else train_samples,
-                              args.max_length),
+                              args.max_length, reserve=args.max_new_tokens if args.non_diff else 0),
            "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
                              args.max_length, demos, reserve)}
     for split, n in cut.items():
@@ -81,6 +81,7 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
 
 
 def eval_config(args: Arguments) -> EvalConfig:
+    """Evaluation settings (batching, generation, --scoring, --sfc / --icl_sfc) of the run."""
     return EvalConfig.from_args(args)
 
 

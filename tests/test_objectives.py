@@ -9,7 +9,7 @@ from transformers import HfArgumentParser
 from large_models import run
 from large_models.arguments import ArgumentError, Arguments, parse_args
 from large_models.data import TrainCollator, encode_prompt, prompt_feature, training_feature
-from large_models.evaluation import EvalConfig
+from large_models.evaluation import EvalConfig, generate_batch
 from large_models.metrics import normalize_answer
 from large_models.objectives import AnswerLoss, F1Objective, objective_for
 from large_models.scoring import batch_loss
@@ -60,6 +60,24 @@ def test_f1_objective_is_minus_mean_f1_of_greedy_generations(kind, seed):
         [prompt_feature(tokenizer, template, s, 200) for s in squad_samples(golds)])
     loss = F1Objective(tokenizer, EvalConfig(max_new_tokens=6, progress=False))(model, batch)
     assert loss.item() == pytest.approx(-sum(want) / 3, abs=1e-6)
+
+
+def test_generation_under_folded_adapters_is_peft_generation():
+    """The zo step runs the objective inside lora.folded_adapters: generation must see the adapter there too."""
+    from large_models import lora
+    tokenizer = make_tokenizer(merges=True)
+    model = lora.attach_lora(make_model("llama", seed=4), r=4, alpha=8).eval()
+    for _, layer in lora.lora_layers(model):
+        torch.nn.init.normal_(lora._lora_AB(layer)[1], std=2.0)  # a non-zero adapter that changes the answers
+    template, cfg = get_task("SQuAD").template, EvalConfig(max_new_tokens=6, progress=False)
+    batch = TrainCollator(tokenizer.pad_token_id)(
+        [prompt_feature(tokenizer, template, s, 200) for s in squad_samples([["x"]] * 3)])
+    peft = generate_batch(model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg)
+    with model.disable_adapter():
+        plain = generate_batch(model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg)
+    with torch.no_grad(), lora.folded_adapters(model):
+        folded = generate_batch(model, tokenizer, batch["input_ids"], batch["attention_mask"], cfg)
+    assert peft != plain and folded == peft
 
 
 def test_prompt_batch_carries_prompt_without_answer_and_gold(tokenizer):
