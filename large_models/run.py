@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             return [run_one(args, task, [], eval_samples, None, paths[0], out_dirs[0], demo_sets)]
         train_sets = task.sample_train_sets(train, args.num_train, args.num_dev, seeds) if train else [[]] * len(seeds)
         pools = [eval_pool(valid, ts, args.train_from_validation) for ts in train_sets]
+        if not (args.no_eval or all(pools)):
+            raise DataError(f"--train_from_validation: --num_train {args.num_train} + --num_dev {args.num_dev or 0} "
+                            f"took all {len(valid)} validation examples; none is left to evaluate on")
         return [run_one(args, task, ts, eval_subset(task, pool, s, args.num_eval), s, p, o,
                         split=validation_split(valid, pool, args.train_from_validation))
                 for ts, pool, s, p, o in zip(train_sets, pools, seeds, paths, out_dirs)]

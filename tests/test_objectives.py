@@ -192,3 +192,12 @@ def test_non_diff_zo_trains_on_the_validation_split_and_evaluates_on_the_rest(tm
     assert result["train"]["global_step"] == 3 and result["config"]["non_diff"] is True
     losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(-1.0 <= x <= 0.0 for x in losses)  # minus an F1, not a positive LM loss
+
+
+def test_train_from_validation_refuses_to_leave_nothing_to_evaluate(tmp_path, tiny_opt_dir, squad_dev_only):
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SQuAD", "--data_dir", str(squad_dev_only),
+                  "--result_file", str(tmp_path / "r.json"), "--trainer", "zo", "--train_from_validation",
+                  "--num_train", "8", "--num_dev", "2", "--train_set_seed", "0"])
+    assert "--num_train 8 + --num_dev 2 took all 10 validation examples" in str(stop.value)
+    assert not (tmp_path / "r.json").exists()
