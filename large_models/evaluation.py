@@ -112,9 +112,10 @@ def candidate_scores(model, tokenizer, template, samples: Sequence, demos: Seque
         features += calibration_features(tokenizer, template, samples, demo_sets, cfg)
     shared = cfg.scoring == "shared"
     if shared and (unshared := sum(f.prompt is None for f in features)):
-        logger.info("%d of %d prompts scored by rows: their tokens are not a prefix of every candidate row (a BPE "
-                    "merge across the boundary, an empty prompt, or a row cut by --max_length)", unshared,
-                    len(features))
+        logger.info("%d of %d examples scored by rows: their prompt tokens are not a prefix of every candidate "
+                    "row (a BPE merge across the boundary, an empty SFC calibration prompt, or a row cut by "
+                    "--max_length)%s", unshared, len(features),
+                    "; each SFC calibration prompt counted as an example" if cfg.calibration != "none" else "")
     scores = score_features(model, features, tokenizer.pad_token_id, cfg.batch_size, shared, cfg.progress,
                             total=cfg.calibration != "none")
     if cfg.calibration == "none":
