@@ -33,6 +33,10 @@ class Arguments(TrainingArguments):
     num_eval: int | None = field(default=None, metadata={"help": "Evaluation examples sampled from the validation split (default: all)."})
     num_train_sets: int | None = field(default=None, metadata={"help": "Number of train sets (seeds 0..N-1) when --train_set_seed is unset."})
     train_set_seed: int | None = field(default=None, metadata={"help": "Seed for sampling the train/dev set."})
+    train_from_validation: bool = field(default=False, metadata={
+        "help": "Draw the train and dev examples from the validation split and evaluate on the rest of it (for a "
+                "task whose train file is missing, e.g. SQuAD offline); the result JSON records the split sizes. "
+                "Not in MeZO."})
     result_file: str | None = field(default=None, metadata={
         "help": "Where to write the result JSON (default: <result_dir>/<task>-<model>-<tag>-<config hash>.json)."})
     result_dir: str | None = field(default=None, metadata={
@@ -47,6 +51,12 @@ class Arguments(TrainingArguments):
                 "evaluation and adapter training (--lora, --prefix_tuning): base weights that are perturbed or merged "
                 "cannot be 8-bit."})
     max_length: int = field(default=2048, metadata={"help": "Longest input in tokens; longer prompts lose their left end."})
+    sfc: bool = field(default=False, metadata={
+        "help": "SFC calibration (surface form competition): a candidate's score is the sum of its answer "
+                "log-probabilities minus their sum after the task's calibration prompt (the prompt without the "
+                "input, no demonstrations). Classification and multiple-choice tasks."})
+    icl_sfc: bool = field(default=False, metadata={
+        "help": "As --sfc, with the in-context demonstrations kept before the calibration prompt."})
     scoring: Literal["shared", "rows"] = field(default="shared", metadata={
         "help": "Candidate scoring: shared = each prompt runs once and all its candidates are scored from it; "
                 "rows = one full row per candidate (upstream MeZO's layout). Same scores within float rounding."})
@@ -57,6 +67,9 @@ class Arguments(TrainingArguments):
     train_as_classification: bool = field(default=False, metadata={
         "help": "Cross-entropy over the candidates' length-normalised log-likelihoods."})
     zo_eps: float = field(default=1e-3, metadata={"help": "MeZO perturbation scale eps."})
+    non_diff: bool = field(default=False, metadata={
+        "help": "--trainer zo on a generation task (SQuAD, DROP): minimise minus the mean F1 of the generated "
+                "answers (a non-differentiable objective) instead of the LM loss on the gold answer."})
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
@@ -243,6 +256,31 @@ class Arguments(TrainingArguments):
                    f"generation task {self.task_name}")
         if self.train_as_classification and self.task_name in GENERATION_TASKS:
             yield f"--train_as_classification: task {self.task_name} is generation, it has no candidates"
+        yield from self._objective_problems()
+
+    def _objective_problems(self):
+        """--sfc / --icl_sfc (candidate scoring), --non_diff (zo on generation), --train_from_validation."""
+        for flag in ("sfc", "icl_sfc"):
+            if getattr(self, flag) and self.task_name in GENERATION_TASKS:
+                yield (f"--{flag}: task {self.task_name} is generation; SFC calibration rescores the candidates of "
+                       f"classification and multiple-choice tasks only")
+        if self.sfc and self.icl_sfc:
+            yield "--sfc and --icl_sfc: choose one (--icl_sfc keeps the demonstrations in the calibration prompt)"
+        if self.non_diff and self.trainer != "zo":
+            yield (f"--non_diff with --trainer {self.trainer}: the F1 objective has no gradient and is only "
+                   f"for --trainer zo")
+        if self.non_diff and self.task_name not in GENERATION_TASKS:
+            yield (f"--non_diff: task {self.task_name} is not a generation task; the F1 objective needs "
+                   f"{' or '.join(GENERATION_TASKS)}")
+        if self.non_diff and not self.only_train_option:
+            yield "--only_train_option False with --non_diff: the F1 objective scores generated answers, no tokens"
+        if self.train_from_validation and self.num_train == 0:
+            yield "--train_from_validation with --num_train 0: nothing to draw; give --num_train >= 1"
+        if (self.train_from_validation and self.trainer == "none" and self.train_set_seed is None
+                and not self.num_train_sets):
+            yield ("--train_from_validation with --trainer none and neither --train_set_seed nor --num_train_sets: "
+                   "one demonstration set per example would be drawn from the evaluation pool itself; "
+                   "give --train_set_seed")
 
 
 def parse_args(argv: list[str] | None = None) -> Arguments:

@@ -15,7 +15,8 @@ DEMO_SEPARATOR = "\n\n"
 
 def demo_text(template, demos: Sequence) -> str:
     """The demonstrations, each verbalised with its (first) gold answer and stripped, joined by blank lines."""
-    return DEMO_SEPARATOR.join(template.verbalize(d, first_answer(d.correct_candidate)).strip() for d in demos).strip()
+    return DEMO_SEPARATOR.join(template.demonstration(d, first_answer(d.correct_candidate)).strip()
+                               for d in demos).strip()
 
 
 def first_answer(candidate):
@@ -100,6 +101,22 @@ def training_feature(tokenizer, template, sample, as_classification: bool, max_l
     return encode_candidates(tokenizer, template, sample, [gold_answer], (), 0, max_length)
 
 
+@dataclass
+class PromptFeature:
+    """A generation example for a non-differentiable objective (``--non_diff``): the prompt without its answer
+    (the model generates the answer) and every gold answer, for the F1."""
+
+    prompt: list[int]
+    answers: list[str]
+
+
+def prompt_feature(tokenizer, template, sample, max_length: int) -> PromptFeature:
+    """The prompt of ``sample`` (no demonstrations), cut on the left to ``max_length`` tokens, and its gold answers."""
+    gold = sample.correct_candidate
+    return PromptFeature(encode_prompt(tokenizer, template, sample, (), max_length),
+                         list(gold) if isinstance(gold, (list, tuple)) else [gold])
+
+
 def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -162,13 +179,23 @@ def collate_candidates(features: Sequence[Feature], pad_id: int, shared: bool = 
     return batch
 
 
+def collate_prompts(features: Sequence[PromptFeature], pad_id: int) -> dict:
+    """Batch prompts for generation: ``input_ids``/``attention_mask`` left-padded, ``gold`` the lists of gold
+    answers (a plain list, passed through to the objective untouched)."""
+    ids, mask = pad_left([f.prompt for f in features], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "gold": [list(f.answers) for f in features]}
+
+
 class TrainCollator:
-    """Batches Features for the training loss (``collate_candidates``); ``shared`` False keeps every row whole."""
+    """Batches training features: Features for the loss (``collate_candidates``; ``shared`` False keeps every row
+    whole), PromptFeatures for a generation objective (``collate_prompts``)."""
 
     def __init__(self, pad_id: int, shared: bool = True):
         self.pad_id, self.shared = pad_id, shared
 
-    def __call__(self, features: Sequence[Feature]) -> dict:
+    def __call__(self, features: Sequence[Feature | PromptFeature]) -> dict:
+        if isinstance(features[0], PromptFeature):
+            return collate_prompts(features, self.pad_id)
         return collate_candidates(features, self.pad_id, self.shared)
 
 

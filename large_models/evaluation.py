@@ -4,7 +4,12 @@ Classification: every candidate is scored by the mean log-probability of its ans
 prompt once with ``--scoring shared``, a row per candidate with ``rows``); the prediction is the argmax over a
 sample's candidates. Samples are batched longest first, so padding stays small; the scores equal those of one
 sample at a time (tested).
-Generation (SQuAD, DROP): greedy or sampled decoding of the answer, cut at ``eos_token``.
+SFC calibration (``--sfc`` / ``--icl_sfc``, as upstream MeZO): a candidate's score is instead the *sum* of its
+answer log-probabilities minus their sum after the template's calibration prompt (``Template.calibration``,
+without the input; with ``icl_sfc`` after the same demonstrations). The calibration rows go through the same
+batched scoring as the candidates, in the same batches.
+Generation (SQuAD, DROP): greedy or sampled decoding of the answer, cut at ``eos_token``; ``generate_batch``
+also serves the non-differentiable training objective (objectives.py).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from tqdm.auto import tqdm
 
 from large_models.data import collate_candidates, collate_rows, encode_candidates, encode_prompt, pad_left
 from large_models.metrics import Prediction, calculate_metric
-from large_models.scoring import candidate_logprobs, mean_option_logprob, token_logprobs
+from large_models.scoring import candidate_logprobs, mean_option_logprob, summed_option_logprob, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,16 @@ class EvalConfig:
     eos_token: str = "\n"
     progress: bool = True
     scoring: str = "shared"  # or "rows": see scoring.py
+    calibration: str = "none"  # "sfc" (calibration prompt alone) or "icl_sfc" (after the demonstrations)
+
+    @classmethod
+    def from_args(cls, args) -> "EvalConfig":
+        """The evaluation settings of a run's ``Arguments`` (``--sfc`` / ``--icl_sfc`` become ``calibration``)."""
+        calibration = "sfc" if args.sfc else "icl_sfc" if args.icl_sfc else "none"
+        return cls(batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
+                   max_new_tokens=args.max_new_tokens, sampling=args.sampling, temperature=args.temperature,
+                   num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p, eos_token=args.eos_token,
+                   progress=not args.disable_tqdm, scoring=args.scoring, calibration=calibration)
 
 
 def _batches(order: Sequence[int], size: int):
@@ -69,31 +84,52 @@ def demo_sets_for(samples: Sequence, demos: Sequence) -> list:
 
 @torch.inference_mode()
 def score_features(model, features: Sequence, pad_id: int, batch_size: int, shared: bool = True,
-                   progress: bool = False) -> list[list[float]]:
-    """Mean answer log-probability of every candidate of every ``data.Feature``, ``batch_size`` features per batch
-    (longest first); ``shared``: each prompt once (rows where it cannot be shared exactly)."""
+                   progress: bool = False, total: bool = False) -> list[list[float]]:
+    """Mean (``total``: summed) answer log-probability of every candidate of every ``data.Feature``,
+    ``batch_size`` features per batch (longest first); ``shared``: each prompt once (rows where it cannot be
+    shared exactly)."""
     device = next(model.parameters()).device
     order = sorted(range(len(features)), key=lambda i: -max(len(r) for r in features[i].rows))
     scores = [None] * len(features)
+    reduce = summed_option_logprob if total else mean_option_logprob
     for idx in tqdm(list(_batches(order, batch_size)), desc="scoring", disable=not progress, leave=False):
         batch = collate_candidates([features[i] for i in idx], pad_id, shared)
         lp, mask = candidate_logprobs(model, {k: v.to(device) for k, v in batch.items()})
-        flat = mean_option_logprob(lp, mask).tolist()
+        flat = reduce(lp, mask).tolist()
         for i in idx:
             scores[i], flat = flat[:len(features[i].rows)], flat[len(features[i].rows):]
     return scores
 
 
 def candidate_scores(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
-    """Every candidate's mean answer log-probability, a list per sample. ``cfg.scoring``: ``shared`` (each
-    prompt once) or ``rows`` (a row per candidate, upstream's layout)."""
+    """Every candidate's score, a list per sample: its mean answer log-probability, or with ``cfg.calibration``
+    its SFC-calibrated summed log-probability. ``cfg.scoring``: ``shared`` (each prompt once) or ``rows`` (a row
+    per candidate, upstream's layout)."""
+    demo_sets = demo_sets_for(samples, demos)
     features = [encode_candidates(tokenizer, template, s, s.candidates, d, 0, cfg.max_length)
-                for s, d in zip(samples, demo_sets_for(samples, demos))]
+                for s, d in zip(samples, demo_sets)]
+    if cfg.calibration != "none":
+        features += calibration_features(tokenizer, template, samples, demo_sets, cfg)
     shared = cfg.scoring == "shared"
     if shared and (unshared := sum(f.prompt is None for f in features)):
         logger.info("%d of %d examples scored by rows: their prompt tokens are not a prefix of every candidate "
-                    "row (a BPE merge across the boundary, or a row cut by --max_length)", unshared, len(features))
-    return score_features(model, features, tokenizer.pad_token_id, cfg.batch_size, shared, cfg.progress)
+                    "row (a BPE merge across the boundary, an empty SFC calibration prompt, or a row cut by "
+                    "--max_length)%s", unshared, len(features),
+                    "; each SFC calibration prompt counted as an example" if cfg.calibration != "none" else "")
+    scores = score_features(model, features, tokenizer.pad_token_id, cfg.batch_size, shared, cfg.progress,
+                            total=cfg.calibration != "none")
+    if cfg.calibration == "none":
+        return scores
+    raw, calibrating = scores[:len(samples)], scores[len(samples):]
+    return [[a - b for a, b in zip(r, c)] for r, c in zip(raw, calibrating)]
+
+
+def calibration_features(tokenizer, template, samples: Sequence, demo_sets: Sequence, cfg: EvalConfig) -> list:
+    """The candidates of every sample after ``template``'s SFC calibration prompt: alone (``sfc``), or after the
+    sample's demonstrations (``icl_sfc``), as upstream MeZO encodes them."""
+    calibration = template.calibration()
+    return [encode_candidates(tokenizer, calibration, s, s.candidates, d if cfg.calibration == "icl_sfc" else (),
+                              0, cfg.max_length) for s, d in zip(samples, demo_sets)]
 
 
 def predict_candidates(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list:
@@ -112,24 +148,29 @@ def _stop_ids(tokenizer, eos_token: str) -> list[int]:
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list[str]:
-    """Decoded answers, each cut at ``eos_token`` and stripped (``demos`` as in ``predict_candidates``)."""
+def generate_batch(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   cfg: EvalConfig) -> list[str]:
+    """Decode an answer after each prompt of a left-padded batch, cut at ``cfg.eos_token`` and stripped."""
     device = next(model.parameters()).device
-    prompts = [encode_prompt(tokenizer, template, s, d, cfg.max_length - cfg.max_new_tokens)
-               for s, d in zip(samples, demo_sets_for(samples, demos))]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    answers = [""] * len(samples)
     gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sampling, num_beams=cfg.num_beams,
                       eos_token_id=_stop_ids(tokenizer, cfg.eos_token), pad_token_id=tokenizer.pad_token_id)
     if cfg.sampling:
         gen_kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **gen_kwargs)
+    return [tokenizer.decode(row, skip_special_tokens=True).split(cfg.eos_token)[0].strip()
+            for row in out[:, input_ids.shape[1]:]]
+
+
+def generate_answers(model, tokenizer, template, samples: Sequence, demos: Sequence, cfg: EvalConfig) -> list[str]:
+    """Decoded answers, each cut at ``eos_token`` and stripped (``demos`` as in ``predict_candidates``)."""
+    prompts = [encode_prompt(tokenizer, template, s, d, cfg.max_length - cfg.max_new_tokens)
+               for s, d in zip(samples, demo_sets_for(samples, demos))]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers = [""] * len(samples)
     for idx in tqdm(list(_batches(order, cfg.batch_size)), desc="generating", disable=not cfg.progress, leave=False):
         ids, mask = pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
-        ids, mask = ids.to(device), mask.to(device)
-        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
-        for i, row in zip(idx, out[:, ids.shape[1]:]):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            answers[i] = text.split(cfg.eos_token)[0].strip()
+        for i, text in zip(idx, generate_batch(model, tokenizer, ids, mask, cfg)):
+            answers[i] = text
     return answers
 
 

@@ -23,11 +23,11 @@ from large_models import lora  # noqa: E402
 from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
                                      resolve_resume)
 from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
-from large_models.data import TrainCollator, count_cut, training_feature  # noqa: E402
+from large_models.data import TrainCollator, count_cut, prompt_feature, training_feature  # noqa: E402
 from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
 from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
-from large_models.scoring import batch_loss  # noqa: E402
+from large_models.objectives import Objective, objective_for  # noqa: E402
 from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
 from large_models.trainer import (BestModelCallback, BoostingCallback, DivergenceError, MezoTrainer,  # noqa: E402
                                   PartialMergeCallback)
@@ -70,7 +70,7 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
     demos = train_samples if args.trainer == "none" else []
     reserve = args.max_new_tokens if task.generation else 0
     cut = {"train": count_cut(tokenizer, task.template, [] if args.trainer == "none" else train_samples,
-                              args.max_length),
+                              args.max_length, reserve=args.max_new_tokens if args.non_diff else 0),
            "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
                              args.max_length, demos, reserve)}
     for split, n in cut.items():
@@ -81,10 +81,8 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
 
 
 def eval_config(args: Arguments) -> EvalConfig:
-    return EvalConfig(batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
-                      max_new_tokens=args.max_new_tokens, sampling=args.sampling, temperature=args.temperature,
-                      num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p, eos_token=args.eos_token,
-                      progress=not args.disable_tqdm, scoring=args.scoring)
+    """Evaluation settings (batching, generation, --scoring, --sfc / --icl_sfc) of the run."""
+    return EvalConfig.from_args(args)
 
 
 def one_demo_set_per_example(args: Arguments) -> bool:
@@ -96,6 +94,31 @@ def one_demo_set_per_example(args: Arguments) -> bool:
 def eval_subset(task, valid: list, seed: int, num: int | None) -> list:
     """The ``--num_eval`` evaluation examples, drawn as MeZO draws them: with the train set's seed."""
     return task.sample_subset(valid, seed=seed, num=num) if num else valid
+
+
+def train_pool(args: Arguments, task, valid: list) -> list:
+    """The examples train/dev sets and demonstrations are drawn from: the train split, the validation split
+    itself with ``--train_from_validation``, none with ``--num_train 0``."""
+    if not args.num_train:
+        return []
+    return valid if args.train_from_validation else task.load("train", args.data_dir)
+
+
+def eval_pool(valid: list, train_set: list, from_validation: bool) -> list:
+    """The validation examples evaluation may draw from: all of them, or with ``--train_from_validation`` those
+    not drawn into the train/dev set (``train_set``), in their original order."""
+    if not from_validation:
+        return valid
+    drawn = {id(s) for s in train_set}
+    return [s for s in valid if id(s) not in drawn]
+
+
+def validation_split(valid: list, pool: list, from_validation: bool) -> dict | None:
+    """For the result JSON: how ``--train_from_validation`` divided the validation split (None when off)."""
+    if not from_validation:
+        return None
+    return {"validation_examples": len(valid), "drawn_for_train_and_dev": len(valid) - len(pool),
+            "eval_pool": len(pool)}
 
 
 def train_set_seeds(args: Arguments) -> list[int]:
@@ -119,8 +142,9 @@ def attach_adapter(model, args: Arguments):
     return model
 
 
-def lora_ga_estimator(args: Arguments, features, collator):
-    """model -> backprop gradients of each adapted weight, averaged over a few fixed random batches."""
+def lora_ga_estimator(args: Arguments, features, collator, objective: Objective):
+    """model -> backprop gradients of ``objective`` for each adapted weight, averaged over a few fixed random
+    batches."""
     rng = random.Random(args.seed)
     size = args.per_device_train_batch_size
     batches = [collator(rng.sample(features, min(size, len(features)))) for _ in range(args.lora_ga_batches)]
@@ -128,9 +152,7 @@ def lora_ga_estimator(args: Arguments, features, collator):
     def estimate(model, layers=None):
         device = next(model.parameters()).device
         moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        return lora.estimate_lora_ga_grads_backprop(
-            model, moved, lambda m, b: batch_loss(m, b, args.train_as_classification, args.only_train_option),
-            layers=layers)
+        return lora.estimate_lora_ga_grads_backprop(model, moved, objective, layers=layers)
     return estimate
 
 
@@ -162,18 +184,28 @@ def training_shares_prompts(args: Arguments, features) -> bool:
     return shared
 
 
-def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> MezoTrainer:
-    """Attach the adapter (if any) to ``model`` and return a ready MezoTrainer with its callbacks."""
-    features = [training_feature(tokenizer, task.template, s, args.train_as_classification, args.max_length)
+def training_features(args: Arguments, task, tokenizer, train_samples) -> list:
+    """What the objective needs of each training example: its candidate rows (data.Feature), or with
+    ``--non_diff`` its prompt without the answer and its gold answers (data.PromptFeature)."""
+    if args.non_diff:
+        return [prompt_feature(tokenizer, task.template, s, args.max_length - args.max_new_tokens)
                 for s in train_samples]
+    return [training_feature(tokenizer, task.template, s, args.train_as_classification, args.max_length)
+            for s in train_samples]
+
+
+def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> MezoTrainer:
+    """Attach the adapter (if any) to ``model`` and return a ready MezoTrainer with its objective and callbacks."""
+    features = training_features(args, task, tokenizer, train_samples)
     collator = TrainCollator(tokenizer.pad_token_id, shared=training_shares_prompts(args, features))
+    objective = objective_for(args, tokenizer, task)
     estimator = None
     if args.uses_adapter:
         model = attach_adapter(model, args)
     run_state = RunStateCallback(model, args.model_name, {}, store_base=args.lora_init == "lora_ga")
     if args.uses_adapter:
         if args.lora_init == "lora_ga":
-            estimator = lora_ga_estimator(args, features, collator)
+            estimator = lora_ga_estimator(args, features, collator, objective)
             if not args.xgblora:  # XGBLoRA's callback initialises each booster, the first included
                 lora.lora_ga_reinit_(model, estimator(model))
     if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
@@ -182,7 +214,7 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
     return MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
                        data_collator=collator, processing_class=tokenizer,
                        callbacks=build_callbacks(args, task, estimator if args.xgblora else None, run_state),
-                       task=task, dev_samples=dev_samples, eval_config=eval_config(args))
+                       task=task, dev_samples=dev_samples, eval_config=eval_config(args), objective=objective)
 
 
 def _callback(trainer, cls):
@@ -244,9 +276,10 @@ def log_predictions(task, samples, predictions) -> None:
 
 
 def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | None, path: Path, output_dir: str,
-            demo_sets: list | None = None) -> dict:
+            demo_sets: list | None = None, split: dict | None = None) -> dict:
     """Train (if asked) and evaluate one train set. ``set_seed_`` None with ``demo_sets``: MeZO's in-context mode,
-    one demonstration set per evaluation example (``demo_sets[i]`` for ``eval_samples[i]``)."""
+    one demonstration set per evaluation example (``demo_sets[i]`` for ``eval_samples[i]``). ``split``: how
+    ``--train_from_validation`` divided the validation split, recorded in the result."""
     args.output_dir = output_dir
     set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8)
@@ -258,7 +291,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
               "tag": args.tag, "train_set_seed": set_seed_, "eval_seed": set_seed_ or 0,
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
               "num_train": len(demo_sets[0]) if demo_sets else len(train_samples),
-              "num_dev": len(dev_samples), "num_eval": len(eval_samples),
+              "num_dev": len(dev_samples), "num_eval": len(eval_samples), "train_from_validation": split,
               "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
     start = time.time()
     result["status"] = "completed"
@@ -320,15 +353,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             check_result_path(path, args.overwrite)
         task = get_task(args.task_name)
         valid = task.load("validation", args.data_dir)
-        train = task.load("train", args.data_dir) if args.num_train else []
+        train = train_pool(args, task, valid)
         if one_demo_set_per_example(args):
             eval_samples = eval_subset(task, valid, 0, args.num_eval)
             demo_seeds = per_example_demo_seeds(len(valid), args.num_eval)[:len(eval_samples)]
             demo_sets = [task.sample_subset(train, s, args.num_train) if train else [] for s in demo_seeds]
             return [run_one(args, task, [], eval_samples, None, paths[0], out_dirs[0], demo_sets)]
         train_sets = task.sample_train_sets(train, args.num_train, args.num_dev, seeds) if train else [[]] * len(seeds)
-        return [run_one(args, task, ts, eval_subset(task, valid, s, args.num_eval), s, p, o)
-                for ts, s, p, o in zip(train_sets, seeds, paths, out_dirs)]
+        pools = [eval_pool(valid, ts, args.train_from_validation) for ts in train_sets]
+        if not (args.no_eval or all(pools)):
+            raise DataError(f"--train_from_validation: --num_train {args.num_train} + --num_dev {args.num_dev or 0} "
+                            f"took all {len(valid)} validation examples; none is left to evaluate on")
+        return [run_one(args, task, ts, eval_subset(task, pool, s, args.num_eval), s, p, o,
+                        split=validation_split(valid, pool, args.train_from_validation))
+                for ts, pool, s, p, o in zip(train_sets, pools, seeds, paths, out_dirs)]
     except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError) as err:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:

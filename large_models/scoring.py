@@ -97,6 +97,11 @@ def mean_option_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
+def summed_option_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Total log-likelihood of each row's answer: the score SFC calibration subtracts (as upstream MeZO)."""
+    return (logprobs * mask).sum(-1)
+
+
 def classification_loss(row_scores: torch.Tensor, group: torch.Tensor, gold_row: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over each example's candidate scores, the gold candidate being row ``gold_row[i]``."""
     losses = []

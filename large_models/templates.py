@@ -4,6 +4,11 @@ The prompt strings and label words are MeZO's (``large_models/templates.py`` of 
 Every template keeps one invariant that the scorer relies on: ``verbalize(sample, c)`` starts with exactly
 ``encode(sample)``, so the answer's tokens are the tokens of ``verbalize`` beyond those of ``encode``.
 
+Candidate templates also define MeZO's SFC calibration prompt (``encode_sfc``, surface-form competition,
+Holtzman et al. 2021, arXiv 2104.08315): what is left of the prompt once the input is taken away, so that
+``log p(answer | prompt) - log p(answer | calibration prompt)`` discounts answers that are likely whatever the
+input. ``calibration()`` gives it as a template of its own, so the one scoring path scores it.
+
 A template reads only ``sample.data`` (a dict of the task's fields).
 """
 from __future__ import annotations
@@ -26,6 +31,40 @@ class Template:
         """The prompt followed by the answer text for ``candidate``."""
         return self.encode(sample) + self.answer_text(sample, candidate)
 
+    def demonstration(self, sample: Any, candidate: Any) -> str:
+        """The text of ``sample`` shown as an in-context demonstration with answer ``candidate``."""
+        return self.verbalize(sample, candidate)
+
+    def encode_sfc(self, sample: Any) -> str:
+        """The SFC calibration prompt: the prompt without the input (MeZO's ``encode_sfc``)."""
+        raise ValueError(f"{type(self).__name__} has no SFC calibration prompt (--sfc / --icl_sfc calibrate the "
+                         f"candidate scores of classification and multiple-choice tasks only)")
+
+    def answer_text_sfc(self, sample: Any, candidate: Any) -> str:
+        """The text appended to ``encode_sfc(sample)`` for ``candidate``; the ordinary answer text by default."""
+        return self.answer_text(sample, candidate)
+
+    def calibration(self) -> "CalibrationTemplate":
+        """This template's SFC calibration prompt as a template (see CalibrationTemplate)."""
+        return CalibrationTemplate(self)
+
+
+class CalibrationTemplate(Template):
+    """The SFC calibration prompt of ``base`` as a template: ``encode`` is ``base.encode_sfc``, the answers are
+    ``base.answer_text_sfc``; demonstrations (``--icl_sfc``) are still shown in ``base``'s ordinary form."""
+
+    def __init__(self, base: Template):
+        self.base = base
+
+    def encode(self, sample: Any) -> str:
+        return self.base.encode_sfc(sample)
+
+    def answer_text(self, sample: Any, candidate: Any) -> str:
+        return self.base.answer_text_sfc(sample, candidate)
+
+    def demonstration(self, sample: Any, candidate: Any) -> str:
+        return self.base.demonstration(sample, candidate)
+
 
 class VerbalizerTemplate(Template):
     """A classification template whose candidates are label ids mapped to words.
@@ -39,6 +78,11 @@ class VerbalizerTemplate(Template):
     def answer_text(self, sample: Any, candidate: Any) -> str:
         return self.separator + self.verbalizer[candidate]
 
+    def encode_sfc(self, sample: Any) -> str:
+        """MeZO's calibration prompt for the PromptSource templates (RTE, CB, WiC, WSC, MultiRC): empty, the
+        label word alone."""
+        return ""
+
 
 class SST2Template(VerbalizerTemplate):
     """``<sentence> It was`` + `` great`` / `` terrible``."""
@@ -48,6 +92,9 @@ class SST2Template(VerbalizerTemplate):
 
     def encode(self, sample: Any) -> str:
         return f"{sample.data['sentence'].strip()} It was"
+
+    def encode_sfc(self, sample: Any) -> str:
+        return " It was"
 
 
 class RTETemplate(VerbalizerTemplate):
@@ -119,6 +166,9 @@ class BoolQTemplate(Template):
     def answer_text(self, sample: Any, candidate: Any) -> str:
         return str(candidate)
 
+    def encode_sfc(self, sample: Any) -> str:
+        return ""
+
 
 class CopaTemplate(Template):
     """``<premise without final period> because|so <choice>``; candidates are the choice texts.
@@ -128,20 +178,30 @@ class CopaTemplate(Template):
 
     connectors = {"cause": " because ", "effect": " so "}
 
+    def _connector(self, sample: Any) -> str:
+        question = sample.data["question"]
+        if question not in self.connectors:
+            raise ValueError(f"COPA question must be 'cause' or 'effect', got {question!r}")
+        return self.connectors[question]
+
     def encode(self, sample: Any) -> str:
         premise = sample.data["premise"].rstrip()
         if premise.endswith("."):
             premise = premise[:-1]
-        question = sample.data["question"]
-        if question not in self.connectors:
-            raise ValueError(f"COPA question must be 'cause' or 'effect', got {question!r}")
-        return premise + self.connectors[question]
+        return premise + self._connector(sample)
 
     def answer_text(self, sample: Any, candidate: Any) -> str:
         words = str(candidate).split(" ")
         if words[0] != "I":
             words[0] = words[0].lower()
         return " ".join(words)
+
+    def encode_sfc(self, sample: Any) -> str:
+        """The connective alone (``so`` / ``because``), without its spaces."""
+        return self._connector(sample).strip()
+
+    def answer_text_sfc(self, sample: Any, candidate: Any) -> str:
+        return " " + self.answer_text(sample, candidate)
 
 
 def _first(candidate: Any) -> str:
@@ -159,6 +219,10 @@ class ReCoRDTemplate(Template):
 
     def encode(self, sample: Any) -> str:
         return f"{self._passage(sample)}\n-"
+
+    def encode_sfc(self, sample: Any) -> str:
+        """The bullet alone; the answer is the filled-in query, as in ``answer_text``."""
+        return "-"
 
     def answer_text(self, sample: Any, candidate: Any) -> str:
         return " " + sample.data["query"].replace("@placeholder", _first(candidate))

@@ -1,6 +1,7 @@
 """`transformers.Trainer` for MeZO and regular training, connected only through documented override points.
 
-* ``compute_loss``: the candidate-classification or answer-token LM loss (``scoring.batch_loss``).
+* ``compute_loss``: the objective the trainer was given (``objectives.objective_for`` by default: the
+  candidate-classification or answer-token LM loss, or with ``--non_diff`` minus the F1 of generated answers).
 * ``training_step``: for ``--trainer zo`` one whole zeroth-order step (``zo.zo_step``): perturb, two forwards,
   restore, update; no backward, no gradients, no optimizer state. For ``regular``, the Trainer's own step.
 * ``create_optimizer``: zo gets a stateless SGD that exists only so the Trainer's LR scheduler has something to
@@ -29,8 +30,8 @@ from transformers import Trainer, TrainerCallback
 
 from large_models import lora, zo
 from large_models.evaluation import EvalConfig, evaluate
+from large_models.objectives import Objective, objective_for
 from large_models.schedule import epoch_merge_due, jagged_factor, merge_due
-from large_models.scoring import batch_loss
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +61,20 @@ CACHE_FRACTION = 0.1
 class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
-    def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None, **kwargs):
+    def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None,
+                 objective: Objective | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.task = task
         self.dev_samples = list(dev_samples)
         self.eval_config = eval_config or EvalConfig()
+        # (model, batch) -> loss; default: the one the arguments ask for (objectives.objective_for)
+        self.objective = objective or objective_for(self.args, self.processing_class, task)
         self._facts: tuple[set[str], int] | None = None
 
     # ---- loss --------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = batch_loss(model, inputs, self.args.train_as_classification, self.args.only_train_option)
+        """The Trainer's override point for the loss: ``self.objective`` on the batch (no model outputs)."""
+        loss = self.objective(model, inputs)
         return (loss, None) if return_outputs else loss
 
     # ---- one step ----------------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""Training objectives: what a step minimises, as a function ``(model, batch) -> scalar tensor``.
+
+The trainer is handed one objective (``MezoTrainer(objective=...)``) and calls it from ``compute_loss``; the
+zo step calls it twice per step under the perturbed weights. ``objective_for`` is the one place that picks it
+from the run's arguments, and the batch (``data.TrainCollator``) carries what the objective needs:
+
+* ``AnswerLoss`` (differentiable; ``scoring.batch_loss``): cross-entropy over the candidates
+  (``--train_as_classification``), the LM loss on the answer tokens (``--only_train_option``, the default), or
+  on every token of the rows.
+* ``F1Objective`` (``--non_diff``, MeZO's non-differentiable objective for generation tasks, zo only): minus
+  the mean SQuAD F1 of the model's generated answers against the gold answers. The batch holds the prompts
+  without their answers (``input_ids``/``attention_mask``) and the gold answers (``gold``); the answers are
+  generated with the evaluation's own ``evaluation.generate_batch``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from large_models.evaluation import EvalConfig, generate_batch
+from large_models.metrics import Prediction, calculate_metric
+from large_models.scoring import batch_loss
+
+Objective = Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
+class AnswerLoss:
+    """The differentiable training loss of a candidate batch (see ``scoring.batch_loss``)."""
+
+    def __init__(self, as_classification: bool, only_train_option: bool = True):
+        self.as_classification, self.only_train_option = as_classification, only_train_option
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        return batch_loss(model, batch, self.as_classification, self.only_train_option)
+
+
+class F1Objective:
+    """Minus the mean over the batch of each generated answer's SQuAD F1 (best over its gold answers), as
+    upstream MeZO's ``--non_diff``. No gradient: for zeroth-order training only."""
+
+    def __init__(self, tokenizer, cfg: EvalConfig):
+        self.tokenizer, self.cfg = tokenizer, cfg
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        answers = generate_batch(model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.cfg)
+        return -torch.tensor(mean_f1(answers, batch["gold"]), dtype=torch.float32)
+
+
+def mean_f1(answers: list[str], gold: list[list[str]]) -> float:
+    """The mean SQuAD F1 of ``answers`` against their gold answer lists (``metrics.f1_score`` per answer)."""
+    return calculate_metric([Prediction(g, a) for g, a in zip(gold, answers)], "f1")
+
+
+def objective_for(args, tokenizer, task) -> Objective:
+    """The objective ``args`` ask for: ``F1Objective`` with ``--non_diff`` (generation tasks, checked when the
+    arguments were parsed), else ``AnswerLoss`` with ``--train_as_classification`` / ``--only_train_option``."""
+    if args.non_diff:
+        if task is not None and not task.generation:  # parse_args refuses it; this guards programmatic use
+            raise ValueError(f"--non_diff: task {task.name} has no generated answer to score")
+        return F1Objective(tokenizer, EvalConfig.from_args(args))
+    return AnswerLoss(args.train_as_classification, args.only_train_option)
