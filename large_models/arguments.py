@@ -17,6 +17,10 @@ KNOWN_TASKS = ("SST2", "RTE", "CB", "BoolQ", "WSC", "WIC", "MultiRC", "Copa", "R
 GENERATION_TASKS = ("SQuAD", "DROP")
 
 
+# Training modes (``modes.MODES``) and the MeZO flag that selects each; no flag: full-parameter (``ft``).
+MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora"}
+
+
 class ArgumentError(ValueError):
     """Bad command-line input; the message names every offending flag and value."""
 
@@ -148,16 +152,10 @@ class Arguments(TrainingArguments):
 
     # -- derived --------------------------------------------------------------------------------------------
     @property
-    def uses_adapter(self) -> bool:
-        return self.lora or self.xgblora
-
-    @property
     def mode(self) -> str:
-        return "xgblora" if self.xgblora else "lora" if self.lora else "ft"
-
-    @property
-    def adapter_rank(self) -> int:
-        return self.xgblora_rank if self.xgblora else self.lora_r
+        """The training mode's name (``modes.MODES``), from MeZO's mode flags; ``ft`` when none is given."""
+        chosen = [name for name, flag in MODE_FLAGS.items() if getattr(self, flag)]
+        return chosen[0] if chosen else "ft"
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -210,8 +208,8 @@ class Arguments(TrainingArguments):
 
     def _training_problems(self):
         if self.trainer == "none":
-            if self.uses_adapter:
-                flag = "--xgblora" if self.xgblora else "--lora"
+            if self.mode in ("lora", "xgblora"):
+                flag = f"--{MODE_FLAGS[self.mode]}"
                 yield (f"{flag} with --trainer none: an adapter changes nothing until it is trained; "
                        f"use --trainer zo or regular, or drop {flag}")
             return
@@ -237,7 +235,7 @@ class Arguments(TrainingArguments):
             yield f"--lora_merge_alpha {self.lora_merge_alpha}: must be in (0, 1]"
         if self.lora_merge_every and not self.lora:
             yield f"--lora_merge_every {self.lora_merge_every}: needs --lora"
-        if self.lora_init == "lora_ga" and not self.uses_adapter:
+        if self.lora_init == "lora_ga" and self.mode not in ("lora", "xgblora"):
             yield "--lora_init lora_ga: needs --lora or --xgblora"
         if self.lora_init == "lora_ga" and self.trainer == "zo":
             yield ("--lora_init lora_ga with --trainer zo: LoRA-GA needs backprop gradients, which would cost "

@@ -8,7 +8,6 @@ Writes one result JSON per train set (eval and dev metrics, boosting history, th
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ if __package__ in (None, ""):  # `python run.py` from inside large_models/
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
-from large_models import lora  # noqa: E402
 from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
                                      resolve_resume)
 from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
@@ -27,10 +25,10 @@ from large_models.data import TrainCollator, count_cut, prompt_feature, training
 from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
 from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
-from large_models.objectives import Objective, objective_for  # noqa: E402
+from large_models.objectives import objective_for  # noqa: E402
 from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
-from large_models.trainer import (BestModelCallback, BoostingCallback, DivergenceError, MezoTrainer,  # noqa: E402
-                                  PartialMergeCallback)
+from large_models.modes import Mode, ModeError, mode_for, sample_batches  # noqa: E402
+from large_models.trainer import BestModelCallback, DivergenceError, MezoTrainer  # noqa: E402
 
 logger = logging.getLogger("run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -129,43 +127,9 @@ def train_set_seeds(args: Arguments) -> list[int]:
     return list(range(args.num_train_sets)) if args.num_train_sets else [0]
 
 
-def attach_adapter(model, args: Arguments):
-    try:
-        model = lora.attach_lora(model, r=args.adapter_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                 target_modules=args.lora_target_modules)
-    except ValueError as err:  # a target module or LoRA setting this model cannot take
-        raise ArgumentError(str(err)) from err
-    blocks = lora.num_blocks(model)
-    if args.xgblora and args.xgblora_num_layers > blocks:
-        raise ArgumentError(f"--xgblora_num_layers {args.xgblora_num_layers}: larger than the {blocks} blocks "
-                            f"this model's boosters cover")
-    return model
-
-
-def lora_ga_estimator(args: Arguments, features, collator, objective: Objective):
-    """model -> backprop gradients of ``objective`` for each adapted weight, averaged over a few fixed random
-    batches."""
-    rng = random.Random(args.seed)
-    size = args.per_device_train_batch_size
-    batches = [collator(rng.sample(features, min(size, len(features)))) for _ in range(args.lora_ga_batches)]
-
-    def estimate(model, layers=None):
-        device = next(model.parameters()).device
-        moved = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        return lora.estimate_lora_ga_grads_backprop(model, moved, objective, layers=layers)
-    return estimate
-
-
-def build_callbacks(args: Arguments, task, estimator, run_state: RunStateCallback) -> list:
-    """The mode's callbacks; the stateful ones are registered with ``run_state`` for checkpoints."""
-    stateful = {}
-    if args.xgblora:
-        stateful["boosting"] = BoostingCallback(args.xgblora_steps_per_iteration, args.xgblora_merge_frequency,
-                                                args.xgblora_merge_scale, args.xgblora_num_layers, args.seed,
-                                                estimator, args.merge_warn_ratio, run_state.record)
-    if args.lora_merge_every:
-        stateful["partial_merges"] = PartialMergeCallback(args.lora_merge_every, args.lora_merge_alpha,
-                                                          args.merge_warn_ratio, run_state.record)
+def build_callbacks(args: Arguments, task, mode: Mode, run_state: RunStateCallback) -> list:
+    """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``."""
+    stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{task.metric}")
     run_state.stateful = stateful
@@ -195,26 +159,26 @@ def training_features(args: Arguments, task, tokenizer, train_samples) -> list:
 
 
 def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> MezoTrainer:
-    """Attach the adapter (if any) to ``model`` and return a ready MezoTrainer with its objective and callbacks."""
+    """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
+    MezoTrainer with its objective and callbacks."""
     features = training_features(args, task, tokenizer, train_samples)
     collator = TrainCollator(tokenizer.pad_token_id, shared=training_shares_prompts(args, features))
-    objective = objective_for(args, tokenizer, task)
-    estimator = None
-    if args.uses_adapter:
-        model = attach_adapter(model, args)
-    run_state = RunStateCallback(model, args.model_name, {}, store_base=args.lora_init == "lora_ga")
-    if args.uses_adapter:
-        if args.lora_init == "lora_ga":
-            estimator = lora_ga_estimator(args, features, collator, objective)
-            if not args.xgblora:  # XGBLoRA's callback initialises each booster, the first included
-                lora.lora_ga_reinit_(model, estimator(model))
+    mode, objective = mode_for(args), objective_for(args, tokenizer, task)
+
+    def batches():  # drawn only by a mode that needs them (LoRA-GA's gradient estimate)
+        return sample_batches(features, collator, args.per_device_train_batch_size, args.lora_ga_batches, args.seed)
+    try:
+        model = mode.prepare(model, objective, batches)
+    except ModeError as err:
+        raise ArgumentError(str(err)) from err
+    run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
     if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
         logger.warning("no dev examples (--num_dev 0): evaluation during training is off")
         args.eval_strategy = IntervalStrategy.NO
     return MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
                        data_collator=collator, processing_class=tokenizer,
-                       callbacks=build_callbacks(args, task, estimator if args.xgblora else None, run_state),
-                       task=task, dev_samples=dev_samples, eval_config=eval_config(args), objective=objective)
+                       callbacks=build_callbacks(args, task, mode, run_state), task=task, dev_samples=dev_samples,
+                       eval_config=eval_config(args), mode=mode, objective=objective)
 
 
 def _callback(trainer, cls):
@@ -246,26 +210,18 @@ def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -
 
 
 def train_summary(trainer, summary: dict) -> dict:
-    """``summary`` plus the log history and what the callbacks recorded (merges, best dev value)."""
+    """``summary`` plus the log history and what the mode and the best-model callback recorded."""
     summary["log_history"] = trainer.state.log_history
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, BoostingCallback):
-            summary["boosting"] = {"num_merges": len(cb.history), "merges": cb.history}
-        if isinstance(cb, PartialMergeCallback):
-            summary["partial_merges"] = cb.history
-        if isinstance(cb, BestModelCallback):
-            summary["best_dev"] = {"value": cb.best, "step": cb.best_step}
+    stateful = _callback(trainer, RunStateCallback).stateful
+    summary.update(trainer.mode.summary(stateful))
+    if "best" in stateful:
+        summary["best_dev"] = {"value": stateful["best"].best, "step": stateful["best"].best_step}
     return summary
 
 
 def save(args: Arguments, model, tokenizer) -> None:
-    out = Path(args.output_dir)
-    if args.uses_adapter:
-        lora.save_adapters(model, out / "adapter")
-        model = lora.merged_base_model(model)
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    logger.info("saved the trained model to %s", out)
+    mode_for(args).save(model, tokenizer, Path(args.output_dir))
+    logger.info("saved the trained model to %s", args.output_dir)
 
 
 def log_predictions(task, samples, predictions) -> None:

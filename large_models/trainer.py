@@ -5,8 +5,9 @@
 * ``training_step``: for ``--trainer zo`` one whole zeroth-order step (``zo.zo_step``): perturb, two forwards,
   restore, update; no backward, no gradients, no optimizer state. For ``regular``, the Trainer's own step.
 * ``create_optimizer``: zo gets a stateless SGD that exists only so the Trainer's LR scheduler has something to
-  drive (its ``step`` finds no gradients and does nothing); regular training covers every adapter parameter,
-  also those of boosters frozen in the current iteration.
+  drive (its ``step`` finds no gradients and does nothing); regular training covers the mode's parameters
+  (``modes.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those of boosters frozen in
+  the current iteration).
 * ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
 * ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss.
 
@@ -62,11 +63,14 @@ class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
     def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None,
-                 objective: Objective | None = None, **kwargs):
+                 mode=None, objective: Objective | None = None, **kwargs):
+        """``mode``: the run's ``modes.Mode`` (which parameters the regular optimizer covers); ``objective(model,
+        batch) -> loss``: the training loss (default: ``objectives.objective_for`` as the arguments say)."""
         super().__init__(*args, **kwargs)
         self.task = task
         self.dev_samples = list(dev_samples)
         self.eval_config = eval_config or EvalConfig()
+        self.mode = mode
         # (model, batch) -> loss; default: the one the arguments ask for (objectives.objective_for)
         self.objective = objective or objective_for(self.args, self.processing_class, task)
         self._facts: tuple[set[str], int] | None = None
@@ -115,16 +119,16 @@ class MezoTrainer(Trainer):
             params = [p for p in model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.SGD(params, lr=self.args.learning_rate, momentum=0.0)
             return self.optimizer
-        if self.args.uses_adapter:
-            params = lora.trainable_lora_parameters(model, include_frozen=True)
-            decay = set(self.get_decay_parameter_names(model))
-            names = {id(p): n for n, p in model.named_parameters()}
-            groups = [{"params": [p for p in params if names[id(p)] in decay], "weight_decay": self.args.weight_decay},
-                      {"params": [p for p in params if names[id(p)] not in decay], "weight_decay": 0.0}]
-            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
-            return self.optimizer
-        return super().create_optimizer(model)
+        if self.mode is None:
+            return super().create_optimizer(model)
+        params = self.mode.optimizer_parameters(model)
+        decay = set(self.get_decay_parameter_names(model))
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = [{"params": [p for p in params if names[id(p)] in decay], "weight_decay": self.args.weight_decay},
+                  {"params": [p for p in params if names[id(p)] not in decay], "weight_decay": 0.0}]
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
+        return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)

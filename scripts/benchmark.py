@@ -418,7 +418,6 @@ def trainer_step_cases(args: argparse.Namespace, out_dir: str) -> dict[str, Call
     real weights (``--trainer-step-model``) and a real SST-2 batch (``--data-dir``), and REF on that batch: two
     forwards of the plain model (a second copy without an adapter) over upstream's row layout."""
     from large_models import run
-    from large_models.data import TrainCollator
     from large_models.models import load_model_and_tokenizer
     from large_models.tasks import get_task
 
