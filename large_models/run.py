@@ -1,4 +1,5 @@
-"""Entry point: zero-shot / in-context evaluation, MeZO or regular fine-tuning (full, LoRA, XGBLoRA) of a causal LM.
+"""Entry point: zero-shot / in-context evaluation, MeZO or regular fine-tuning (full, LoRA, XGBLoRA, prefix) of a
+causal LM.
 
     python large_models/run.py --task_name SST2 --model_name smollm2-135m --data_dir ../shared/data \
         --trainer zo --xgblora --xgblora_steps_per_iteration 50 --max_steps 200 ...
@@ -16,10 +17,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python run.py` from inside large_models/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
-from large_models import lora  # noqa: E402
+from large_models import lora, prefix  # noqa: E402
 from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
                                      resolve_resume)
 from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
@@ -119,6 +121,13 @@ def attach_adapter(model, args: Arguments):
     return model
 
 
+def attach_prefix(model, args: Arguments):
+    """``--prefix_tuning``: the prefix (initialised with a generator seeded from ``--seed``); all else frozen."""
+    return prefix.attach_prefix(model, args.num_prefix, reparam=not args.no_reparam,
+                                init_by_real_act=args.prefix_init_by_real_act,
+                                generator=torch.Generator().manual_seed(args.seed))
+
+
 def lora_ga_estimator(args: Arguments, features, collator):
     """model -> backprop gradients of each adapted weight, averaged over a few fixed random batches."""
     rng = random.Random(args.seed)
@@ -170,6 +179,8 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
     estimator = None
     if args.uses_adapter:
         model = attach_adapter(model, args)
+    if args.prefix_tuning:
+        model = attach_prefix(model, args)
     run_state = RunStateCallback(model, args.model_name, {}, store_base=args.lora_init == "lora_ga")
     if args.uses_adapter:
         if args.lora_init == "lora_ga":
@@ -227,7 +238,13 @@ def train_summary(trainer, summary: dict) -> dict:
 
 
 def save(args: Arguments, model, tokenizer) -> None:
+    """The trained model under ``--output_dir``: ``model/`` (LoRA and XGBLoRA merged in) and ``adapter/``, or for
+    prefix tuning only ``prefix/`` (the base model is unchanged; ``prefix.load_prefix`` puts it back on)."""
     out = Path(args.output_dir)
+    if args.prefix_tuning:
+        prefix.save_prefix(model, out / "prefix")
+        logger.info("saved the trained prefix to %s", out / "prefix")
+        return
     if args.uses_adapter:
         lora.save_adapters(model, out / "adapter")
         model = lora.merged_base_model(model)
