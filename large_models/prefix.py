@@ -159,9 +159,12 @@ class PrefixInjector:
         cache = kwargs.pop("cache", None) if cache is None else cache
         if cache is None or cache.get_seq_length() == 0:
             cache = self.filled_cache(cache, batch)
-        n = self.encoder.num_prefix
         seen = cache.get_seq_length()  # the prefix and any real tokens cached before
-        kwargs["attention_mask"] = self.widened_mask(kwargs, seen - n, length, inputs)
+        cached = seen - self.encoder.num_prefix
+        mask = real_mask(kwargs.get("attention_mask"), batch, cached + length, inputs.device)
+        if kwargs.get("position_ids") is None:  # from 0 on each row's first real token, as MeZO's prefix
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, cached:]
+        kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, self.encoder.num_prefix), mask], dim=1)
         kwargs[self.cache_key] = cache
         if self.takes_cache_position:  # older transformers 5 releases: where the new tokens go in the cache
             kwargs["cache_position"] = torch.arange(seen, seen + length, device=inputs.device)
@@ -174,18 +177,15 @@ class PrefixInjector:
             cache.update(keys.expand(batch, *keys.shape), values.expand(batch, *values.shape), layer)
         return cache
 
-    def widened_mask(self, kwargs: dict, cached: int, length: int, inputs: torch.Tensor) -> torch.Tensor:
-        """The caller's mask over the real tokens (``cached`` ones and ``length`` new ones) with ones for the prefix
-        in front; sets the positions (from 0 on each row's first real token) when the caller gave none."""
-        batch, real = inputs.shape[0], cached + length
-        mask = kwargs.get("attention_mask")
-        mask = torch.ones(batch, real, dtype=torch.long, device=inputs.device) if mask is None else mask
-        if mask.dim() != 2 or mask.shape[1] != real:
-            raise ValueError(f"a model with a prefix needs a 2-D attention mask over the {real} real tokens "
-                             f"(cached and new); got shape {tuple(mask.shape)}")
-        if kwargs.get("position_ids") is None:
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, cached:]
-        return torch.cat([mask.new_ones(batch, self.encoder.num_prefix), mask], dim=1)
+
+def real_mask(mask: torch.Tensor | None, batch: int, real: int, device) -> torch.Tensor:
+    """The caller's 2-D attention mask over the ``real`` tokens (cached and new; all ones when not given)."""
+    if mask is None:
+        return torch.ones(batch, real, dtype=torch.long, device=device)
+    if mask.dim() != 2 or mask.shape[1] != real:
+        raise ValueError(f"a model with a prefix needs a 2-D attention mask over the {real} real tokens (cached and "
+                         f"new), without the prefix; got shape {tuple(mask.shape)}")
+    return mask
 
 
 def save_prefix(model: nn.Module, path: str | Path) -> None:
