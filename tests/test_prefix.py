@@ -80,6 +80,13 @@ def test_prefix_of_real_tokens_scores_like_those_tokens_in_front(kind):
     assert (default - base(input_ids=x, attention_mask=mask).logits)[mask.bool()].abs().max() > 1e-3
 
 
+def test_a_mask_that_does_not_cover_the_real_tokens_is_refused():
+    model = _random_prefix("opt")
+    x, mask = _padded_inputs()
+    with pytest.raises(ValueError, match=r"2-D attention mask over the 7 real tokens .* got shape \(3, 10\)"):
+        model(input_ids=x, attention_mask=torch.cat([torch.ones(3, 3, dtype=torch.long), mask], 1))
+
+
 def _data(root):
     _write_sst2(root)
     _write_copa(root)
