@@ -18,7 +18,7 @@ GENERATION_TASKS = ("SQuAD", "DROP")
 
 
 # Training modes (``modes.MODES``) and the MeZO flag that selects each; no flag: full-parameter (``ft``).
-MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora"}
+MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora", "prefix": "prefix_tuning"}
 
 
 class ArgumentError(ValueError):
@@ -77,7 +77,17 @@ class Arguments(TrainingArguments):
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
-    prefix_tuning: bool = field(default=False, metadata={"help": "Prefix tuning (not available yet)."})
+    # ---- prefix tuning (MeZO's names and defaults) -----------------------------------------------------------
+    prefix_tuning: bool = field(default=False, metadata={
+        "help": "Prefix tuning: train --num_prefix key/value vectors in front of every attention layer; nothing else "
+                "trains. MeZO's advice: zo LR 1e-2 or 1e-3 with --zo_eps 1e-1; regular training LR 1e-2."})
+    num_prefix: int = field(default=5, metadata={"help": "Prefix tuning: number of prefix positions."})
+    no_reparam: bool = field(default=True, metadata={
+        "help": "Prefix tuning: train the prefix keys and values directly (MeZO's default). --no_reparam False: "
+                "compute them with per-layer MLPs from shared embeddings (the reparameterisation trick)."})
+    prefix_init_by_real_act: bool = field(default=True, metadata={
+        "help": "Prefix tuning: start the prefix from the keys and values the model computes for --num_prefix "
+                "random vocabulary tokens (drawn with --seed); False: standard normal. Needs --no_reparam."})
     # ---- LoRA / XGBLoRA ------------------------------------------------------------------------------------
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all parameters."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -212,6 +222,9 @@ class Arguments(TrainingArguments):
                 flag = f"--{MODE_FLAGS[self.mode]}"
                 yield (f"{flag} with --trainer none: an adapter changes nothing until it is trained; "
                        f"use --trainer zo or regular, or drop {flag}")
+            if self.prefix_tuning:
+                yield ("--prefix_tuning with --trainer none: nothing would train the prefix; "
+                       "use --trainer zo or regular, or drop --prefix_tuning")
             return
         if self.num_train == 0:
             yield f"--num_train 0 with --trainer {self.trainer}: nothing to train on; give --num_train >= 1"
@@ -222,9 +235,7 @@ class Arguments(TrainingArguments):
             yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
 
     def _mode_problems(self):
-        if self.prefix_tuning:
-            yield ("--prefix_tuning: cannot be combined with --xgblora" if self.xgblora
-                   else "--prefix_tuning: not available yet")
+        yield from self._prefix_problems()
         if self.lora and self.xgblora:
             yield "--lora and --xgblora: choose one (--xgblora trains rank --xgblora_rank boosters)"
         if not self.merge_warn_ratio >= 0:
@@ -279,6 +290,20 @@ class Arguments(TrainingArguments):
             yield ("--train_from_validation with --trainer none and neither --train_set_seed nor --num_train_sets: "
                    "one demonstration set per example would be drawn from the evaluation pool itself; "
                    "give --train_set_seed")
+
+    def _prefix_problems(self):
+        if not self.prefix_tuning:
+            return
+        for flag in ("xgblora", "lora"):
+            if getattr(self, flag):
+                yield (f"--prefix_tuning: cannot be combined with --{flag}; one training mode at a time "
+                       f"(drop --prefix_tuning or --{flag})")
+        if self.num_prefix < 1:
+            yield f"--num_prefix {self.num_prefix}: must be >= 1"
+        if self.prefix_init_by_real_act and not self.no_reparam:
+            yield ("--prefix_init_by_real_act with --no_reparam False: real activations set the prefix keys and "
+                   "values directly, which the reparameterisation computes instead; pass --no_reparam, or "
+                   "--prefix_init_by_real_act False")
 
 
 def parse_args(argv: list[str] | None = None) -> Arguments:

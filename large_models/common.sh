@@ -9,16 +9,20 @@ check_task() {
     case " $known_tasks " in *" $TASK "*) ;; *) die "TASK=$TASK unknown; known: $known_tasks" ;; esac
 }
 
-# MODE -> adapter flags in MODE_ARGS; the XGBLoRA kappa is part of the tag.
+# MODE -> its flags in MODE_ARGS and its part of the tag in MODE_TAG (the XGBLoRA kappa is in it), and the mode's
+# default learning rates and eps: ZO_LR / ZO_EPS for mezo.sh, FT_LR for finetune.sh (LR and EPS, if set, win).
+# Prefix tuning takes MeZO's advice: MeZO LR 1e-3 (or 1e-2) with EPS 1e-1; regular training LR 1e-2.
 mode_args() {
+    ZO_LR=1e-5; ZO_EPS=1e-3; FT_LR=1e-5
     case "$MODE" in
         ft) MODE_ARGS=(); MODE_TAG=ft ;;
         lora) MODE_ARGS=(--lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-16}"); MODE_TAG=lora ;;
         xgblora) MODE_ARGS=(--xgblora --xgblora_rank "${XGBLORA_RANK:-1}" --lora_alpha "${LORA_ALPHA:-16}"
                             --xgblora_steps_per_iteration "$XGBLORA_STEPS" --xgblora_num_layers "$XGBLORA_LAYERS")
                  MODE_TAG=xgblora-k$XGBLORA_STEPS ;;
-        prefix) die "MODE=prefix (prefix tuning) is not available yet; use MODE=ft, lora or xgblora" ;;
-        *) die "MODE=$MODE unknown; known: ft lora xgblora" ;;
+        prefix) MODE_ARGS=(--prefix_tuning --num_prefix "${NUM_PREFIX:-5}" --no_reparam --prefix_init_by_real_act)
+                MODE_TAG=prefix; ZO_LR=1e-3; ZO_EPS=1e-1; FT_LR=1e-2 ;;
+        *) die "MODE=$MODE unknown; known: ft lora xgblora prefix" ;;
     esac
 }
 

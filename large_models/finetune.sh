@@ -7,7 +7,6 @@ source "$HERE/common.sh"
 MODEL=${MODEL:-facebook/opt-350m}
 MODE=${MODE:-ft}
 BS=${BS:-8}
-LR=${LR:-1e-5}
 SEED=${SEED:-0}
 TRAIN=${TRAIN:-1000}
 EVAL=${EVAL:-1000}
@@ -19,6 +18,7 @@ RESUME=${RESUME:-auto}
 
 check_task
 mode_args
+LR=${LR:-$FT_LR}
 task_args
 data_args
 DEV=${DEV:-$DEFAULT_DEV}

@@ -7,8 +7,6 @@ source "$HERE/common.sh"
 MODEL=${MODEL:-facebook/opt-350m}
 MODE=${MODE:-ft}
 BS=${BS:-16}
-LR=${LR:-1e-5}
-EPS=${EPS:-1e-3}
 SEED=${SEED:-0}
 TRAIN=${TRAIN:-1000}
 EVAL=${EVAL:-1000}
@@ -21,6 +19,8 @@ RESUME=${RESUME:-auto}
 
 check_task
 mode_args
+LR=${LR:-$ZO_LR}
+EPS=${EPS:-$ZO_EPS}
 task_args
 data_args
 DEV=${DEV:-$DEFAULT_DEV}

@@ -9,6 +9,7 @@ MeZO's names (``--lora``, ``--xgblora``, ...) and ``Arguments.mode`` turns them 
 | ``ft``    | (none)       | every parameter                                          |                                     |
 | ``lora``  | ``--lora``   | LoRA A/B (PEFT)                                          | LoRA-GA init, partial merges        |
 | ``xgblora`` | ``--xgblora`` | rank-``--xgblora_rank`` boosters, merged every kappa steps | ``BoostingCallback``             |
+| ``prefix`` | ``--prefix_tuning`` | prefix keys/values of every attention layer        | real-activation init                |
 
 Each mode is a small class; the base class is full-parameter training, and a mode overrides only what differs.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from large_models import lora
+from large_models import lora, prefix
 from large_models.trainer import BoostingCallback, PartialMergeCallback
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,23 @@ class XGBLoraMode(LoraMode):
         return {"boosting": {"num_merges": len(cb.history), "merges": cb.history}}
 
 
-MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (Mode, LoraMode, XGBLoraMode)}
+class PrefixMode(Mode):
+    """Prefix tuning (``--prefix_tuning``, ``prefix.py``): ``--num_prefix`` key/value vectors in front of every
+    attention layer train, the model stays frozen; saves only the prefix (``out/prefix``)."""
+
+    name = "prefix"
+
+    def prepare(self, model, objective=None, batches=None):
+        a = self.args
+        return prefix.attach_prefix(model, a.num_prefix, reparam=not a.no_reparam,
+                                    init_by_real_act=a.prefix_init_by_real_act,
+                                    generator=torch.Generator().manual_seed(a.seed))
+
+    def save(self, model, tokenizer, out):
+        prefix.save_prefix(model, out / "prefix")  # the base model is unchanged; prefix.load_prefix puts it back
+
+
+MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (Mode, LoraMode, XGBLoraMode, PrefixMode)}
 
 
 def mode_for(args) -> Mode:

@@ -1,4 +1,5 @@
-"""Entry point: zero-shot / in-context evaluation, MeZO or regular fine-tuning (full, LoRA, XGBLoRA) of a causal LM.
+"""Entry point: zero-shot / in-context evaluation, MeZO or regular fine-tuning (full, LoRA, XGBLoRA, prefix) of a
+causal LM.
 
     python large_models/run.py --task_name SST2 --model_name smollm2-135m --data_dir ../shared/data \
         --trainer zo --xgblora --xgblora_steps_per_iteration 50 --max_steps 200 ...

@@ -25,6 +25,8 @@ MODES = {
     "regular-lora": ["--trainer", "regular", "--lora", "--lora_r", "2"],
     "regular-xgblora": ["--trainer", "regular", "--xgblora", "--xgblora_steps_per_iteration", "2",
                         "--xgblora_num_layers", "1"],
+    "zo-prefix": ["--trainer", "zo", "--prefix_tuning", "--num_prefix", "3", "--zo_eps", "1e-1"],
+    "regular-prefix": ["--trainer", "regular", "--prefix_tuning", "--num_prefix", "3"],
 }
 
 
