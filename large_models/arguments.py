@@ -57,6 +57,24 @@ class Arguments(TrainingArguments):
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
     prefix_tuning: bool = field(default=False, metadata={"help": "Prefix tuning (not available yet)."})
+    # ---- LM head: head tuning, linear probing --------------------------------------------------------------
+    head_tuning: bool = field(default=False, metadata={
+        "help": "Train only the LM head (--trainer zo or regular; MeZO's flag, default off). If the head is tied "
+                "to the input embeddings (OPT, GPT-2, SmolLM2, ...) and --untie_emb is not given, the shared weight "
+                "trains, so the input embeddings change too (as upstream; with regular training its gradient "
+                "comes from the head's use alone)."})
+    untie_emb: bool = field(default=False, metadata={
+        "help": "Give the LM head its own copy of the tied input embedding weight (MeZO's flag, default off); a "
+                "saved model keeps them apart."})
+    linear_probing: bool = field(default=False, metadata={
+        "help": "Linear probing (MeZO's flag, default off): fit a logistic regression (LogisticRegressionCV) from "
+                "the LM head's input to each gold answer token of the training examples and write it into those "
+                "tokens' rows of the head, untied first (automatically). --trainer none: the probe is all the "
+                "training; zo or regular: training starts from it (upstream MeZO stopped after the probe). "
+                "Not for generation tasks."})
+    lp_early_stopping: bool = field(default=False, metadata={
+        "help": "Linear probing with tol 0.01 and at most 1000 iterations instead of 1e-4 and 5000 (MeZO's flag, "
+                "default off)."})
     # ---- LoRA / XGBLoRA ------------------------------------------------------------------------------------
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all parameters."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -136,7 +154,17 @@ class Arguments(TrainingArguments):
 
     @property
     def mode(self) -> str:
-        return "xgblora" if self.xgblora else "lora" if self.lora else "ft"
+        """ft, lora, xgblora or head; lp for a linear probe alone, lp-<mode> for training that starts from one."""
+        base = "xgblora" if self.xgblora else "lora" if self.lora else "head" if self.head_tuning else "ft"
+        if not self.linear_probing:
+            return base
+        return "lp" if self.trainer == "none" else f"lp-{base}"
+
+    @property
+    def learns(self) -> bool:
+        """Whether the run learns from the training set (training or a linear probe); if not, the training
+        examples are in-context demonstrations."""
+        return self.trainer != "none" or self.linear_probing
 
     @property
     def adapter_rank(self) -> int:
@@ -176,6 +204,7 @@ class Arguments(TrainingArguments):
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
         yield from self._mode_problems()
+        yield from self._head_problems()
 
     def _training_problems(self):
         if self.trainer == "none":
@@ -225,6 +254,21 @@ class Arguments(TrainingArguments):
                    f"generation task {self.task_name}")
         if self.train_as_classification and self.task_name in GENERATION_TASKS:
             yield f"--train_as_classification: task {self.task_name} is generation, it has no candidates"
+
+
+    def _head_problems(self):
+        if self.head_tuning and self.trainer == "none":
+            yield "--head_tuning with --trainer none: nothing would train; use --trainer zo or regular"
+        for flag in ("lora", "xgblora", "prefix_tuning"):
+            if self.head_tuning and getattr(self, flag):
+                yield f"--head_tuning and --{flag}: choose one (--head_tuning trains the LM head alone)"
+        if self.linear_probing and self.task_name in GENERATION_TASKS:
+            yield (f"--linear_probing: task {self.task_name} is generation; a probe over its answer tokens would "
+                   f"overwrite the head rows generation needs. Use a classification or multiple-choice task")
+        if self.linear_probing and self.trainer == "none" and self.num_train == 0:
+            yield "--linear_probing with --num_train 0: nothing to fit the probe on; give --num_train >= 1"
+        if self.lp_early_stopping and not self.linear_probing:
+            yield "--lp_early_stopping: needs --linear_probing"
 
 
 def parse_args(argv: list[str] | None = None) -> Arguments:

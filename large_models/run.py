@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python run.py` from inside large_models/
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
-from large_models import lora  # noqa: E402
+from large_models import head, linear_probe, lora  # noqa: E402
 from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
                                      resolve_resume)
 from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
@@ -67,9 +67,9 @@ def cap_max_length(args: Arguments, model) -> None:
 
 def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples) -> dict:
     """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end)."""
-    demos = train_samples if args.trainer == "none" else []
+    demos = [] if args.learns else train_samples
     reserve = args.max_new_tokens if task.generation else 0
-    cut = {"train": count_cut(tokenizer, task.template, [] if args.trainer == "none" else train_samples,
+    cut = {"train": count_cut(tokenizer, task.template, train_samples if args.learns else [],
                               args.max_length),
            "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
                              args.max_length, demos, reserve)}
@@ -90,7 +90,7 @@ def eval_config(args: Arguments) -> EvalConfig:
 def one_demo_set_per_example(args: Arguments) -> bool:
     """MeZO's in-context default: ``--trainer none`` with neither ``--train_set_seed`` nor ``--num_train_sets``
     draws a separate demonstration set for each evaluation example."""
-    return args.trainer == "none" and args.train_set_seed is None and not args.num_train_sets
+    return not args.learns and args.train_set_seed is None and not args.num_train_sets
 
 
 def eval_subset(task, valid: list, seed: int, num: int | None) -> list:
@@ -185,6 +185,25 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
                        task=task, dev_samples=dev_samples, eval_config=eval_config(args))
 
 
+def prepare_head(args: Arguments, task, model, tokenizer, train_samples) -> dict:
+    """``--untie_emb``, ``--linear_probing`` (which unties first) and ``--head_tuning``, in that order, before any
+    training; returns what the result JSON records under ``head`` (empty when none is set)."""
+    summary = {}
+    if args.untie_emb or args.linear_probing:
+        summary["untied"] = head.untie_embeddings(model)
+    if args.linear_probing:
+        summary["linear_probe"] = linear_probe.linear_probe(
+            model, tokenizer, task, train_samples, args.lp_early_stopping, args.per_device_eval_batch_size,
+            args.max_length)
+        logger.info("linear probe: train accuracy %.4f, C %.4g", summary["linear_probe"]["train_accuracy"],
+                    summary["linear_probe"]["C"])
+    if args.head_tuning:
+        summary["trainable"] = head.train_head_only(model)
+        logger.info("head tuning: only %s train%s", ", ".join(summary["trainable"]),
+                    " (tied to the input embeddings, which change with it)" if head.is_tied(model) else "")
+    return summary
+
+
 def _callback(trainer, cls):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
 
@@ -253,7 +272,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
     cap_max_length(args, model)
     num_dev = args.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]
-    dev_samples = train_set[len(train_set) - num_dev:] if args.trainer != "none" and num_dev else []
+    dev_samples = train_set[len(train_set) - num_dev:] if args.learns and num_dev else []
     result = {"task": args.task_name, "model": args.model_name, "trainer": args.trainer, "mode": args.mode,
               "tag": args.tag, "train_set_seed": set_seed_, "eval_seed": set_seed_ or 0,
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
@@ -262,13 +281,15 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
               "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
     start = time.time()
     result["status"] = "completed"
+    if head_summary := prepare_head(args, task, model, tokenizer, train_samples):
+        result["head"] = head_summary
     if args.trainer != "none":
         model, result["train"], result["status"] = train(args, task, model, tokenizer, train_samples, dev_samples)
     if result["status"] != "completed":
         return stopped_run(args, result, path, model, tokenizer, start)
     cfg = eval_config(args)
     if not args.no_eval:
-        demos = demo_sets if demo_sets is not None else train_samples if args.trainer == "none" else []
+        demos = demo_sets if demo_sets is not None else [] if args.learns else train_samples
         scored = evaluate(model, tokenizer, task, eval_samples, demos, cfg)
         result["eval"] = {task.metric: scored[task.metric]}
         result["eval_predictions"] = [p.predicted_candidate for p in scored["predictions"]]
@@ -329,7 +350,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_sets = task.sample_train_sets(train, args.num_train, args.num_dev, seeds) if train else [[]] * len(seeds)
         return [run_one(args, task, ts, eval_subset(task, valid, s, args.num_eval), s, p, o)
                 for ts, s, p, o in zip(train_sets, seeds, paths, out_dirs)]
-    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError) as err:
+    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError,
+            linear_probe.ProbeError, head.HeadError) as err:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
         if stop.exit_code != RESUMABLE_EXIT:
