@@ -13,6 +13,7 @@ from large_models.data import encode_prompt
 from large_models.evaluation import evaluate
 from large_models.linear_probe import (ProbeError, features, fit_probe, head_rows, linear_probe, probe_settings,
                                        write_head)
+from large_models.models import load_model_and_tokenizer
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 
@@ -166,7 +167,7 @@ def test_head_tuning_changes_only_the_head_and_saves_it(tmp_path, word_model_dir
     assert head.is_tied(after) == tied
     assert result["head"]["trainable"] == [emb if tied else lm]
     task = get_task("SST2")
-    reloaded = evaluate(after, run.load_model_and_tokenizer(str(word_model_dir))[1], task,
+    reloaded = evaluate(after, load_model_and_tokenizer(str(word_model_dir))[1], task,
                         task.load("validation", sst2_dir))
     assert [p.predicted_candidate for p in reloaded["predictions"]] == result["eval_predictions"]
 
@@ -264,6 +265,12 @@ def test_bad_head_flags_are_refused_by_name(flags, message):
     assert message in str(err.value)
 
 
+def test_head_flags_name_their_own_run():
+    base = ["--task_name", "SST2", "--model_name", "org/opt-1.3b", "--trainer", "zo", "--num_train", "8"]
+    variants = ([], ["--head_tuning"], ["--untie_emb"], ["--linear_probing"], ["--linear_probing", "--lp_early_stopping"])
+    assert len({run.result_path(parse_args(base + v), 0, False).name for v in variants}) == len(variants)
+
+
 @pytest.mark.parametrize("flags, mode", [
     ([], "ft"), (["--trainer", "zo", "--head_tuning"], "head"), (["--linear_probing"], "lp"),
     (["--trainer", "zo", "--linear_probing"], "lp-ft"), (["--trainer", "zo", "--linear_probing", "--head_tuning"], "lp-head"),
@@ -306,3 +313,14 @@ def test_linear_probing_then_mezo(tmp_path, word_tokenizer, sst2_dir, extra, mod
         assert changed == {"lm_head.weight"}
     else:
         assert {"lm_head.weight", "transformer.h.0.attn.c_attn.weight"} <= changed
+
+
+def test_a_training_set_with_one_answer_stops_with_the_task_named(tmp_path, word_tokenizer):
+    word_model("opt", word_tokenizer).save_pretrained(tmp_path / "model")
+    word_tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "SST-2").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "SST-2" / name).write_text("sentence\tlabel\n" + "".join(f"{t} \t1\n" for t in POSITIVE))
+    with pytest.raises(SystemExit) as stop:
+        _run(tmp_path, tmp_path / "model", tmp_path, "--linear_probing", "--num_train", "6")
+    assert str(stop.value).startswith("run.py: error: --linear_probing on task SST2: every one of the")
