@@ -267,13 +267,15 @@ def test_bad_head_flags_are_refused_by_name(flags, message):
 
 def test_head_flags_name_their_own_run():
     base = ["--task_name", "SST2", "--model_name", "org/opt-1.3b", "--trainer", "zo", "--num_train", "8"]
-    variants = ([], ["--head_tuning"], ["--untie_emb"], ["--linear_probing"], ["--linear_probing", "--lp_early_stopping"])
+    variants = ([], ["--head_tuning"], ["--untie_emb"], ["--linear_probing"],
+                ["--linear_probing", "--lp_early_stopping"])
     assert len({run.result_path(parse_args(base + v), 0, False).name for v in variants}) == len(variants)
 
 
 @pytest.mark.parametrize("flags, mode", [
     ([], "ft"), (["--trainer", "zo", "--head_tuning"], "head"), (["--linear_probing"], "lp"),
-    (["--trainer", "zo", "--linear_probing"], "lp-ft"), (["--trainer", "zo", "--linear_probing", "--head_tuning"], "lp-head"),
+    (["--trainer", "zo", "--linear_probing"], "lp-ft"),
+    (["--trainer", "zo", "--linear_probing", "--head_tuning"], "lp-head"),
     (["--trainer", "regular", "--linear_probing", "--lora"], "lp-lora"),
 ])
 def test_mode_names(flags, mode):
