@@ -18,7 +18,7 @@ GENERATION_TASKS = ("SQuAD", "DROP")
 
 
 # Training modes (``modes.MODES``) and the MeZO flag that selects each; no flag: full-parameter (``ft``).
-MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora", "prefix": "prefix_tuning"}
+MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora", "prefix": "prefix_tuning", "head": "head_tuning"}
 
 
 class ArgumentError(ValueError):
@@ -88,6 +88,24 @@ class Arguments(TrainingArguments):
     prefix_init_by_real_act: bool = field(default=True, metadata={
         "help": "Prefix tuning: start the prefix from the keys and values the model computes for --num_prefix "
                 "random vocabulary tokens (drawn with --seed); False: standard normal. Needs --no_reparam."})
+    # ---- LM head: head tuning, linear probing --------------------------------------------------------------
+    head_tuning: bool = field(default=False, metadata={
+        "help": "Train only the LM head (--trainer zo or regular; MeZO's flag, default off). If the head is tied "
+                "to the input embeddings (OPT, GPT-2, SmolLM2, ...) and --untie_emb is not given, the shared weight "
+                "trains, so the input embeddings change too (as upstream; with regular training its gradient "
+                "comes from the head's use alone)."})
+    untie_emb: bool = field(default=False, metadata={
+        "help": "Give the LM head its own copy of the tied input embedding weight (MeZO's flag, default off); a "
+                "saved model keeps them apart."})
+    linear_probing: bool = field(default=False, metadata={
+        "help": "Linear probing (MeZO's flag, default off): fit a logistic regression (LogisticRegressionCV) from "
+                "the LM head's input to each gold answer token of the training examples and write it into those "
+                "tokens' rows of the head, untied first (automatically). --trainer none: the probe is all the "
+                "training; zo or regular: training starts from it (upstream MeZO stopped after the probe). "
+                "Not for generation tasks."})
+    lp_early_stopping: bool = field(default=False, metadata={
+        "help": "Linear probing with tol 0.01 and at most 1000 iterations instead of 1e-4 and 5000 (MeZO's flag, "
+                "default off)."})
     # ---- LoRA / XGBLoRA ------------------------------------------------------------------------------------
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all parameters."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -163,9 +181,19 @@ class Arguments(TrainingArguments):
     # -- derived --------------------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
-        """The training mode's name (``modes.MODES``), from MeZO's mode flags; ``ft`` when none is given."""
+        """The training mode's name (``modes.MODES``) from MeZO's mode flags (``ft`` when none is given);
+        with ``--linear_probing``: ``lp`` for the probe alone, ``lp-<mode>`` for training that starts from it."""
         chosen = [name for name, flag in MODE_FLAGS.items() if getattr(self, flag)]
-        return chosen[0] if chosen else "ft"
+        base = chosen[0] if chosen else "ft"
+        if not self.linear_probing:
+            return base
+        return "lp" if self.trainer == "none" else f"lp-{base}"
+
+    @property
+    def learns(self) -> bool:
+        """Whether the run learns from the training set (training or a linear probe); if not, the training
+        examples are in-context demonstrations."""
+        return self.trainer != "none" or self.linear_probing
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -202,6 +230,7 @@ class Arguments(TrainingArguments):
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
         yield from self._mode_problems()
+        yield from self._head_problems()
 
     def _int8_problems(self):
         if not self.load_int8:
@@ -304,6 +333,21 @@ class Arguments(TrainingArguments):
             yield ("--prefix_init_by_real_act with --no_reparam False: real activations set the prefix keys and "
                    "values directly, which the reparameterisation computes instead; pass --no_reparam, or "
                    "--prefix_init_by_real_act False")
+
+
+    def _head_problems(self):
+        if self.head_tuning and self.trainer == "none":
+            yield "--head_tuning with --trainer none: nothing would train; use --trainer zo or regular"
+        for flag in ("lora", "xgblora", "prefix_tuning"):
+            if self.head_tuning and getattr(self, flag):
+                yield f"--head_tuning and --{flag}: choose one (--head_tuning trains the LM head alone)"
+        if self.linear_probing and self.task_name in GENERATION_TASKS:
+            yield (f"--linear_probing: task {self.task_name} is generation; a probe over its answer tokens would "
+                   f"overwrite the head rows generation needs. Use a classification or multiple-choice task")
+        if self.linear_probing and self.trainer == "none" and self.num_train == 0:
+            yield "--linear_probing with --num_train 0: nothing to fit the probe on; give --num_train >= 1"
+        if self.lp_early_stopping and not self.linear_probing:
+            yield "--lp_early_stopping: needs --linear_probing"
 
 
 def parse_args(argv: list[str] | None = None) -> Arguments:

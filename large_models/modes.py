@@ -10,6 +10,11 @@ MeZO's names (``--lora``, ``--xgblora``, ...) and ``Arguments.mode`` turns them 
 | ``lora``  | ``--lora``   | LoRA A/B (PEFT)                                          | LoRA-GA init, partial merges        |
 | ``xgblora`` | ``--xgblora`` | rank-``--xgblora_rank`` boosters, merged every kappa steps | ``BoostingCallback``             |
 | ``prefix`` | ``--prefix_tuning`` | prefix keys/values of every attention layer        | real-activation init                |
+| ``head``  | ``--head_tuning`` | the LM head (the tied embedding weight unless ``--untie_emb``) |                             |
+
+``--linear_probing`` is not a mode of its own but a start: ``prepare_head`` fits the probe and writes it into the
+untied head before training; the run's mode is then ``lp`` (the probe alone, ``--trainer none``) or
+``lp-<mode>`` (training continues from it in ``<mode>``).
 
 Each mode is a small class; the base class is full-parameter training, and a mode overrides only what differs.
 """
@@ -23,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from large_models import lora, prefix
+from large_models import head, linear_probe, lora, prefix
 from large_models.trainer import BoostingCallback, PartialMergeCallback
 
 logger = logging.getLogger(__name__)
@@ -178,12 +183,46 @@ class PrefixMode(Mode):
         prefix.save_prefix(model, out / "prefix")  # the base model is unchanged; prefix.load_prefix puts it back
 
 
-MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (Mode, LoraMode, XGBLoraMode, PrefixMode)}
+class HeadMode(Mode):
+    """Head tuning (``--head_tuning``): only the LM head trains; a head tied to the input embeddings trains the
+    shared weight (so the embeddings change too) unless ``--untie_emb`` untied it first (``head.py``)."""
+
+    name = "head"
+
+    def prepare(self, model, objective=None, batches=None):
+        self.trainable = head.train_head_only(model)
+        logger.info("head tuning: only %s train%s", ", ".join(self.trainable),
+                    " (tied to the input embeddings, which change with it)" if head.is_tied(model) else "")
+        return model
+
+    def summary(self, callbacks):
+        return {"trainable": self.trainable}
+
+
+MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (Mode, LoraMode, XGBLoraMode, PrefixMode, HeadMode)}
 
 
 def mode_for(args) -> Mode:
-    """The home of ``args.mode``."""
-    return MODES[args.mode](args)
+    """The home of ``args.mode``; a run that starts from a linear probe (``lp-<mode>``) trains as ``<mode>``, and
+    the probe alone (``lp``, ``--trainer none``) trains nothing after it."""
+    name = args.mode
+    return MODES["ft" if name == "lp" else name.removeprefix("lp-")](args)
+
+
+def prepare_head(args, task, model, tokenizer, train_samples) -> dict:
+    """Before any training: ``--untie_emb``, and ``--linear_probing`` (which unties first: the probe writes the
+    label words' rows of the head, which must not move their input embeddings). Returns what the result JSON
+    records under ``head`` (empty when neither is set)."""
+    summary = {}
+    if args.untie_emb or args.linear_probing:
+        summary["untied"] = head.untie_embeddings(model)
+    if args.linear_probing:
+        summary["linear_probe"] = linear_probe.linear_probe(
+            model, tokenizer, task, train_samples, args.lp_early_stopping, args.per_device_eval_batch_size,
+            args.max_length)
+        logger.info("linear probe: train accuracy %.4f, C %.4g", summary["linear_probe"]["train_accuracy"],
+                    summary["linear_probe"]["C"])
+    return summary
 
 
 def sample_batches(features: list, collator: Callable, size: int, count: int, seed: int) -> list[dict]:

@@ -28,7 +28,9 @@ from large_models.models import ModelError, load_model_and_tokenizer, position_l
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
 from large_models.objectives import objective_for  # noqa: E402
 from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
-from large_models.modes import Mode, ModeError, mode_for, sample_batches  # noqa: E402
+from large_models.head import HeadError  # noqa: E402
+from large_models.linear_probe import ProbeError  # noqa: E402
+from large_models.modes import Mode, ModeError, mode_for, prepare_head, sample_batches  # noqa: E402
 from large_models.trainer import BestModelCallback, DivergenceError, MezoTrainer  # noqa: E402
 
 logger = logging.getLogger("run")
@@ -66,9 +68,9 @@ def cap_max_length(args: Arguments, model) -> None:
 
 def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples) -> dict:
     """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end)."""
-    demos = train_samples if args.trainer == "none" else []
+    demos = [] if args.learns else train_samples
     reserve = args.max_new_tokens if task.generation else 0
-    cut = {"train": count_cut(tokenizer, task.template, [] if args.trainer == "none" else train_samples,
+    cut = {"train": count_cut(tokenizer, task.template, train_samples if args.learns else [],
                               args.max_length, reserve=args.max_new_tokens if args.non_diff else 0),
            "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
                              args.max_length, demos, reserve)}
@@ -87,7 +89,7 @@ def eval_config(args: Arguments) -> EvalConfig:
 def one_demo_set_per_example(args: Arguments) -> bool:
     """MeZO's in-context default: ``--trainer none`` with neither ``--train_set_seed`` nor ``--num_train_sets``
     draws a separate demonstration set for each evaluation example."""
-    return args.trainer == "none" and args.train_set_seed is None and not args.num_train_sets
+    return not args.learns and args.train_set_seed is None and not args.num_train_sets
 
 
 def eval_subset(task, valid: list, seed: int, num: int | None) -> list:
@@ -243,7 +245,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
     cap_max_length(args, model)
     num_dev = args.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]
-    dev_samples = train_set[len(train_set) - num_dev:] if args.trainer != "none" and num_dev else []
+    dev_samples = train_set[len(train_set) - num_dev:] if args.learns and num_dev else []
     result = {"task": args.task_name, "model": args.model_name, "trainer": args.trainer, "mode": args.mode,
               "tag": args.tag, "train_set_seed": set_seed_, "eval_seed": set_seed_ or 0,
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
@@ -252,13 +254,15 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
               "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
     start = time.time()
     result["status"] = "completed"
+    if head_summary := prepare_head(args, task, model, tokenizer, train_samples):
+        result["head"] = head_summary
     if args.trainer != "none":
         model, result["train"], result["status"] = train(args, task, model, tokenizer, train_samples, dev_samples)
     if result["status"] != "completed":
         return stopped_run(args, result, path, model, tokenizer, start)
     cfg = eval_config(args)
     if not args.no_eval:
-        demos = demo_sets if demo_sets is not None else train_samples if args.trainer == "none" else []
+        demos = demo_sets if demo_sets is not None else [] if args.learns else train_samples
         scored = evaluate(model, tokenizer, task, eval_samples, demos, cfg)
         result["eval"] = {task.metric: scored[task.metric]}
         result["eval_predictions"] = [p.predicted_candidate for p in scored["predictions"]]
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return [run_one(args, task, ts, eval_subset(task, pool, s, args.num_eval), s, p, o,
                         split=validation_split(valid, pool, args.train_from_validation))
                 for ts, pool, s, p, o in zip(train_sets, pools, seeds, paths, out_dirs)]
-    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError) as err:
+    except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError,
+            ProbeError, HeadError) as err:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
         if stop.exit_code != RESUMABLE_EXIT:

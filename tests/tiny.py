@@ -7,6 +7,7 @@ space merges into the next word; tests of answer spans run over both.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -42,18 +43,38 @@ MERGES = [("Ġ", "t"), ("Ġt", "h"), ("Ġth", "e"), ("Ġ", "w"), ("Ġ", "s"), ("
           ("Ġgrea", "t"), ("i", "n"), ("Ġ", "i"), ("Ġi", "t")]
 
 
-def make_tokenizer(merges: bool = False) -> PreTrainedTokenizerFast:
-    """The byte-level tokenizer, without merges (default) or with ``MERGES``."""
+def _backend(vocab: dict, merges: list) -> Tokenizer:
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _word_merges(vocab: dict, merges: list, word: str) -> None:
+    """Append merges (after all others, so earlier tokenizations stay as they were) that join ``word``'s current
+    tokens left to right into one token, and add the new tokens to ``vocab``."""
+    pieces = _backend(vocab, merges).encode(word).tokens
+    while len(pieces) > 1:
+        merges.append((pieces[0], pieces[1]))
+        pieces = [pieces[0] + pieces[1], *pieces[2:]]
+        vocab.setdefault(pieces[0], len(vocab))
+
+
+def make_tokenizer(merges: bool = False, words: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer, without merges (default) or with ``MERGES``. ``words`` (e.g. ``" terrible"``,
+    ``"Maybe"``) become one token each through extra merges; their ids follow the others (a model then needs
+    ``vocab_size`` above ``VOCAB``: ``len(tokenizer)``)."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for ch in _byte_chars():
         vocab[ch] = len(vocab)
-    for a, b in (MERGES if merges else []):
+    rules = list(MERGES) if merges else []
+    for a, b in rules:
         vocab[a + b] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=MERGES if merges else [], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
+    for word in words:
+        _word_merges(vocab, rules, word)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=_backend(vocab, rules), pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        unk_token="<unk>"
     )
 
 
@@ -61,22 +82,32 @@ VOCAB = len(SPECIALS) + 256 + len(MERGES)  # room for both tokenizers
 COMMON = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
-def tiny_config(kind: str, layers: int = 2):
+def tiny_config(kind: str, layers: int = 2, vocab_size: int = VOCAB, tie: bool | None = None):
+    """A tiny config of ``kind``; ``tie`` overrides the family's default ``tie_word_embeddings`` (OPT and GPT-2
+    tie, LLaMA does not)."""
+    config = _config(kind, layers, {**COMMON, "vocab_size": vocab_size})
+    if tie is not None:
+        config.tie_word_embeddings = tie
+    return config
+
+
+def _config(kind: str, layers: int, common: dict):
     if kind == "opt":
         return OPTConfig(hidden_size=32, num_hidden_layers=layers, ffn_dim=64, num_attention_heads=4,
-                         max_position_embeddings=1024, word_embed_proj_dim=32, dropout=0.0, **COMMON)
+                         max_position_embeddings=1024, word_embed_proj_dim=32, dropout=0.0, **common)
     if kind == "llama":
         return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=1024, **COMMON)
+                           num_key_value_heads=2, max_position_embeddings=1024, **common)
     if kind == "gpt2":
         return GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0,
-                          attn_pdrop=0.0, **COMMON)
+                          attn_pdrop=0.0, **common)
     raise ValueError(f"unknown tiny model kind {kind!r}")
 
 
-def make_model(kind: str, seed: int = 0, layers: int = 2, dtype=torch.float32):
+def make_model(kind: str, seed: int = 0, layers: int = 2, dtype=torch.float32, **config):
+    """A tiny model of ``kind`` in eval mode; ``config``: ``vocab_size`` and ``tie`` for ``tiny_config``."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind, layers))
+    model = AutoModelForCausalLM.from_config(tiny_config(kind, layers, **config))
     return model.to(dtype).eval()
 
 
