@@ -22,7 +22,19 @@ mode_args() {
                  MODE_TAG=xgblora-k$XGBLORA_STEPS ;;
         prefix) MODE_ARGS=(--prefix_tuning --num_prefix "${NUM_PREFIX:-5}" --no_reparam --prefix_init_by_real_act)
                 MODE_TAG=prefix; ZO_LR=1e-3; ZO_EPS=1e-1; FT_LR=1e-2 ;;
-        *) die "MODE=$MODE unknown; known: ft lora xgblora prefix" ;;
+        head) MODE_ARGS=(--head_tuning); MODE_TAG=head ;;
+        *) die "MODE=$MODE unknown; known: ft lora xgblora prefix head" ;;
+    esac
+    lp_args
+}
+
+# LP=1: fit a linear probe of the LM head first (--linear_probing) and train from it (MeZO's "LP then MeZO");
+# the tag's mode part becomes lp-<MODE>.
+lp_args() {
+    case "${LP:-0}" in
+        0) LP_ARGS=() ;;
+        1) LP_ARGS=(--linear_probing); MODE_TAG=lp-$MODE_TAG ;;
+        *) die "LP=$LP: must be 0 or 1" ;;
     esac
 }
 

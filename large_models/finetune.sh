@@ -37,4 +37,4 @@ exec python "$HERE/run.py" \
     --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \
     --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 \
     --resume_from_checkpoint "$RESUME" "${EVAL_ARGS[@]}" \
-    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${TASK_ARGS[@]}" "$@"
+    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" "$@"

@@ -38,4 +38,4 @@ exec python "$HERE/run.py" \
     --per_device_train_batch_size "$BS" --lr_scheduler_type constant --load_best_model_at_end \
     --eval_strategy steps --eval_steps "$EVAL_STEPS" \
     --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 --resume_from_checkpoint "$RESUME" \
-    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${TASK_ARGS[@]}" "$@"
+    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" "$@"

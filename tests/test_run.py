@@ -124,6 +124,26 @@ def test_mezo_driver_runs_from_large_models_dir(tmp_path, tiny_opt_dir, sst2_dir
     assert "TASK=SST2" in proc.stderr  # the resolved configuration is printed
 
 
+@pytest.mark.parametrize("script, mode, lp, tag, mode_name", [
+    ("mezo.sh", "head", "0", "mezo-head-2-4-1e-5-1e-3-0", "head"),
+    ("mezo.sh", "ft", "1", "mezo-lp-ft-2-4-1e-5-1e-3-0", "lp-ft"),
+    ("finetune.sh", "head", "1", "lp-head-1-4-1e-5-0", "lp-head"),
+])
+def test_drivers_run_head_tuning_and_linear_probe_starts(tmp_path, tiny_opt_dir, sst2_dir, script, mode, lp, tag,
+                                                         mode_name):
+    out = tmp_path / "r.json"
+    env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": mode, "LP": lp, "DATA_DIR": str(sst2_dir),
+           "STEPS": "2", "EPOCH": "1", "TRAIN": "8", "DEV": "4", "EVAL": "4", "EVAL_STEPS": "2", "BS": "4"}
+    proc = _cli("bash", script, "--result_file", str(out), "--disable_tqdm", "True", env=env,
+                cwd=REPO / "large_models")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["config"]["tag"] == tag and result["mode"] == mode_name
+    assert ("linear_probe" in result.get("head", {})) == (lp == "1")
+    if mode == "head":
+        assert result["train"]["trainable"]  # only the head's weight trains
+
+
 def test_save_model_writes_merged_model_and_adapter(tmp_path, tiny_opt_dir, sst2_dir):
     from transformers import AutoModelForCausalLM
     result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "regular", "--xgblora", "--num_train", "8",
