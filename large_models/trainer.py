@@ -133,7 +133,8 @@ class MezoTrainer(Trainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
             check_finite(step, "regular", loss=float(loss))
             return loss
-        model.eval()  # the two forwards must see the same network: no dropout
+        if any(m.training for m in model.modules()):  # the forwards must see the same network: no dropout
+            model.eval()  # (checking first is cheaper than walking the model to set what is set already)
         loss, pairs = self._zo_step(model, self._prepare_inputs(inputs))
         check_finite(step, "zo", loss=loss,
                      projected_gradient=next((g for _, g in pairs if not math.isfinite(g)), pairs[0][1]))
