@@ -151,6 +151,13 @@ class ZOAdam(ZOOptimizer):
                eps=(eps, 0.0, math.inf, True), weight_decay=(weight_decay, 0.0, math.inf, True))
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, with each ``step`` kept on the CPU (a checkpoint mapped to a GPU would sync per parameter)."""
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to("cpu", torch.float32)
+
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if "exp_avg" not in state:

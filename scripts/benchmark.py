@@ -370,7 +370,7 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
     }
 
 
-def zo_trainer(model, batch: dict, ctx: Context):
+def zo_trainer(model, ctx: Context):
     """A ``MezoTrainer`` for ``--trainer zo`` with the benchmark's eps, lr and weight decay, its ZO optimizer made."""
     import tempfile
 
@@ -395,7 +395,7 @@ def zo_trainer(model, batch: dict, ctx: Context):
 def trainer_case(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callable[[], object]]:
     """The trainer's default zo step on ``batch``: ``training_step`` (the fused ZO-SGD step, adapters folded) and
     the Trainer loop's ``optimizer.step()`` after it, with a fresh seed each call as the raw step gets."""
-    trainer = zo_trainer(model, batch, ctx)
+    trainer = zo_trainer(model, ctx)
 
     def step() -> None:
         trainer.state.global_step = next(ctx.seeds)

@@ -14,8 +14,8 @@ from large_models.arguments import ArgumentError, Arguments
 from large_models.schedule import num_samples
 from large_models.scoring import batch_loss
 from large_models.tasks import Sample, get_task
-from large_models.trainer import ZOAdam, ZOSGDMomentum, zo_optimizer
-from large_models.zo_optim import ZOSGD
+from large_models.trainer import DivergenceError, zo_optimizer
+from large_models.zo_optim import ZOSGD, ZOAdam, ZOSGDMomentum
 from tests.tiny import make_model, make_tokenizer
 
 # ---- a closed-form toy: three parameters, L = sum a_i (theta_i - c_i)^2 + sum theta_i^3 / 3 ---------------------
@@ -346,3 +346,11 @@ def test_booster_state_is_zero_after_a_merge(tmp_path, optimizer, steps, merged)
     assert all(states)
     nonzero = [torch.count_nonzero(v) > 0 for s in states for v in s.values()]
     assert not any(nonzero) if merged else all(nonzero)
+
+
+def test_a_non_finite_loss_or_estimate_stops_the_run_on_the_optimizer_path(tmp_path):
+    trainer = _trainer(tmp_path, "--zo_optimizer", "momentum", "--zo_num_samples", "2", "--learning_rate", "1e6",
+                       "--max_steps", "30")
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+: (loss|projected_gradient) (nan|inf|-inf)"):
+        trainer.train()
+    assert 1 <= trainer.state.global_step < 30
