@@ -244,7 +244,8 @@ def test_upstream_names_are_aliases():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--trainer", "regular", "--zo_optimizer", "adam"], "--zo_optimizer adam with --trainer regular: only --trainer zo"),
+    (["--trainer", "regular", "--zo_optimizer", "adam"],
+     "--zo_optimizer adam with --trainer regular: only --trainer zo uses it"),
     (["--trainer", "none", "--zero_order_sample", "2"], "--zero_order_sample 2 with --trainer none"),
     (["--trainer", "regular", "--zo_momentum", "0.5"], "--zo_momentum 0.5 with --trainer regular"),
     (["--trainer", "zo", "--zo_momentum", "0.5"], "--zo_momentum 0.5: only --zo_optimizer momentum uses it (not sgd)"),
