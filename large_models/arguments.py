@@ -19,6 +19,10 @@ GENERATION_TASKS = ("SQuAD", "DROP")
 
 # Training modes (``modes.MODES``) and the MeZO flag that selects each; no flag: full-parameter (``ft``).
 MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora", "prefix": "prefix_tuning", "head": "head_tuning"}
+# Upstream MeZO's names (medium_models) -> ours; run.py accepts both.
+ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
+# Flags only --trainer zo reads: a non-default value with another trainer would be silently ignored.
+ZO_OPTIMIZER_FLAGS = ("zo_optimizer", "zo_momentum", "zo_num_samples", "zo_sample_scheduler")
 
 
 class ArgumentError(ValueError):
@@ -106,6 +110,23 @@ class Arguments(TrainingArguments):
     lp_early_stopping: bool = field(default=False, metadata={
         "help": "Linear probing with tol 0.01 and at most 1000 iterations instead of 1e-4 and 5000 (MeZO's flag, "
                 "default off)."})
+    zo_optimizer: Literal["sgd", "momentum", "adam"] = field(default="sgd", metadata={
+        "help": "zo update rule (zo_optim.py): sgd = MeZO's ZO-SGD (no state; one seed: the fused step); "
+                "momentum = ZO-SGD with momentum --zo_momentum (one extra buffer the size of the trainable "
+                "parameters); adam = MeZO-Adam with --adam_beta1 --adam_beta2 --adam_epsilon (two buffers). "
+                "Upstream: large_models trains ZO-SGD only; medium_models' --optimizer sgd|adam (default adam) "
+                "with --zero_order_use_trainer_optim."})
+    zo_momentum: float = field(default=0.9, metadata={
+        "help": "Momentum of --zo_optimizer momentum (upstream medium_models' README: --momentum, not in its code)."})
+    zo_num_samples: int = field(default=1, metadata={
+        "help": "n-SPSA: directions per step, their projected gradients averaged (1/n), as upstream "
+                "--zero_order_sample (default 1); with --zo_sample_scheduler linear the number reached at the end."})
+    zo_sample_scheduler: Literal["constant", "linear"] = field(default="constant", metadata={
+        "help": "Directions per step: constant = --zo_num_samples; linear = max(1, int(step / max_steps * n)) "
+                "for the 0-based step, as upstream --zero_order_sample_scheduler (whose default, none, is 1)."})
+    zero_order_sample: int | None = field(default=None, metadata={"help": "Alias of --zo_num_samples (upstream name)."})
+    zero_order_sample_scheduler: Literal["constant", "linear"] | None = field(default=None, metadata={
+        "help": "Alias of --zo_sample_scheduler (upstream name)."})
     # ---- LoRA / XGBLoRA ------------------------------------------------------------------------------------
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all parameters."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -157,7 +178,7 @@ class Arguments(TrainingArguments):
     def __post_init__(self):
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
-        problems = list(self._problems())
+        problems = self._copy_aliases() + list(self._problems())
         if problems:
             raise ArgumentError("invalid arguments:\n  " + "\n  ".join(problems))
         self._resolve_half_precision()
@@ -205,6 +226,20 @@ class Arguments(TrainingArguments):
                           "and imprecise)", stacklevel=2)
             self.load_float16 = False
 
+    def _copy_aliases(self) -> list[str]:
+        """Copy upstream's flag names into ours; a setting given under both names with two values is a problem."""
+        problems, self.aliases_given = [], {}
+        for alias, flag in ALIASES.items():
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            current = getattr(self, flag)
+            if not self._is_default(flag) and current != value:
+                problems.append(f"--{alias} {value} and --{flag} {current}: the same setting twice; give one")
+            setattr(self, flag, value)
+            self.aliases_given[flag] = alias
+        return problems
+
     def _problems(self):
         """Yield one message per bad flag value."""
         if self.task_name not in KNOWN_TASKS:
@@ -229,6 +264,7 @@ class Arguments(TrainingArguments):
             if getattr(self, flag) < 1:
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
+        yield from self._zo_problems()
         yield from self._mode_problems()
         yield from self._head_problems()
 
@@ -262,6 +298,36 @@ class Arguments(TrainingArguments):
                    f"(or -1 to train --num_train_epochs epochs)")
         if not self.learning_rate > 0:
             yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
+
+    def _is_default(self, flag: str) -> bool:
+        return getattr(self, flag) == Arguments.__dataclass_fields__[flag].default
+
+    def _flag(self, flag: str) -> str:
+        """``--flag value`` as the user wrote it (upstream's alias if that is what was given)."""
+        return f"--{self.aliases_given.get(flag, flag)} {getattr(self, flag)}"
+
+    def _zo_problems(self):
+        if self.zo_num_samples < 1:
+            yield f"{self._flag('zo_num_samples')}: must be >= 1"
+        if not 0 <= self.zo_momentum < 1:
+            yield f"--zo_momentum {self.zo_momentum}: must be in [0, 1)"
+        if self.trainer != "zo":
+            for flag in ZO_OPTIMIZER_FLAGS:
+                if not self._is_default(flag):
+                    yield (f"{self._flag(flag)} with --trainer {self.trainer}: only --trainer zo uses it; "
+                           f"drop it or use --trainer zo")
+            return
+        if self.zo_optimizer != "momentum" and not self._is_default("zo_momentum"):
+            yield f"--zo_momentum {self.zo_momentum}: only --zo_optimizer momentum uses it (not {self.zo_optimizer})"
+        if self.zo_sample_scheduler == "linear" and self.zo_num_samples == 1:
+            yield (f"{self._flag('zo_sample_scheduler')} with --zo_num_samples 1: every step would take one "
+                   f"direction; give --zo_num_samples > 1, the number reached at the end of the run")
+        if self.zo_optimizer == "adam":
+            for flag in ("adam_beta1", "adam_beta2"):
+                if not 0 <= getattr(self, flag) < 1:
+                    yield f"--{flag} {getattr(self, flag)}: must be in [0, 1) for --zo_optimizer adam"
+            if not self.adam_epsilon >= 0:
+                yield f"--adam_epsilon {self.adam_epsilon}: must be >= 0 for --zo_optimizer adam"
 
     def _mode_problems(self):
         yield from self._prefix_problems()

@@ -45,8 +45,8 @@ NOT_IN_HASH = frozenset({
     "torch_empty_cache_steps", "local_rank",
     # where the data files lie, not what they hold (local files and the hub give the same samples, tested)
     "data_dir",
-    # an alias, copied into eval_strategy
-    "evaluation_strategy",
+    # aliases, copied into eval_strategy, zo_num_samples and zo_sample_scheduler
+    "evaluation_strategy", "zero_order_sample", "zero_order_sample_scheduler",
 })
 # When to evaluate on dev changes the result only when the best dev model is kept (do_eval follows eval_strategy).
 EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval"})

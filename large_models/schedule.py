@@ -1,5 +1,8 @@
-"""When boosters are merged, and how the learning rate restarts after a merge: pure functions of step counts."""
+"""Schedules as pure functions of step counts: when boosters are merged, how the learning rate restarts after a
+merge, and how many directions an n-SPSA step samples."""
 from __future__ import annotations
+
+SAMPLE_SCHEDULERS = ("constant", "linear")
 
 
 def merge_due(step: int, kappa: int) -> bool:
@@ -25,3 +28,16 @@ def jagged_factor(step: int, kappa: int, warmup: int) -> float:
     if warmup <= 0 or kappa <= 0 or step < kappa:
         return 1.0
     return min(1.0, (step % kappa + 1) / warmup)
+
+
+def num_samples(scheduler: str, samples: int, step: int, max_steps: int) -> int:
+    """Directions of the n-SPSA step with 0-based index ``step`` (the steps done before it), as upstream MeZO's
+    ``--zero_order_sample_scheduler``: ``constant`` always ``samples``; ``linear`` grows from 1 to about
+    ``samples`` over the run, ``max(1, int(step / max_steps * samples))``."""
+    if scheduler == "constant":
+        return samples
+    if scheduler == "linear":
+        if max_steps < 1:
+            raise ValueError(f"the linear sample scheduler needs the run's number of steps, got {max_steps}")
+        return max(1, int(step / max_steps * samples))
+    raise ValueError(f"sample scheduler {scheduler!r} unknown; known: {', '.join(SAMPLE_SCHEDULERS)}")

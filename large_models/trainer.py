@@ -2,16 +2,21 @@
 
 * ``compute_loss``: the objective the trainer was given (``objectives.objective_for`` by default: the
   candidate-classification or answer-token LM loss, or with ``--non_diff`` minus the F1 of generated answers).
-* ``training_step``: for ``--trainer zo`` one whole zeroth-order step (``zo.zo_step``): perturb, two forwards,
-  restore, update; no backward, no gradients, no optimizer state. For ``regular``, the Trainer's own step.
-* ``create_optimizer``: zo gets a stateless SGD that exists only so the Trainer's LR scheduler has something to
-  drive (its ``step`` finds no gradients and does nothing); regular training covers the mode's parameters
-  (``modes.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those of boosters frozen in
-  the current iteration).
+* ``training_step``: for ``--trainer zo`` the zeroth-order step: perturb, two forwards per direction, restore; no
+  backward, no gradients. One-seed ZO-SGD (the default) updates in the same pass (``ZOSGD.fused_step``); otherwise
+  the (seed, projected gradient) pairs of ``zo.estimate`` are handed to the optimizer (``add_estimate``) and the
+  Trainer's own loop applies them with ``optimizer.step()``, as after a backward. n-SPSA
+  (``--zo_num_samples``, ``--zo_sample_scheduler``) draws several directions, seeded from the step's seed.
+  For ``regular``, the Trainer's own step.
+* ``create_optimizer``: zo gets the ZO optimizer of ``--zo_optimizer`` (``zo_optim``: SGD, momentum, Adam) over
+  every parameter that may train (frozen boosters included), in model order; its LR comes from ``param_groups``,
+  so the Trainer's scheduler drives it, and its state goes into the Trainer's checkpoint. Regular training covers
+  the mode's parameters (``modes.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those
+  of boosters frozen in the current iteration).
 * ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
 * ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss.
 
-Every step checks its loss (and for zo the projected gradient) and raises ``DivergenceError`` naming the step
+Every step checks its loss (and for zo the projected gradients) and raises ``DivergenceError`` naming the step
 when one is NaN or inf; merges refuse a non-finite delta the same way.
 
 Boosting, partial merges and best-model tracking are callbacks (``on_step_end``, ``on_epoch_end``,
@@ -32,7 +37,8 @@ from transformers import Trainer, TrainerCallback
 from large_models import lora, zo
 from large_models.evaluation import EvalConfig, evaluate
 from large_models.objectives import Objective, objective_for
-from large_models.schedule import epoch_merge_due, jagged_factor, merge_due
+from large_models.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
+from large_models.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,54 @@ def check_finite(step: int, trainer: str, **values: float) -> None:
 CACHE_FRACTION = 0.1
 
 
+def zo_param_groups(named: Sequence[tuple[str, torch.nn.Parameter]], decay_names: set[str],
+                    weight_decay: float) -> list[dict]:
+    """The ZO optimizer's groups: runs of consecutive parameters with the same weight decay, in model order.
+
+    z is drawn over the optimizer's parameters in their order; keeping the model's order (rather than one group of
+    decayed and one of undecayed parameters) keeps every seed's z what ``zo.zo_step`` over the model draws. Without
+    weight decay this is one group.
+    """
+    groups: list[dict] = []
+    for name, p in named:
+        wd = weight_decay if name in decay_names else 0.0
+        if groups and groups[-1]["weight_decay"] == wd:
+            groups[-1]["params"].append(p)
+        else:
+            groups.append({"params": [p], "weight_decay": wd})
+    return groups
+
+
+def make_zo_optimizer(args, groups: list[dict]) -> ZOOptimizer:
+    """``--zo_optimizer``: ZOSGD, ZOSGDMomentum (``--zo_momentum``) or ZOAdam (the Trainer's Adam betas and eps)."""
+    if args.zo_optimizer == "adam":
+        return ZOAdam(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    if args.zo_optimizer == "momentum":
+        return ZOSGDMomentum(groups, lr=args.learning_rate, momentum=args.zo_momentum)
+    return ZOSGD(groups, lr=args.learning_rate)
+
+
+def zo_optimizer(optimizer) -> ZOOptimizer:
+    """The ZO optimizer itself (accelerate hands the Trainer a wrapper holding it as ``.optimizer``)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if not isinstance(inner, ZOOptimizer):
+        raise TypeError(f"--trainer zo needs a ZO optimizer (zo_optim.py), got {type(inner).__name__}")
+    return inner
+
+
+def _estimate_with_loss(params, loss_fn, seeds, eps: float, cache: bool) -> tuple[float, list[tuple[int, float]]]:
+    """``zo.estimate`` and the mean loss at +eps over its directions (one direction: that loss)."""
+    losses: list[float] = []
+
+    def recorded() -> float:
+        losses.append(loss_fn())
+        return losses[-1]
+
+    pairs = zo.estimate(params, recorded, seeds, eps, cache)
+    at_plus = losses[0::2]  # the estimate calls loss_fn at +eps, then at -eps, seed after seed
+    return sum(at_plus) / len(at_plus), pairs
+
+
 class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
@@ -73,7 +127,7 @@ class MezoTrainer(Trainer):
         self.mode = mode
         # (model, batch) -> loss; default: the one the arguments ask for (objectives.objective_for)
         self.objective = objective or objective_for(self.args, self.processing_class, task)
-        self._facts: tuple[set[str], int] | None = None
+        self._total: int | None = None
 
     # ---- loss --------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -88,36 +142,51 @@ class MezoTrainer(Trainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
             check_finite(step, "regular", loss=float(loss))
             return loss
-        model.eval()  # the two forwards must see the same network: no dropout
-        inputs = self._prepare_inputs(inputs)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        decay_names, total = self._model_facts(model)
+        if any(m.training for m in model.modules()):  # the forwards must see the same network: no dropout
+            model.eval()  # (checking first is cheaper than walking the model to set what is set already)
+        loss, pairs = self._zo_step(model, self._prepare_inputs(inputs))
+        check_finite(step, "zo", loss=loss,
+                     projected_gradient=next((g for _, g in pairs if not math.isfinite(g)), pairs[0][1]))
+        return torch.tensor(loss, device=self.args.device)
 
+    def _zo_step(self, model, inputs) -> tuple[float, list[tuple[int, float]]]:
+        """One-seed ZO-SGD: the fused step (the Trainer's ``optimizer.step()`` then finds nothing to do). Otherwise
+        the estimate, queued for that ``optimizer.step()`` as a backward fills ``.grad``. Returns the loss and the
+        (seed, projected gradient) pairs."""
+        optimizer, loss_fn = zo_optimizer(self.optimizer), self._zo_loss_fn(model, inputs)
+        params = optimizer.zo_params()
+        cache = sum(p.numel() for p in params) <= CACHE_FRACTION * self._total_params(model)
+        seeds = zo.sample_seeds(self.args.seed, self.state.global_step, num_samples(
+            self.args.zo_sample_scheduler, self.args.zo_num_samples, self.state.global_step, self.state.max_steps))
+        if isinstance(optimizer, ZOSGD) and len(seeds) == 1:
+            result = optimizer.fused_step(loss_fn, seeds[0], self.args.zo_eps, cache)
+            return result.loss, [(result.seed, result.projected_grad)]
+        loss, pairs = _estimate_with_loss(params, loss_fn, seeds, self.args.zo_eps, cache)
+        optimizer.add_estimate(pairs)
+        return loss, pairs
+
+    def _zo_loss_fn(self, model, inputs) -> Callable[[], float]:
+        """One forward of the training loss as a float, adapters folded into their weights if asked."""
         def loss_fn() -> float:
             fold = lora.folded_adapters(model) if self.args.zo_fold_adapters else contextlib.nullcontext()
             with torch.no_grad(), fold:
                 return self.compute_loss(model, inputs).item()
+        return loss_fn
 
-        result = zo.zo_step(
-            [p for _, p in named], loss_fn, seed=zo.step_seed(self.args.seed, self.state.global_step),
-            eps=self.args.zo_eps, lr=self.lr_scheduler.get_last_lr()[0], weight_decay=self.args.weight_decay,
-            decay=[n in decay_names for n, _ in named],
-            cache=sum(p.numel() for _, p in named) <= CACHE_FRACTION * total)
-        check_finite(step, "zo", loss=result.loss, projected_gradient=result.projected_grad)
-        return torch.tensor(result.loss, device=self.args.device)
-
-    def _model_facts(self, model) -> tuple[set[str], int]:
-        """Names of parameters with weight decay and the parameter count: fixed for a run, computed once."""
-        if self._facts is None:
-            self._facts = (set(self.get_decay_parameter_names(model)), sum(p.numel() for p in model.parameters()))
-        return self._facts
+    def _total_params(self, model) -> int:
+        """The model's parameter count: fixed for a run, computed once."""
+        if self._total is None:
+            self._total = sum(p.numel() for p in model.parameters())
+        return self._total
 
     # ---- optimizer and schedule --------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         model = model if model is not None else self.model
         if self.args.trainer == "zo":
-            params = [p for p in model.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.SGD(params, lr=self.args.learning_rate, momentum=0.0)
+            may_train = {id(p) for p in self.mode.optimizer_parameters(model)} if self.mode else set()
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in may_train]
+            groups = zo_param_groups(named, set(self.get_decay_parameter_names(model)), self.args.weight_decay)
+            self.optimizer = make_zo_optimizer(self.args, groups)
             return self.optimizer
         if self.mode is None:
             return super().create_optimizer(model)

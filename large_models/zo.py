@@ -5,18 +5,27 @@ One step with perturbation scale ``eps`` and a fresh seed:
     theta + eps*z      -> loss_pos
     theta - eps*z      -> loss_neg
     g = (loss_pos - loss_neg) / (2*eps)            projected gradient (SPSA estimate along z)
-    theta <- theta - lr * (g*z + wd*theta)         weight decay only where ``decay`` is True
+    theta <- theta - lr * (g*z + wd*theta)         each parameter with its own (lr, wd) rates
 
 ``z ~ N(0, I)`` is drawn from a ``torch.Generator`` seeded with the step's seed, so it can be regenerated at will
-without storing it and without touching the global RNG (dropout, sampling, data order stay undisturbed).
+without storing it and without touching the global RNG (dropout, sampling, data order stay undisturbed). For a
+list of parameters, z is drawn parameter by parameter in list order from one generator per device: the same seed
+and the same list always give the same z.
 
-Two ways to run a step, chosen by the caller:
+Two ways to use it:
 
-* ``zo_step`` with ``cache=False`` (full-parameter training): z is regenerated per parameter, three times per step
-  (+eps, -2eps, then restore and update fused in one pass). No parameter-sized buffer is ever allocated besides the
-  one z tensor of the parameter being visited. Restoring by arithmetic leaves a rounding drift of a few ulps.
-* ``zo_step`` with ``cache=True`` (small trainable sets: LoRA, XGBLoRA boosters): z is drawn once per step and the
-  original values are kept, so the parameters are restored bit-for-bit after the two forwards in any dtype.
+* ``estimate``: the SPSA estimate alone, for one or several seeds (n-SPSA); returns ``(seed, projected_grad)``
+  pairs and leaves the parameters as they were. ZO optimizers (``zo_optim``) regenerate z from the seeds and
+  update with their own rule.
+* ``fused_sgd_step`` / ``zo_step``: one whole ZO-SGD step in the fewest passes over the parameters, the default.
+
+Both come in two variants, chosen by the caller:
+
+* ``cache=False`` (full-parameter training): z is regenerated per parameter, three times per seed (+eps, -2eps,
+  then the restore, fused with the update in ``fused_sgd_step``). No parameter-sized buffer is allocated besides
+  the one z tensor of the parameter being visited. Restoring by arithmetic leaves a rounding drift of a few ulps.
+* ``cache=True`` (small trainable sets: LoRA, XGBLoRA boosters): z is drawn once per seed and the original values
+  are kept, so the parameters are restored bit-for-bit after the forwards in any dtype.
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+Rates = Sequence[tuple[float, float]]  # (learning rate, weight decay) of each parameter
 
 
 @dataclass(frozen=True)
@@ -42,27 +53,28 @@ def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
     return gen
 
 
-def _draw(param: torch.Tensor, gens: dict) -> torch.Tensor:
+def next_z(param: torch.Tensor, gens: dict) -> torch.Tensor:
     """The next z for ``param`` from the generator of its device, in the parameter's dtype."""
     return torch.randn(param.shape, generator=gens[param.device], device=param.device, dtype=param.dtype)
 
 
-def _generators(params: Sequence[torch.Tensor], seed: int) -> dict:
+def generators(params: Sequence[torch.Tensor], seed: int) -> dict:
+    """One fresh generator per device of ``params``, all seeded with ``seed``: feed them to ``next_z`` in order."""
     return {p.device: make_generator(p.device, seed) for p in params}
 
 
 def draw_z(params: Sequence[torch.Tensor], seed: int) -> list[torch.Tensor]:
     """The perturbation direction for ``params`` under ``seed``: one standard-normal tensor per parameter."""
-    gens = _generators(params, seed)
-    return [_draw(p, gens) for p in params]
+    gens = generators(params, seed)
+    return [next_z(p, gens) for p in params]
 
 
 @torch.no_grad()
 def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
     """In place: theta += scale * z(seed). z is regenerated, never stored."""
-    gens = _generators(params, seed)
+    gens = generators(params, seed)
     for p in params:
-        p.add_(_draw(p, gens), alpha=scale)
+        p.add_(next_z(p, gens), alpha=scale)
 
 
 def projected_grad(loss_pos: float, loss_neg: float, eps: float) -> float:
@@ -70,62 +82,114 @@ def projected_grad(loss_pos: float, loss_neg: float, eps: float) -> float:
     return (float(loss_pos) - float(loss_neg)) / (2.0 * eps)
 
 
-@torch.no_grad()
-def update_(params: Sequence[torch.Tensor], z: Sequence[torch.Tensor], grad: float, lr: float,
-            weight_decay: float, decay: Sequence[bool]) -> None:
-    """In place: theta <- theta - lr * (grad * z + wd * theta), weight decay only where ``decay`` is True."""
-    for p, zi, d in zip(params, z, decay):
-        if d and weight_decay:
-            p.mul_(1.0 - lr * weight_decay)
-        p.add_(zi, alpha=-lr * grad)
+def rates_for(num: int, lr: float, weight_decay: float = 0.0, decay: Sequence[bool] | None = None) -> list:
+    """Per-parameter (lr, wd): one learning rate, weight decay only where ``decay`` is True (default: all)."""
+    decay = [True] * num if decay is None else list(decay)
+    return [(lr, weight_decay if d else 0.0) for d in decay]
 
 
 @torch.no_grad()
-def restore_and_update_(params: Sequence[torch.Tensor], seed: int, eps: float, grad: float, lr: float,
-                        weight_decay: float, decay: Sequence[bool]) -> None:
+def sgd_update_(param: torch.Tensor, z: torch.Tensor, grad: float, lr: float, weight_decay: float) -> None:
+    """In place: theta <- theta - lr * (grad * z + wd * theta), for one parameter."""
+    if weight_decay:
+        param.mul_(1.0 - lr * weight_decay)
+    param.add_(z, alpha=-lr * grad)
+
+
+@torch.no_grad()
+def restore_and_update_(params: Sequence[torch.Tensor], seed: int, eps: float, grad: float, rates: Rates) -> None:
     """From theta - eps*z: restore to theta and apply the update, regenerating z once per parameter."""
-    gens = _generators(params, seed)
-    for p, d in zip(params, decay):
-        z = _draw(p, gens)
+    gens = generators(params, seed)
+    for p, (lr, wd) in zip(params, rates):
+        z = next_z(p, gens)
         p.add_(z, alpha=eps)
-        if d and weight_decay:
-            p.mul_(1.0 - lr * weight_decay)
-        p.add_(z, alpha=-lr * grad)
+        sgd_update_(p, z, grad, lr, wd)
 
 
-def zo_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int, eps: float, lr: float,
-            weight_decay: float = 0.0, decay: Sequence[bool] | None = None, cache: bool = False) -> StepResult:
-    """One full MeZO step on ``params`` (modified in place). ``loss_fn`` runs a forward pass and returns the loss."""
-    decay = [True] * len(params) if decay is None else list(decay)
+@torch.no_grad()
+def _two_sided(params, original, z, eps: float, loss_fn: Callable[[], float]) -> tuple[float, float]:
+    """The losses at original + eps*z and original - eps*z, each set from the kept originals (exact)."""
+    losses = []
+    for scale in (eps, -eps):
+        for p, p0, zi in zip(params, original, z):
+            p.copy_(p0).add_(zi, alpha=scale)
+        losses.append(loss_fn())
+    return losses[0], losses[1]
+
+
+def estimate(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seeds: Sequence[int], eps: float,
+             cache: bool = False) -> list[tuple[int, float]]:
+    """The SPSA estimate along z(seed) for each seed: ``[(seed, projected_grad), ...]``; ``params`` end as they began
+    (bit for bit with ``cache``, within a few ulps per seed without). ``loss_fn`` runs a forward pass and returns
+    the loss; it is called twice per seed, at +eps then at -eps, seed after seed."""
     if cache:
-        return _zo_step_cached(params, loss_fn, seed, eps, lr, weight_decay, decay)
+        return _estimate_cached(params, loss_fn, seeds, eps)
+    out = []
+    for seed in seeds:
+        perturb_(params, seed, eps)
+        loss_pos = loss_fn()
+        perturb_(params, seed, -2.0 * eps)
+        loss_neg = loss_fn()
+        perturb_(params, seed, eps)
+        out.append((int(seed), projected_grad(loss_pos, loss_neg, eps)))
+    return out
+
+
+@torch.no_grad()
+def _estimate_cached(params, loss_fn, seeds, eps) -> list[tuple[int, float]]:
+    original = [p.detach().clone() for p in params]
+    out = []
+    for seed in seeds:
+        loss_pos, loss_neg = _two_sided(params, original, draw_z(params, seed), eps, loss_fn)
+        out.append((int(seed), projected_grad(loss_pos, loss_neg, eps)))
+    for p, p0 in zip(params, original):
+        p.copy_(p0)
+    return out
+
+
+def fused_sgd_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int, eps: float,
+                   rates: Rates, cache: bool = False) -> StepResult:
+    """One whole ZO-SGD step on ``params`` (in place) with per-parameter ``rates``: the estimate and the update in
+    the fewest passes (z drawn three times without ``cache``, once with it)."""
+    if cache:
+        return _fused_cached(params, loss_fn, seed, eps, rates)
     perturb_(params, seed, eps)
     loss_pos = loss_fn()
     perturb_(params, seed, -2.0 * eps)
     loss_neg = loss_fn()
     grad = projected_grad(loss_pos, loss_neg, eps)
-    restore_and_update_(params, seed, eps, grad, lr, weight_decay, decay)
+    restore_and_update_(params, seed, eps, grad, rates)
     return StepResult(float(loss_pos), grad, seed)
 
 
 @torch.no_grad()
-def _zo_step_cached(params, loss_fn, seed, eps, lr, weight_decay, decay) -> StepResult:
+def _fused_cached(params, loss_fn, seed, eps, rates) -> StepResult:
     """The same step with z drawn once and the original values kept: an exact restore in any dtype."""
     z = draw_z(params, seed)
     original = [p.detach().clone() for p in params]
-    for p, zi in zip(params, z):
-        p.add_(zi, alpha=eps)
-    loss_pos = loss_fn()
-    for p, p0, zi in zip(params, original, z):
-        p.copy_(p0).add_(zi, alpha=-eps)
-    loss_neg = loss_fn()
+    loss_pos, loss_neg = _two_sided(params, original, z, eps, loss_fn)
     for p, p0 in zip(params, original):
         p.copy_(p0)
     grad = projected_grad(loss_pos, loss_neg, eps)
-    update_(params, z, grad, lr, weight_decay, decay)
+    for p, zi, (lr, wd) in zip(params, z, rates):
+        sgd_update_(p, zi, grad, lr, wd)
     return StepResult(float(loss_pos), grad, seed)
+
+
+def zo_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int, eps: float, lr: float,
+            weight_decay: float = 0.0, decay: Sequence[bool] | None = None, cache: bool = False) -> StepResult:
+    """One full MeZO step on ``params`` (modified in place) with one LR, weight decay only where ``decay`` is True.
+    ``loss_fn`` runs a forward pass and returns the loss."""
+    return fused_sgd_step(params, loss_fn, seed, eps, rates_for(len(params), lr, weight_decay, decay), cache)
 
 
 def step_seed(run_seed: int, step: int) -> int:
     """The seed of step ``step``: a fixed function of the run seed, identical on every rank."""
     return (int(run_seed) * 1_000_003 + int(step) * 7_919 + 1) % (2**63 - 1)
+
+
+def sample_seeds(run_seed: int, step: int, num: int) -> list[int]:
+    """The seeds of the ``num`` directions of step ``step`` (n-SPSA): the first is ``step_seed``, so one sample is
+    the one-seed step; the others are spread far from every step's first seed. The same on every rank."""
+    base = step_seed(run_seed, step)
+    return [(base + i * 0x9E37_79B9_7F4A_7C15) % (2**63 - 1) for i in range(num)]

@@ -17,14 +17,16 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "benchmark.py"
 VARIANTS = ("full", "lora", "xgblora")
 TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", "zo_step_forwards", "zo_overhead",
-                                                           "naive_forward", "naive_step", "naive_step_forwards")]
+                                                           "naive_forward", "naive_step", "naive_step_forwards",
+                                                           "trainer_step")]
 TIME_KEYS += ["eval_batched", "eval_single", "eval_single_trimmed", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
 TIME_KEYS += ["forward_folded/lora", "forward_folded/xgblora"]
 MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
     "peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora", "merge_over_forward/xgblora",
     "eval_batched_speedup"] + [f"zo_step_over_ref/{v}" for v in VARIANTS] + [
-    "folded_forward_over_plain/lora", "folded_forward_over_plain/xgblora"]
+    "folded_forward_over_plain/lora", "folded_forward_over_plain/xgblora"] + [
+    f"trainer_step_over_zo_step/{v}" for v in VARIANTS]
 
 
 def _load_script():
@@ -84,6 +86,18 @@ def test_quick_ratios_are_quotients_of_stored_values(quick_result):
             assert all(i <= o for i, o in zip(inner, outer))
     for key in TARGETED:
         assert result["ratios"][key]["target"] and isinstance(result["ratios"][key]["pass"], bool), key
+
+
+def test_quick_zo_optimizer_state_is_one_and_two_parameter_copies(quick_result):
+    result, stdout = quick_result
+    states = result["zo_optimizer_state"]
+    assert set(states) == {"full", "lora"}
+    assert states["lora"]["trainable_params"] < states["full"]["trainable_params"]
+    for s in states.values():
+        assert s["trainable_bytes"] == 4 * s["trainable_params"]  # float32
+        assert s["momentum_bytes"] == s["trainable_bytes"]  # one buffer per trainable parameter
+        assert s["adam_bytes"] == 2 * s["trainable_bytes"] + 4 * s["trainable_tensors"]  # two, and a float32 step each
+    assert "h: ZO momentum state, extra memory (full" in stdout and "h: ZO-Adam state, extra memory (lora" in stdout
 
 
 def test_quick_prints_table_and_meta(quick_result):

@@ -19,6 +19,11 @@ MODES = {
     # merges at steps 2 (before the cut), 4 and 6 (after); one of two blocks trains per iteration; best dev kept
     "zo-xgblora": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2", "--xgblora_num_layers", "1",
                    "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end"],
+    # momentum and Adam state travel in the Trainer's optimizer.pt; n-SPSA's directions follow the step count
+    "zo-full-momentum": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "momentum"],
+    "zo-xgblora-adam-nspsa": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
+                              "--xgblora_num_layers", "1", "--zo_optimizer", "adam", "--zo_num_samples", "3",
+                              "--zo_sample_scheduler", "linear"],
     "regular-xgblora-lora_ga": ["--trainer", "regular", "--xgblora", "--xgblora_steps_per_iteration", "2",
                                 "--lora_init", "lora_ga", "--lora_ga_batches", "1"],
     "regular-lora-partial": ["--trainer", "regular", "--lora", "--lora_r", "2", "--lora_merge_every", "2"],
