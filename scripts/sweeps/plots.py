@@ -1,7 +1,7 @@
 """``python scripts/plots.py SWEEP.toml``: figures of a sweep's results, each as PNG and PDF.
 
 * ``loss``: training loss against step, one panel per cell of the aggregated table, one line per run (seed);
-  dotted vertical lines mark the boosting merges (``train.boosting.merges[*].step``) in the run's colour.
+  dotted grey vertical lines mark the steps of its runs' boosting merges (``train.boosting.merges[*].step``).
 * ``dev``: the dev metric against step (the log history's ``eval_<metric>`` entries), laid out the same way.
 * ``bars``: the aggregated table's metric per cell, mean with a standard deviation error bar, n above each bar.
 * ``delta_norm``: for XGBLoRA runs, |dW| of each merge (``train.boosting.merges[*].delta_norm``) against step.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .aggregate import Cell, Table, build_table
+from .aggregate import NONE, Cell, Table, build_table
 from .load import load_sweep
 from .spec import SweepError
 
@@ -43,8 +43,10 @@ def merges(result: dict) -> list[dict]:
     return (result.get("train", {}).get("boosting") or {}).get("merges", [])
 
 
-def cell_title(table: Table, cell: Cell, width: int = 40) -> str:
-    return "\n".join(textwrap.wrap(" ".join(f"{k}={v}" for k, v in zip(table.by, cell.key)) or "all runs", width))
+def cell_title(table: Table, cell: Cell, width: int | None = 40) -> str:
+    """The cell's variables (those its grid sets), wrapped to ``width`` characters, or one a line (None)."""
+    parts = [f"{k}={v}" for k, v in zip(table.by, cell.key) if v != NONE] or ["all runs"]
+    return "\n".join(parts) if width is None else "\n".join(textwrap.wrap(" ".join(parts), width))
 
 
 def run_label(table: Table, run) -> str:
@@ -58,22 +60,23 @@ def panels(cells: list[Cell], title: str) -> tuple[Figure, list]:
     cols = min(3, len(cells))
     rows = math.ceil(len(cells) / cols)
     fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.6), layout="constrained")
-    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(len(cells))]
+    axes = [fig.add_subplot(rows, cols, 1)]
+    axes += [fig.add_subplot(rows, cols, i + 1, sharey=axes[0]) for i in range(1, len(cells))]
     fig.suptitle(title)
     return fig, axes
 
 
 def plot_loss(table: Table) -> Figure | None:
-    """Training loss against step per cell; merges as dotted lines in the run's colour."""
+    """Training loss against step per cell; each step at which a run of the cell merged, a dotted line."""
     cells = [c for c in table.cells if any(loss_curve(r.result)[0] for r in c.done)]
     if not cells:
         return None
-    fig, axes = panels(cells, "Training loss (dotted: boosting merges)")
+    fig, axes = panels(cells, "Training loss (dotted grey: boosting merges)")
     for ax, cell in zip(axes, cells):
         for color, run in zip(COLORS * 10, cell.done):
             ax.plot(*loss_curve(run.result), color=color, lw=1.2, label=run_label(table, run))
-            for merge in merges(run.result):
-                ax.axvline(merge["step"], color=color, ls=":", lw=0.8, alpha=0.7)
+        for step in sorted({m["step"] for run in cell.done for m in merges(run.result)}):
+            ax.axvline(step, color="0.4", ls=":", lw=0.9)
         ax.set(title=cell_title(table, cell), xlabel="step", ylabel="training loss")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
@@ -106,9 +109,9 @@ def plot_bars(table: Table, metric: str) -> Figure | None:
     means = [m if m is not None else 0.0 for m, _, _ in stats]
     ax.bar(x, means, yerr=[s or 0.0 for _, s, _ in stats], capsize=4, color="C0", alpha=0.8)
     for i, (mean, std, n) in enumerate(stats):
-        ax.annotate(f"n={n}", (i, (mean or 0.0) + (std or 0.0)), xytext=(0, 3), ha="center",
+        ax.annotate(f"n={n}", (i, (mean or 0.0) + (std or 0.0)), xytext=(0, 5), ha="center",
                     textcoords="offset points", fontsize=8)
-    ax.set_xticks(list(x), [cell_title(table, c, 14) for c in table.cells], fontsize=7)
+    ax.set_xticks(list(x), [cell_title(table, c, None) for c in table.cells], fontsize=7)
     ax.set(ylabel=metric, title=f"{metric}: mean ± std over {', '.join(_over(table)) or 'runs'}")
     return fig
 
