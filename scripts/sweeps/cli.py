@@ -87,6 +87,7 @@ def report(outcomes: dict[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("submitit").propagate = False  # it prints its own messages; do not print them twice
     args = parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)

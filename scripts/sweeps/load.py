@@ -69,6 +69,8 @@ def _table(data: dict, name: str, problems: list[str]) -> dict:
 
 
 def _key_problem(key: str, where: str) -> str | None:
+    if key == "--num_train_sets":
+        return f"{where} {key}: one result per point; give the seeds as a grid variable instead (SEED = [0, 1, 2])"
     if key.startswith("--"):
         return f"{where} {key}: sets the run's location, which the sweep chooses" if key in RESERVED_FLAGS else None
     if not ENV_NAME.fullmatch(key):

@@ -62,6 +62,8 @@ def panels(cells: list[Cell], title: str) -> tuple[Figure, list]:
     fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.6), layout="constrained")
     axes = [fig.add_subplot(rows, cols, 1)]
     axes += [fig.add_subplot(rows, cols, i + 1, sharey=axes[0]) for i in range(1, len(cells))]
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
     fig.suptitle(title)
     return fig, axes
 
