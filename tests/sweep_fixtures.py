@@ -15,8 +15,11 @@ result=""
 while [ $# -gt 0 ]; do case "$1" in --result_file) result=$2; shift 2 ;; *) shift ;; esac; done
 out="${result%.json}"
 mkdir -p "$out"
-echo "$$ ${OMP_NUM_THREADS:-unset} $(grep Cpus_allowed_list /proc/self/status | cut -f2) ${CUDA_VISIBLE_DEVICES-unset}" >> "$out/calls"
-write() { printf '{"status": "%s", "eval": {"accuracy": %s}, "train": {"log_history": []}}\n' "$1" "${ACC:-0.5}" > "$result"; }
+cores=$(grep Cpus_allowed_list /proc/self/status | cut -f2)
+echo "$$ ${OMP_NUM_THREADS:-unset} $cores ${CUDA_VISIBLE_DEVICES-unset}" >> "$out/calls"
+write() {
+    printf '{"status": "%s", "eval": {"accuracy": %s}, "train": {"log_history": []}}\n' "$1" "${ACC:-0.5}" > "$result"
+}
 case "${OUTCOME:-completed}" in
     completed) write completed ;;
     diverged) write "diverged at step 3"; exit 1 ;;

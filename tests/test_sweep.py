@@ -123,7 +123,8 @@ def test_rerun_skips_completed_resumes_interrupted_and_never_retries_diverged(tm
     plan = capsys.readouterr().out
     assert "skip      OUTCOME=completed" in plan and "no retry  OUTCOME=diverged" in plan
     assert "resume    OUTCOME=interrupt_once  [interrupted at step 2]" in plan
-    assert "run       OUTCOME=crash  [no result yet]" in plan and "4 points: 1 skip, 1 no retry, 1 resume, 1 run" in plan
+    assert "run       OUTCOME=crash  [no result yet]" in plan
+    assert "4 points: 1 skip, 1 no retry, 1 resume, 1 run" in plan
     assert _calls(sweep_file)["crash"] == 1  # the dry run ran nothing
 
     assert cli.main([str(sweep_file)]) == 1  # the crash crashes again
@@ -165,6 +166,7 @@ def test_local_queue_pins_each_run_to_its_slot(tmp_path):
     # slot i: core cores[i] and GPU "7,8"[i]; each run got exactly one of the slots
     slots = {(str(cores[i]), "78"[i]) for i in range(jobs)}
     assert set(seen) <= slots and len(seen) == 4
+    assert len(set(seen)) == jobs  # the first runs start together, one in each slot
 
 
 def test_sigterm_to_the_sweep_interrupts_running_runs_and_starts_no_more(tmp_path):

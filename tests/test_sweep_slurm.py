@@ -25,11 +25,13 @@ def _no_slurm() -> str | None:
         return "no sbatch here (see scripts/slurm_local_cluster.sh for a single-node cluster)"
     proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0 or not proc.stdout.strip():
-        return f"sbatch is here but no SLURM controller answers sinfo ({proc.stderr.strip()[:200]})"
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"sbatch is here but no SLURM controller answers sinfo ({last}); set SLURM_CONF or start one"
     return None
 
 
-pytestmark = pytest.mark.skipif(_no_slurm() is not None, reason=str(_no_slurm()))
+NO_SLURM = _no_slurm()
+pytestmark = pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
 
 
 def _sweep(sweep_file, *flags):
