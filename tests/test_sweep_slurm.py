@@ -72,3 +72,9 @@ def test_time_limit_sends_sigterm_and_the_run_is_left_resumable(tmp_path):
     point = load_sweep(sweep_file).points()[0]
     assert read_state(point.result_file).detail == "interrupted at step 1", proc.stdout + proc.stderr
     assert proc.returncode == 1 and "interrupted at step 1" in proc.stdout
+
+
+def test_an_option_sbatch_refuses_is_reported_without_a_traceback(tmp_path):
+    proc = _sweep(write_sweep(tmp_path, '[grid]\nSEED = [0]\n'), "--partition", "no-such-partition")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "sweep.py: error: sbatch refused the job array" in proc.stderr and "no-such-partition" in proc.stderr

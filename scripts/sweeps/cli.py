@@ -43,12 +43,12 @@ def plan(sweep: Sweep) -> list[tuple[Point, State, Launch]]:
     return [(p, read_state(p.result_file, p.output_dir), make_launch(sweep, p)) for p in sweep.points()]
 
 
-def print_plan(rows: list[tuple[Point, State, Launch]], slot_env: dict | None = None) -> None:
+def print_plan(rows: list[tuple[Point, State, Launch]]) -> None:
     """One line per point (action, grid values, state), the command under those that would run, and counts."""
     for point, state, launch in rows:
         print(f"{state.action:<9} {point.label()}  [{state.detail}]")
         if state.runs:
-            print(f"          {launch.shell_line(slot_env)}")
+            print(f"          {launch.shell_line()}")
     counts = Counter(state.action for _, state, _ in rows)
     print(f"{len(rows)} points: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
 

@@ -97,7 +97,11 @@ def submit(launches: list[Launch], params: dict, folder: Path) -> list:
 
     executor = submitit.SlurmExecutor(folder=str(folder))
     executor.update_parameters(**params)
-    jobs = executor.map_array(run_in_job, launches)
+    try:
+        jobs = executor.map_array(run_in_job, launches)
+    except submitit.core.utils.FailedJobError as err:  # sbatch said no: its message names the option
+        lines = str(err).strip().splitlines()
+        raise SlurmOptionError(f"sbatch refused the job array: {lines[0] if lines else err}") from None
     logger.info("submitted job array %s (%d tasks); logs in %s", jobs[0].job_id.split("_")[0], len(jobs), folder)
     return jobs
 

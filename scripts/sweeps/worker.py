@@ -82,8 +82,9 @@ def run_in_job(launch: Launch) -> dict:
     """Run one point inside a scheduler's job (SLURM array task): threads from the job's CPUs, the driver in the
     foreground, its outcome returned. A point completed meanwhile (another sweep) is not run again."""
     state = launch.state()
-    if not state.runs:
-        return {"name": launch.name, "outcome": f"not run: {state.detail}"}
+    if not state.runs:  # finished meanwhile (another sweep), or a file run.py would refuse
+        return {"name": launch.name, "outcome": state.detail if state.kind != "unreadable" else
+                f"not run: {state.detail}"}
     threads = os.environ.get("SLURM_CPUS_PER_TASK")
     extra = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if threads else {}
     with open_log(launch) as log:
