@@ -1,0 +1,10 @@
+"""Run a sweep: ``python scripts/sweep.py scripts/sweeps/example.toml [--dry-run] [--executor local|slurm]``.
+
+See ``scripts/sweeps/cli.py`` (and ``--help``) for the options and the README, "Sweeps, aggregation and plots".
+"""
+import sys
+
+from sweeps.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
