@@ -5,6 +5,7 @@ names each flag and its bad value.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -414,6 +415,13 @@ class Arguments(TrainingArguments):
             yield "--linear_probing with --num_train 0: nothing to fit the probe on; give --num_train >= 1"
         if self.lp_early_stopping and not self.linear_probing:
             yield "--lp_early_stopping: needs --linear_probing"
+
+
+@functools.cache
+def default_config() -> dict:
+    """The resolved configuration of a run given no flags (``Arguments().to_dict()``): what result names are
+    hashed against (``results.config_hash``)."""
+    return Arguments().to_dict()
 
 
 def parse_args(argv: list[str] | None = None) -> Arguments:

@@ -24,7 +24,8 @@ from typing import Any
 # Settings that do not change what a run computes: where things are written, how progress is logged or shown,
 # resuming and checkpointing, evaluation speed. They are left out of the name's hash, so that re-running or
 # resuming a job (perhaps with a new --output_dir, --logging_steps or eval batch size) keeps its name.
-# Everything else, including flags added later, is in the hash: a new flag changes names until listed here.
+# Everything else is in the hash, but only where it differs from the flag's default (``defaults``): a flag added
+# later, left at a default that reproduces the old behaviour, does not rename earlier runs.
 NOT_IN_HASH = frozenset({
     # output locations and overwriting
     "output_dir", "result_file", "result_dir", "overwrite", "save_model",
@@ -59,17 +60,28 @@ class ResultPathError(ValueError):
     """The result path cannot be used; the message names it and says what to do."""
 
 
-def hashed_settings(config: dict, keep_best_model: bool) -> dict:
-    """The part of a resolved configuration that changes the result (see NOT_IN_HASH)."""
+_ABSENT = object()
+
+
+def hashed_settings(config: dict, keep_best_model: bool, defaults: dict | None = None) -> dict:
+    """The part of a resolved configuration that changes the result (see NOT_IN_HASH), without the settings that
+    equal their value in ``defaults`` (the configuration of a run given no flags)."""
     left_out = NOT_IN_HASH if keep_best_model else NOT_IN_HASH | EVAL_SCHEDULE
-    settings = {k: v for k, v in config.items() if k not in left_out}
+    defaults = defaults or {}
+    settings = {k: v for k, v in config.items()
+                if k not in left_out and _canonical(v) != _canonical(defaults.get(k, _ABSENT))}
     settings["keep_best_model"] = keep_best_model
     return settings
 
 
-def config_hash(config: dict, keep_best_model: bool) -> str:
-    """Eight hex digits identifying the result-changing settings of ``config``."""
-    text = json.dumps(hashed_settings(config, keep_best_model), sort_keys=True, default=str)
+def _canonical(value: Any) -> Any:
+    return value if value is _ABSENT else json.dumps(value, sort_keys=True, default=str)
+
+
+def config_hash(config: dict, keep_best_model: bool, defaults: dict | None = None) -> str:
+    """Eight hex digits identifying the result-changing settings of ``config`` (those that differ from
+    ``defaults``)."""
+    text = json.dumps(hashed_settings(config, keep_best_model, defaults), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

@@ -21,7 +21,7 @@ from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
 from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
                                      resolve_resume)
-from large_models.arguments import ArgumentError, Arguments, parse_args  # noqa: E402
+from large_models.arguments import ArgumentError, Arguments, default_config, parse_args  # noqa: E402
 from large_models.data import TrainCollator, count_cut, prompt_feature, training_feature  # noqa: E402
 from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
 from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
@@ -40,11 +40,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
     """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
     ``<result_dir>/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
-    result (see results.NOT_IN_HASH). Call it before anything rewrites ``args``."""
+    result and differs from its default (see results.NOT_IN_HASH). Call it before anything rewrites ``args``."""
     if args.result_file:
         path = Path(args.result_file)
         return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
-    digest = config_hash(args.to_dict(), args.keep_best_model)
+    digest = config_hash(args.to_dict(), args.keep_best_model, default_config())
     name = run_name(args.task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
     return Path(args.result_dir or REPO_ROOT / "result") / f"{name}.json"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from large_models import results, run
-from large_models.arguments import parse_args
+from large_models.arguments import default_config, parse_args
 from large_models.results import ResultPathError, check_result_path, write_result
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +126,18 @@ def test_name_ignores_settings_that_do_not_change_the_result(flags):
 def test_name_changes_with_every_setting_that_changes_the_result(flags):
     assert _name(*flags) != _name()
     assert _name(*flags).startswith("SST2-opt-1.3b-t-") or "--model_name" in flags
+
+
+def test_a_flag_left_at_its_default_does_not_change_names():
+    """A flag added later (here: a new config key) at its default value keeps every earlier run's name; at
+    another value it names the run apart. A flag given explicitly at its default names the run as if omitted."""
+    args = parse_args(BASE)
+    config, defaults = args.to_dict(), dict(default_config())
+    digest = results.config_hash(config, args.keep_best_model, defaults)
+    later = {**defaults, "new_flag": 3}
+    assert results.config_hash({**config, "new_flag": 3}, args.keep_best_model, later) == digest
+    assert results.config_hash({**config, "new_flag": 4}, args.keep_best_model, later) != digest
+    assert _name("--zo_eps", "1e-3") == _name()  # 1e-3 is --zo_eps' default
 
 
 def test_eval_schedule_names_the_run_only_when_the_best_dev_model_is_kept():

@@ -10,6 +10,7 @@ import torch
 
 from large_models import run
 from large_models.arguments import ArgumentError, parse_args
+from large_models.arguments import default_config
 from large_models.results import config_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def test_training_writes_results_with_dev_and_train_summary(tmp_path, tiny_model
 
 def test_result_file_name_follows_task_model_tag_hash(tmp_path):
     args = parse_args(["--task_name", "RTE", "--model_name", "org/opt-1.3b", "--tag", "mezo-ft-1-2"])
-    digest = config_hash(args.to_dict(), args.keep_best_model)
+    digest = config_hash(args.to_dict(), args.keep_best_model, default_config())
     assert len(digest) == 8 and int(digest, 16) >= 0
     assert run.result_path(args, 0, False).name == f"RTE-opt-1.3b-mezo-ft-1-2-{digest}.json"
     assert run.result_path(args, 3, True).name == f"RTE-opt-1.3b-mezo-ft-1-2-{digest}-trainset3.json"
