@@ -20,7 +20,7 @@ TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", 
                                                            "naive_forward", "naive_step", "naive_step_forwards",
                                                            "trainer_step")]
 TIME_KEYS += ["eval_batched", "eval_single", "eval_single_trimmed", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
-TIME_KEYS += ["forward_folded/lora", "forward_folded/xgblora"]
+TIME_KEYS += ["forward_folded/lora", "forward_folded/xgblora", "forward_plain/lora", "forward_plain/xgblora"]
 MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
     "peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora", "merge_over_forward/xgblora",
