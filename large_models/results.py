@@ -64,6 +64,8 @@ def hashed_settings(config: dict, keep_best_model: bool) -> dict:
     left_out = NOT_IN_HASH if keep_best_model else NOT_IN_HASH | EVAL_SCHEDULE
     settings = {k: v for k, v in config.items() if k not in left_out}
     settings["keep_best_model"] = keep_best_model
+    if settings.get("world_size") == 1:  # a one-process run keeps the name it had before world_size was recorded
+        del settings["world_size"]
     return settings
 
 

@@ -117,6 +117,17 @@ def lm_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
 
 
+def counted_tokens(batch: dict, all_tokens: bool = False) -> int:
+    """How many tokens ``lm_loss`` averages over in a collated batch, read off the batch without a forward: the
+    answer tokens (shared part: ``answer_mask``; row part: ``option_len``, which never exceeds a row's length
+    minus one), or with ``all_tokens`` every real token after each row's first. The weight of the batch's LM loss
+    when ranks average their losses (``distributed.weighted_mean``)."""
+    if all_tokens:
+        return int(batch["attention_mask"][:, 1:].sum())
+    shared = int(batch["answer_mask"].sum()) if "answer_mask" in batch else 0
+    return shared + (int(batch["option_len"].sum()) if "option_len" in batch else 0)
+
+
 def batch_loss(model, batch: dict, as_classification: bool, only_train_option: bool = True) -> torch.Tensor:
     """The training loss of a collated batch (see data.TrainCollator): cross-entropy over the candidates, the
     LM loss on the answer tokens, or (``only_train_option`` False) on every token of the rows."""
