@@ -316,7 +316,8 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
         if args.verbose:
             log_predictions(task, eval_samples, scored["predictions"])
     if dev_samples:
-        result["dev"] = {task.metric: evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)[task.metric]}
+        dev = evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)
+        result["dev"] = {task.metric: dev[task.metric]}
     result["runtime_s"] = round(time.time() - start, 2)
     result["config"] = args.to_dict()
     if args.save_model:

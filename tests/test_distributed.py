@@ -164,6 +164,38 @@ def test_evaluation_is_shared_between_ranks_and_written_once(tmp_path, tiny_opt_
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["result.json"]
 
 
+def test_resume_under_torchrun_is_exact(tmp_path, tiny_opt_dir, data_dir):
+    """Checkpoints are rank-aware (run_state.pt from rank 0, an RNG state per rank): resuming 2 ranks from step 2
+    of 4 ends bit for bit where the uninterrupted run ends, booster merges included."""
+    flags = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
+             "--xgblora_num_layers", "1", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2",
+             "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    whole = _torchrun(tmp_path / "a", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "a", *flags))
+    assert sorted(p.name for p in (tmp_path / "a/out/checkpoint-2").glob("r*")) == [
+        "rng_state_0.pth", "rng_state_1.pth", "run_state.pt"]
+    resumed = _torchrun(tmp_path / "b", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "b", *flags,
+                                               "--resume_from_checkpoint", str(tmp_path / "a/out/checkpoint-2")))
+    _assert_ranks_identical(resumed)
+    digests = [[r["params_sha256"] for r in result["train"]["ranks"]] for result in (whole, resumed)]
+    assert digests[0] == digests[1]
+    assert resumed["train"]["boosting"] == whole["train"]["boosting"] and _losses(resumed) == _losses(whole)
+
+
+def test_mezo_driver_launches_num_gpu_ranks(tmp_path, tiny_opt_dir, data_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUM_GPU": "2", "MODEL": str(tiny_opt_dir), "TASK": "SST2",
+           "MODE": "lora", "DATA_DIR": str(data_dir), "STEPS": "2", "TRAIN": "8", "DEV": "4", "EVAL": "4",
+           "EVAL_STEPS": "2", "BS": "2"}
+    out = tmp_path / "r.json"
+    proc = subprocess.run(["bash", "mezo.sh", "--result_file", str(out), "--output_dir", str(tmp_path / "out"),
+                           "--disable_tqdm", "True"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "NUM_GPU=2" in proc.stderr
+    result = json.loads(out.read_text())
+    _assert_ranks_identical(result)
+    assert result["config"]["world_size"] == 2 and result["config"]["per_device_train_batch_size"] == 2
+    assert result["train"]["best_dev"]["step"] == 2 and "dev" in result  # dev evaluation shared by the ranks
+
+
 # ---- the pieces, in one process ------------------------------------------------------------------------------
 def _features(task_name, as_classification):
     """Training features of 8 examples: Copa (gold answers of 4 to 8 tokens) or SST-2."""
