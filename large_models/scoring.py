@@ -61,7 +61,9 @@ def shared_prefix_logprobs(model, prompt_ids, prompt_mask, answer_ids, answer_ma
     if width == 1:
         return first
     cache = out.past_key_values
-    cache.batch_select_indices(owner)
+    # a CPU index serves cache layers on any device (a model split over GPUs and the CPU keeps each layer's cache
+    # where the layer runs); a CUDA index could not index a layer cached on the CPU
+    cache.batch_select_indices(owner.cpu())
     owner_mask = prompt_mask[owner]
     mask = torch.cat([owner_mask, answer_mask[:, :-1]], dim=1)
     positions = owner_mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=answer_ids.device)
