@@ -65,7 +65,7 @@ def place(model, where: str):
         return model
     if where != "auto":
         return model.to(where)
-    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate import infer_auto_device_map
     device_map = infer_auto_device_map(model, max_memory=cuda_memory_caps(),
                                        no_split_module_classes=model._no_split_modules or [])
     devices = split_devices(device_map)
@@ -74,6 +74,14 @@ def place(model, where: str):
                           "blocks to disk, which ZO training cannot perturb)")
     if len(devices) == 1:
         return model.to(devices.pop())
-    main = "cpu" if "cpu" in devices else None  # CPU blocks run on the CPU, with their weights in place
-    return dispatch_model(model, device_map=device_map, main_device=main,
+    return dispatch(model, device_map)
+
+
+def dispatch(model, device_map: dict, force_hooks: bool = False):
+    """accelerate's ``dispatch_model`` with the CPU as main device when the map has CPU blocks, so that they run on
+    the CPU with their weights in place (see the module docstring); the KV cache is never moved between devices.
+    ``force_hooks``: attach the hooks even when the map has one device (tests)."""
+    from accelerate import dispatch_model
+    main = "cpu" if "cpu" in split_devices(device_map) else None
+    return dispatch_model(model, device_map=device_map, main_device=main, force_hooks=force_hooks,
                           skip_keys=getattr(model, "_skip_keys_device_placement", None))

@@ -20,11 +20,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from large_models import distributed, run
+from large_models import distributed, lora, run, zo
 from large_models.arguments import ArgumentError, Arguments
 from large_models.data import TrainCollator, training_feature
 from large_models.objectives import AnswerLoss, batch_weight
-from large_models.placement import memory_caps, placement
+from large_models.placement import dispatch, memory_caps, placement
 from large_models.results import config_hash
 from large_models.scoring import candidate_logprobs, counted_tokens, token_logprobs
 from large_models.tasks import Sample, get_task
@@ -326,3 +326,27 @@ def test_placement_decisions():
 def test_memory_caps_keep_five_gib_free_per_gpu():
     gib = 2**30
     assert memory_caps([80 * gib, 3 * gib], 512 * gib) == {0: 75 * gib, 1: 0, "cpu": 512 * gib}
+
+
+def test_cpu_blocks_of_a_dispatched_model_keep_real_weights_that_train():
+    """The dispatch a CUDA+CPU split uses, with every block on the CPU and accelerate's hooks forced on (NOT a
+    split: no second device here). With the CPU as main device the CPU blocks keep real weights (accelerate's
+    default for a GPU main device would leave meta tensors and stream copies); LoRA attaches behind the hooks, a
+    zo step changes the adapters and a merge writes into the base weights."""
+    model = make_model("opt")
+    blocks = ["model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.final_layer_norm",
+              "model.decoder.layers.0", "model.decoder.layers.1", "lm_head"]
+    model = dispatch(model, dict.fromkeys(blocks, "cpu"), force_hooks=True)
+    assert hasattr(model.model.decoder.layers[0], "_hf_hook")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    model = lora.attach_lora(model, r=2, alpha=4)
+    tokenizer, features = _features("Copa", as_classification=False)
+    batch, objective = TrainCollator(tokenizer.pad_token_id)(features[:2]), AnswerLoss(False)
+    params = lora.trainable_lora_parameters(model)
+    before = [p.detach().clone() for p in params]
+    base = {n: w.detach().clone() for n, w in lora.base_weights(model).items()}
+    with torch.no_grad():
+        step = zo.zo_step(params, lambda: objective(model, batch).item(), 1, 1e-2, 1e-1, cache=True)
+    assert step.projected_grad != 0 and any(not torch.equal(a, p) for a, p in zip(before, params))
+    assert lora.merge_and_reinit(model, generator=torch.Generator().manual_seed(0)).num_modules == 4
+    assert any(not torch.equal(base[n], w) for n, w in lora.base_weights(model).items())
