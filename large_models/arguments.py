@@ -411,6 +411,7 @@ class Arguments(TrainingArguments):
         if not torch.cuda.is_available():
             yield ("--fsdp without CUDA: accelerate runs FSDP on GPUs only (on the CPU it would silently train "
                    "with plain DDP); drop --fsdp on this machine")
+
     def _objective_problems(self):
         """--sfc / --icl_sfc (candidate scoring), --non_diff (zo on generation), --train_from_validation."""
         for flag in ("sfc", "icl_sfc"):

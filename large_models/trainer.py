@@ -22,7 +22,7 @@ Data-parallel (``torchrun --nproc_per_node N``): each rank gets ``--per_device_t
 global batch from the Trainer's sharded data loader. For zo the loss closure averages the ranks' losses weighted
 by what each is a mean over (``objectives.batch_weight``, ``distributed.weighted_mean``): every rank sees the loss
 of the global batch, takes the same projected gradient and, from the shared step seed, the same update. The
-Trainer still wraps the model in DDP (accelerate does so for any model on CPU/gloo): that costs one broadcast of
+Trainer still wraps the model in DDP (accelerate wraps a model with trainable parameters): that costs one broadcast of
 the parameters when training starts and DDP's gradient buckets (memory the size of the trainable parameters),
 but the zo step runs the unwrapped model, so no DDP hook or buffer broadcast runs in a step. ``--trainer
 regular`` uses the Trainer's own DDP.
@@ -154,7 +154,7 @@ class MezoTrainer(Trainer):
         step = self.state.global_step + 1
         if self.args.trainer != "zo":
             loss = super().training_step(model, inputs, num_items_in_batch)
-            # the largest |loss| over ranks: NaN or inf on any rank stops every rank at the same step
+            # under torchrun the first non-finite loss of any rank: every rank stops at the same step
             check_finite(step, "regular", loss=_worst_over_ranks(float(loss)))
             return loss
         model = self.accelerator.unwrap_model(model)  # never through a DDP wrapper: no hooks, no broadcasts
