@@ -18,7 +18,10 @@ device, the ZO engine perturbs it there with that device's generator (``zo.gener
 are created on their base layer's device (PEFT) and merges happen in place. The model's outputs come back on the
 device of its inputs.
 
-A model that fits on ``cuda:0`` is simply moved there (no hooks), as ``--no_auto_device`` does.
+A model that fits on ``cuda:0`` is simply moved there (no hooks), as ``--no_auto_device`` does. The model is
+loaded into CPU memory first and its GPU blocks are moved out of it, so the machine needs CPU memory for the whole
+model once (upstream's ``from_pretrained(device_map=...)`` loads blocks straight to their GPUs, but offloads the
+CPU blocks as above).
 """
 from __future__ import annotations
 
