@@ -6,6 +6,7 @@ names each flag and its bad value.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ ZO_OPTIMIZER_FLAGS = ("zo_optimizer", "zo_momentum", "zo_num_samples", "zo_sampl
 
 class ArgumentError(ValueError):
     """Bad command-line input; the message names every offending flag and value."""
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 without torchrun)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() else 1
 
 
 @dataclass
@@ -59,6 +66,11 @@ class Arguments(TrainingArguments):
         "help": "Load the linear weights in 8 bits (bitsandbytes LLM.int8(), as upstream MeZO); CUDA only. For "
                 "evaluation and adapter training (--lora, --prefix_tuning): base weights that are perturbed or merged "
                 "cannot be 8-bit."})
+    no_auto_device: bool = field(default=False, metadata={
+        "help": "Do not spread the model over the GPUs with device_map='auto' (upstream MeZO's flag). By default, on "
+                "a CUDA machine and in a single process, the model is split over every GPU, each capped at its free "
+                "memory less 5 GiB, and what does not fit stays in CPU memory and runs there (trained in place). "
+                "Under torchrun (DDP, FSDP) each rank holds its own copy and auto placement is always off."})
     max_length: int = field(default=2048, metadata={"help": "Longest input in tokens; longer prompts lose their left end."})
     sfc: bool = field(default=False, metadata={
         "help": "SFC calibration (surface form competition): a candidate's score is the sum of its answer "
@@ -190,6 +202,10 @@ class Arguments(TrainingArguments):
         self.load_best_model_at_end = False
         if self.trainer == "zo":
             self.max_grad_norm = 0.0  # zo has no gradients to clip; also keeps a meaningless grad_norm out of logs
+        if self.trainer == "regular" and self.xgblora and self.xgblora_num_layers:
+            self.ddp_find_unused_parameters = True  # DDP must expect no gradient for the frozen boosters
+        if launched_world_size() > 1 and not torch.cuda.is_available():
+            self.use_cpu = True  # accelerate runs torchrun's ranks on the CPU (gloo) only when told so
         super().__post_init__()
 
     def to_dict(self) -> dict:
@@ -198,6 +214,7 @@ class Arguments(TrainingArguments):
         config = super().to_dict()
         config["load_best_model_at_end"] = getattr(self, "keep_best_model", config["load_best_model_at_end"])
         config["trainer_load_best_model_at_end"] = self.load_best_model_at_end
+        config["world_size"] = launched_world_size()  # the global batch is world_size x the per-device batch
         return config
 
     # -- derived --------------------------------------------------------------------------------------------
@@ -210,6 +227,13 @@ class Arguments(TrainingArguments):
         if not self.linear_probing:
             return base
         return "lp" if self.trainer == "none" else f"lp-{base}"
+
+    @property
+    def place_model_on_device(self) -> bool | None:
+        """TrainingArguments' override point: False when run.py splits the model over the devices itself
+        (``placement.py``: CUDA, one process, no ``--no_auto_device``), so the Trainer does not move it whole."""
+        auto = torch.cuda.is_available() and not self.no_auto_device and launched_world_size() == 1
+        return False if auto else None
 
     @property
     def learns(self) -> bool:
@@ -362,6 +386,32 @@ class Arguments(TrainingArguments):
         if self.train_as_classification and self.task_name in GENERATION_TASKS:
             yield f"--train_as_classification: task {self.task_name} is generation, it has no candidates"
         yield from self._objective_problems()
+        yield from self._distributed_problems()
+
+    def _distributed_problems(self):
+        """FSDP (backprop, full-parameter, CUDA); XGBLoRA's frozen boosters under DDP."""
+        yield from self._fsdp_problems()
+        if (self.trainer == "regular" and self.xgblora and self.xgblora_num_layers
+                and self.ddp_find_unused_parameters is False):
+            yield (f"--ddp_find_unused_parameters False with --xgblora_num_layers {self.xgblora_num_layers}: the "
+                   f"boosters of the blocks not drawn are frozen and get no gradient, which DDP must look for; "
+                   f"drop the flag (or set it True)")
+
+    def _fsdp_problems(self):
+        if not self.fsdp:
+            return
+        if self.trainer != "regular":
+            yield (f"--fsdp with --trainer {self.trainer}: FSDP shards the model for backprop training; a ZO step "
+                   f"needs the whole model on every rank (use plain torchrun for data-parallel zo)")
+        if self.mode != "ft":
+            yield (f"--fsdp with {self.mode} training: only full-parameter training (no --lora, --xgblora, "
+                   f"--prefix_tuning, --head_tuning, --linear_probing) is supported with FSDP here")
+        if self.load_best_model_at_end:
+            yield ("--fsdp with --load_best_model_at_end: the in-memory best dev snapshot does not handle sharded "
+                   "parameters; drop --load_best_model_at_end (finetune_fsdp.sh does)")
+        if not torch.cuda.is_available():
+            yield ("--fsdp without CUDA: accelerate runs FSDP on GPUs only (on the CPU it would silently train "
+                   "with plain DDP); drop --fsdp on this machine")
 
     def _objective_problems(self):
         """--sfc / --icl_sfc (candidate scoring), --non_diff (zo on generation), --train_from_validation."""

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from large_models import lora
+from large_models import distributed, lora
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ class RunStateCallback(TrainerCallback):
         return state
 
     def on_save(self, args, state, control, model=None, **kwargs):
+        """Write ``run_state.pt`` beside the Trainer's files; under torchrun rank 0 alone writes it (every rank
+        holds the same state, and the Trainer writes the checkpoint's model from rank 0)."""
+        if not state.is_world_process_zero:
+            return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         tmp = folder / f".{RUN_STATE}.tmp"
         torch.save(self.state_dict(model), tmp)
@@ -109,10 +113,13 @@ class StopOnSignal(TrainerCallback):
     """SIGTERM (and SIGUSR1, SIGINT with ``--save_on_interrupt``): finish the current step, save a checkpoint, stop.
 
     ``stopped`` is then ``(signal name, step)``. The handlers only set a flag; the previous handlers come back in
-    ``restore_handlers`` (run.py calls it when training ends).
+    ``restore_handlers`` (run.py calls it when training ends). Under torchrun the ranks agree after every step
+    (``distributed.max_over_ranks`` of the signal number, one float64; counted in ``comm``): a signal that
+    reaches one rank a step later than another still stops all of them after the same step.
     """
 
-    def __init__(self, save_on_interrupt: bool = False):
+    def __init__(self, save_on_interrupt: bool = False, comm: distributed.CommCounter | None = None):
+        self.comm = comm
         self.signals = [signal.SIGTERM] + ([signal.SIGUSR1, signal.SIGINT] if save_on_interrupt else [])
         self.received: int | None = None
         self.stopped: tuple[str, int] | None = None
@@ -132,7 +139,11 @@ class StopOnSignal(TrainerCallback):
         self.received = signum
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None and self.stopped is None:
+        if self.stopped is not None:
+            return
+        received = int(distributed.max_over_ranks(self.received or 0, self.comm))  # 0: no signal on any rank
+        if received:
+            self.received = received  # the same signal on every rank, whichever got one first
             control.should_save = True
             control.should_training_stop = True
             self.stopped = (signal.Signals(self.received).name, state.global_step)

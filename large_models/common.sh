@@ -60,6 +60,37 @@ data_args() {
     fi
 }
 
+# NUM_GPU=N (default 1): LAUNCH runs run.py in N data-parallel processes on this machine with torchrun (each rank
+# takes BS examples, so the global batch is N x BS); with 1, plain python. Under torchrun the ranks use NCCL on
+# GPUs and gloo without CUDA. For several machines, call torchrun yourself (see the README).
+launcher() {
+    NUM_GPU=${NUM_GPU:-1}
+    case "$NUM_GPU" in
+        ''|*[!0-9]*|0*) die "NUM_GPU=$NUM_GPU: must be a whole number >= 1" ;;
+    esac
+    if [ "$NUM_GPU" -gt 1 ]; then
+        LAUNCH=(python -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPU")
+    else
+        LAUNCH=(python)
+    fi
+}
+
+# FSDP=1 (finetune.sh): shard the model over NUM_GPU >= 2 GPUs with the Trainer's FSDP (upstream MeZO's
+# finetune_fsdp.sh: full shard, each decoder block wrapped; a full state dict is gathered to rank 0 when saving).
+# Full-parameter training only; the tag starts with fsdp-.
+fsdp_args() {
+    FSDP_ARGS=()
+    case "$FSDP" in
+        0) return ;;
+        1) ;;
+        *) die "FSDP=$FSDP: must be 0 or 1" ;;
+    esac
+    [ "$MODE" = ft ] || die "FSDP=1 trains full-parameter only (MODE=ft), not MODE=$MODE"
+    [ "$NUM_GPU" -gt 1 ] || die "FSDP=1 shards the model over several GPUs: set NUM_GPU >= 2"
+    FSDP_ARGS=(--fsdp "full_shard auto_wrap")
+    TAG=fsdp-$TAG
+}
+
 print_config() {
     echo "== $(basename "$0"): $*" >&2
 }

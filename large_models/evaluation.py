@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from large_models import distributed
 from large_models.data import collate_candidates, collate_rows, encode_candidates, encode_prompt, pad_left
 from large_models.metrics import Prediction, calculate_metric
 from large_models.scoring import candidate_logprobs, mean_option_logprob, summed_option_logprob, token_logprobs
@@ -174,12 +175,11 @@ def generate_answers(model, tokenizer, template, samples: Sequence, demos: Seque
     return answers
 
 
-def evaluate(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cfg: EvalConfig | None = None) -> dict:
-    """Metric of ``task`` on ``samples`` and the predictions.
-
-    ``demos`` are the in-context demonstrations: one list shared by every sample, or a list of lists, one
-    demonstration set per sample (MeZO's default for in-context learning).
-    """
+def predict(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cfg: EvalConfig | None = None) -> list:
+    """A ``metrics.Prediction`` (gold, predicted) for each of ``samples`` (none for none); ``demos`` as in
+    ``evaluate``."""
+    if not samples:
+        return []
     cfg = cfg or EvalConfig()
     was_training = model.training
     model.eval()
@@ -188,5 +188,29 @@ def evaluate(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cf
     else:
         predicted = predict_candidates(model, tokenizer, task.template, samples, demos, cfg)
     model.train(was_training)
-    predictions = [Prediction(s.correct_candidate, p) for s, p in zip(samples, predicted)]
+    return [Prediction(s.correct_candidate, p) for s, p in zip(samples, predicted)]
+
+
+def evaluate(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cfg: EvalConfig | None = None) -> dict:
+    """Metric of ``task`` on ``samples`` and the predictions.
+
+    ``demos`` are the in-context demonstrations: one list shared by every sample, or a list of lists, one
+    demonstration set per sample (MeZO's default for in-context learning).
+    """
+    predictions = predict(model, tokenizer, task, samples, demos, cfg)
+    return {task.metric: calculate_metric(predictions, task.metric), "predictions": predictions}
+
+
+def evaluate_sharded(model, tokenizer, task, samples: Sequence, demos: Sequence = (),
+                     cfg: EvalConfig | None = None, shard: bool = True) -> dict:
+    """``evaluate``, with the work shared by the ranks under torchrun: each predicts every ``world_size``-th
+    sample (with its own demonstration set, if there is one per sample); the predictions are gathered back into
+    the samples' order on every rank, so every rank computes the same metric. One process, or ``shard`` False
+    (a sharded model, whose forwards must run in step on every rank): ``evaluate`` on every sample."""
+    if not (distributed.active() and shard):
+        return evaluate(model, tokenizer, task, samples, demos, cfg)
+    per_sample = bool(demos) and isinstance(demos[0], (list, tuple))
+    mine = predict(model, tokenizer, task, distributed.shard(samples),
+                   distributed.shard(demo_sets_for(samples, demos)) if per_sample else demos, cfg)
+    predictions = distributed.unshard(distributed.gather(mine))
     return {task.metric: calculate_metric(predictions, task.metric), "predictions": predictions}

@@ -15,26 +15,30 @@ XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
 XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
 SAVE_STEPS=${SAVE_STEPS:-500}
 RESUME=${RESUME:-auto}
+FSDP=${FSDP:-0}
 
 check_task
 mode_args
 LR=${LR:-$FT_LR}
 task_args
 data_args
+launcher
 DEV=${DEV:-$DEFAULT_DEV}
 TAG=$MODE_TAG-$EPOCH-$BS-$LR-$SEED
+fsdp_args
 
-print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR SEED=$SEED TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL" \
-    "EPOCH=$EPOCH SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
+print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE NUM_GPU=$NUM_GPU BS=$BS LR=$LR SEED=$SEED TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL" \
+    "EPOCH=$EPOCH FSDP=$FSDP SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
 EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
+[ "$FSDP" = 0 ] || EVAL_ARGS=(--eval_strategy epoch)  # the in-memory best-model snapshot is not for shards
 [ "$DEV" -gt 0 ] || EVAL_ARGS=()
 
 # exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see README, Preemption)
-exec python "$HERE/run.py" \
+exec "${LAUNCH[@]}" "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \
     --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 \
     --resume_from_checkpoint "$RESUME" "${EVAL_ARGS[@]}" \
-    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" "$@"
+    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" "${FSDP_ARGS[@]}" "$@"

@@ -13,13 +13,15 @@ SEED=${SEED:-}
 
 check_task
 data_args
+launcher
 TAG=icl-$NUM_TRAIN-${SEED:-onetrainpereval}
 SEED_ARGS=()
 [ -z "$SEED" ] || SEED_ARGS=(--train_set_seed "$SEED")
 
-print_config "TASK=$TASK MODEL=$MODEL NUM_TRAIN=$NUM_TRAIN EVAL=$EVAL SEED=${SEED:-<one set per eval example>} DATA_DIR=${DATA_DIR:-<hub>} extra: $*"
+print_config "TASK=$TASK MODEL=$MODEL NUM_GPU=$NUM_GPU NUM_TRAIN=$NUM_TRAIN EVAL=$EVAL SEED=${SEED:-<one set per eval example>} DATA_DIR=${DATA_DIR:-<hub>} extra: $*"
 
-python "$HERE/run.py" \
+# exec: run.py (or torchrun) replaces the shell, so a signal sent to the driver reaches it
+exec "${LAUNCH[@]}" "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --trainer none --num_train "$NUM_TRAIN" --num_eval "$EVAL" --load_float16 \
     "${SEED_ARGS[@]}" "${DATA_ARGS[@]}" "$@"

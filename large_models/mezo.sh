@@ -23,15 +23,16 @@ LR=${LR:-$ZO_LR}
 EPS=${EPS:-$ZO_EPS}
 task_args
 data_args
+launcher
 DEV=${DEV:-$DEFAULT_DEV}
 TAG=mezo-$MODE_TAG-$STEPS-$BS-$LR-$EPS-$SEED
 
-print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS SEED=$SEED TRAIN=$TRAIN DEV=$DEV" \
+print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE NUM_GPU=$NUM_GPU BS=$BS LR=$LR EPS=$EPS SEED=$SEED TRAIN=$TRAIN DEV=$DEV" \
     "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME" \
     "DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
 # exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see README, Preemption)
-exec python "$HERE/run.py" \
+exec "${LAUNCH[@]}" "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \
     --max_steps "$STEPS" --trainer zo --load_float16 --learning_rate "$LR" --zo_eps "$EPS" \

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from large_models.placement import place
+
 logger = logging.getLogger(__name__)
 
 OFFLINE_MODEL_HINT = ("to run offline give MODEL=smollm2-135m (--model_name smollm2-135m) or a local model "
@@ -192,9 +194,12 @@ def int8_config():
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8: bool = False):
-    """The model (eval mode, on CUDA when available) and its left-padding tokenizer; ``int8``: 8-bit linear
-    weights through bitsandbytes (CUDA only), the rest in ``dtype``.
+def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8: bool = False,
+                             where: str | None = None):
+    """The model (eval mode) and its left-padding tokenizer; ``int8``: 8-bit linear weights through bitsandbytes
+    (CUDA only, placed by ``device_map='auto'``), the rest in ``dtype``. ``where``: ``placement.placement``'s
+    answer (``cpu``, ``cuda:<i>`` or ``auto``: split over the GPUs and the CPU); default ``cuda:0`` when CUDA is
+    available, else the CPU.
 
     Raises ModelError (or FileNotFoundError) naming ``--model_name`` when the model cannot be found or read.
     """
@@ -205,8 +210,11 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
         tokenizer = load_tokenizer(path, model.config.model_type)
     except Exception as err:  # damaged weights, unknown architectures and hub errors all surface here
         raise ModelError(_load_failure(name, path, err)) from err
-    if torch.cuda.is_available() and not int8:  # an 8-bit model is placed by device_map, and cannot be moved
-        model = model.cuda()
+    if not int8:  # an 8-bit model is placed by device_map, and cannot be moved
+        try:
+            model = place(model, where or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+        except MemoryError as err:
+            raise ModelError(f"--model_name {name!r}: {err}; use a smaller model or dtype") from err
     model.eval()
     return model, tokenizer
 

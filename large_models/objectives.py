@@ -11,6 +11,11 @@ from the run's arguments, and the batch (``data.TrainCollator``) carries what th
   the mean SQuAD F1 of the model's generated answers against the gold answers. The batch holds the prompts
   without their answers (``input_ids``/``attention_mask``) and the gold answers (``gold``); the answers are
   generated with the evaluation's own ``evaluation.generate_batch``.
+
+Each objective also says the weight of a batch (``weight(batch)``): the count its loss is a mean over (examples
+for the classification loss and the F1, counted answer tokens for the LM loss). Data-parallel ranks average their
+losses with these weights (``distributed.weighted_mean``), so the result is the loss of the whole global batch.
+An objective without ``weight`` counts 1 per batch (``batch_weight``).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch
 
 from large_models.evaluation import EvalConfig, generate_batch
 from large_models.metrics import Prediction, calculate_metric
-from large_models.scoring import batch_loss
+from large_models.scoring import batch_loss, counted_tokens
 
 Objective = Callable[[torch.nn.Module, dict], torch.Tensor]
 
@@ -34,6 +39,12 @@ class AnswerLoss:
     def __call__(self, model, batch: dict) -> torch.Tensor:
         return batch_loss(model, batch, self.as_classification, self.only_train_option)
 
+    def weight(self, batch: dict) -> int:
+        """Examples (classification: a mean over examples), else the tokens the LM loss counts."""
+        if self.as_classification:
+            return int(batch["gold_row"].numel())
+        return counted_tokens(batch, all_tokens=not self.only_train_option)
+
 
 class F1Objective:
     """Minus the mean over the batch of each generated answer's SQuAD F1 (best over its gold answers), as
@@ -46,10 +57,20 @@ class F1Objective:
         answers = generate_batch(model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.cfg)
         return -torch.tensor(mean_f1(answers, batch["gold"]), dtype=torch.float32)
 
+    def weight(self, batch: dict) -> int:
+        """Examples: the F1 is a mean over them."""
+        return len(batch["gold"])
+
 
 def mean_f1(answers: list[str], gold: list[list[str]]) -> float:
     """The mean SQuAD F1 of ``answers`` against their gold answer lists (``metrics.f1_score`` per answer)."""
     return calculate_metric([Prediction(g, a) for g, a in zip(gold, answers)], "f1")
+
+
+def batch_weight(objective: Objective, batch: dict) -> float:
+    """The weight of ``batch`` under ``objective`` (its ``weight`` method; 1 for an objective without one)."""
+    weight = getattr(objective, "weight", None)
+    return float(weight(batch)) if weight is not None else 1.0
 
 
 def objective_for(args, tokenizer, task) -> Objective:

@@ -71,6 +71,8 @@ def hashed_settings(config: dict, keep_best_model: bool, defaults: dict | None =
     settings = {k: v for k, v in config.items()
                 if k not in left_out and _canonical(v) != _canonical(defaults.get(k, _ABSENT))}
     settings["keep_best_model"] = keep_best_model
+    if settings.get("world_size") == 1:  # a one-process run keeps the name it had before world_size was recorded
+        del settings["world_size"]
     return settings
 
 

@@ -8,7 +8,10 @@ Writes one result JSON per train set (eval and dev metrics, boosting history, th
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,22 +19,26 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python run.py` from inside large_models/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
 from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import IntervalStrategy  # noqa: E402
 
 from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
                                      resolve_resume)
-from large_models.arguments import ArgumentError, Arguments, default_config, parse_args  # noqa: E402
+from large_models.arguments import (ArgumentError, Arguments, default_config, launched_world_size,  # noqa: E402
+                                    parse_args)
 from large_models.data import TrainCollator, count_cut, prompt_feature, training_feature  # noqa: E402
-from large_models.evaluation import EvalConfig, evaluate  # noqa: E402
+from large_models import distributed  # noqa: E402
+from large_models.evaluation import EvalConfig, evaluate_sharded  # noqa: E402
 from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
+from large_models.placement import placement  # noqa: E402
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
 from large_models.objectives import objective_for  # noqa: E402
 from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
 from large_models.head import HeadError  # noqa: E402
 from large_models.linear_probe import ProbeError  # noqa: E402
 from large_models.modes import Mode, ModeError, mode_for, prepare_head, sample_batches  # noqa: E402
-from large_models.trainer import BestModelCallback, DivergenceError, MezoTrainer  # noqa: E402
+from large_models.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters  # noqa: E402
 
 logger = logging.getLogger("run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +86,13 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
             logger.warning("%d %s prompt(s) are longer than --max_length %d tokens and lose their left end", n,
                            split, args.max_length)
     return cut
+
+
+def model_placement(args: Arguments) -> str:
+    """Where the model goes (``placement.placement``): split over the devices unless ``--no_auto_device``, one
+    device per rank under torchrun, the CPU for FSDP (which places the shards) or without CUDA."""
+    return placement(args.no_auto_device, launched_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                     torch.cuda.is_available(), fsdp=bool(args.fsdp))
 
 
 def eval_config(args: Arguments) -> EvalConfig:
@@ -130,13 +144,15 @@ def train_set_seeds(args: Arguments) -> list[int]:
     return list(range(args.num_train_sets)) if args.num_train_sets else [0]
 
 
-def build_callbacks(args: Arguments, task, mode: Mode, run_state: RunStateCallback) -> list:
-    """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``."""
+def build_callbacks(args: Arguments, task, mode: Mode, run_state: RunStateCallback,
+                    comm: distributed.CommCounter | None = None) -> list:
+    """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``comm``
+    counts the stop-flag all-reduce under torchrun."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{task.metric}")
     run_state.stateful = stateful
-    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt)]
+    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
 
 
 def training_shares_prompts(args: Arguments, features) -> bool:
@@ -175,22 +191,25 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
     except ModeError as err:
         raise ArgumentError(str(err)) from err
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
+    comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
     if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
         logger.warning("no dev examples (--num_dev 0): evaluation during training is off")
         args.eval_strategy = IntervalStrategy.NO
     return MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
                        data_collator=collator, processing_class=tokenizer,
-                       callbacks=build_callbacks(args, task, mode, run_state), task=task, dev_samples=dev_samples,
-                       eval_config=eval_config(args), mode=mode, objective=objective)
+                       callbacks=build_callbacks(args, task, mode, run_state, comm), task=task,
+                       dev_samples=dev_samples, eval_config=eval_config(args), mode=mode, objective=objective,
+                       comm=comm)
 
 
 def _callback(trainer, cls):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
 
 
-def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[object, dict, str]:
-    """Fine-tune ``model`` on ``train_samples`` (resuming if asked); returns the trained model, a summary for the
-    result JSON and the status: ``completed``, ``interrupted at step N`` or ``diverged at step N``."""
+def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[MezoTrainer, dict, str]:
+    """Fine-tune ``model`` on ``train_samples`` (resuming if asked); returns the trainer (``trainer.model`` is the
+    trained model), a summary for the result JSON and the status: ``completed``, ``interrupted at step N`` or
+    ``diverged at step N``."""
     trainer = build_trainer(args, task, model, tokenizer, train_samples, dev_samples)
     checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if checkpoint:
@@ -209,7 +228,7 @@ def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -
     if stopper.stopped and status == "completed":
         status = f"interrupted at step {stopper.stopped[1]}"
         summary["signal"] = stopper.stopped[0]
-    return trainer.model, train_summary(trainer, summary), status
+    return trainer, train_summary(trainer, summary), status
 
 
 def train_summary(trainer, summary: dict) -> dict:
@@ -219,12 +238,37 @@ def train_summary(trainer, summary: dict) -> dict:
     summary.update(trainer.mode.summary(stateful))
     if "best" in stateful:
         summary["best_dev"] = {"value": stateful["best"].best, "step": stateful["best"].best_step}
+    summary["ranks"] = distributed.gather(rank_checksums(trainer.model, summary))
+    summary["collectives"] = {"calls": trainer.comm.calls, "bytes": trainer.comm.bytes}
     return summary
 
 
-def save(args: Arguments, model, tokenizer) -> None:
-    mode_for(args).save(model, tokenizer, Path(args.output_dir))
+def rank_checksums(model, summary: dict) -> dict:
+    """This rank's sha256 of the parameters training can change (``trainer.mutable_parameters``: trainable ones,
+    adapters, merged-into base weights) and of its training record (mode summary, logged losses). Gathered from
+    every rank into the result, so that equal digests show the ranks ended bit-identical."""
+    record = {k: v for k, v in summary.items() if k not in ("log_history", "ranks", "collectives")}
+    record["losses"] = [h["loss"] for h in summary.get("log_history", []) if "loss" in h]
+    text = json.dumps(record, sort_keys=True, default=str)
+    return {"rank": distributed.rank(), "params_sha256": distributed.tensors_sha256(mutable_parameters(model).items()),
+            "record_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def save(args: Arguments, model, tokenizer, trainer: MezoTrainer | None = None) -> None:
+    """Save the trained model (``--save_model``) from rank 0 only: under torchrun every rank holds the same one.
+    Under FSDP every rank takes part in gathering the full state dict, which rank 0 writes (the Trainer's own
+    ``save_model``; ``--fsdp`` is full-parameter training, so this is the whole model)."""
+    out = Path(args.output_dir)
+    if args.fsdp and trainer is not None:
+        trainer.save_model(str(out / "model"))
+    elif distributed.is_main():
+        mode_for(args).save(model, tokenizer, out)
     logger.info("saved the trained model to %s", args.output_dir)
+
+
+def publish(path: Path, result: dict, overwrite: bool) -> Path:
+    """``results.publish_result`` on rank 0; the other ranks write nothing and get ``path`` back."""
+    return publish_result(path, result, overwrite) if distributed.is_main() else path
 
 
 def log_predictions(task, samples, predictions) -> None:
@@ -241,7 +285,8 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
     ``--train_from_validation`` divided the validation split, recorded in the result."""
     args.output_dir = output_dir
     set_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8)
+    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8,
+                                                model_placement(args))
     cap_max_length(args, model)
     num_dev = args.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]
@@ -251,30 +296,34 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
               "num_train": len(demo_sets[0]) if demo_sets else len(train_samples),
               "num_dev": len(dev_samples), "num_eval": len(eval_samples), "train_from_validation": split,
-              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples)}
+              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples),
+              "world_size": distributed.world_size()}
     start = time.time()
     result["status"] = "completed"
     if head_summary := prepare_head(args, task, model, tokenizer, train_samples):
         result["head"] = head_summary
+    trainer = None
     if args.trainer != "none":
-        model, result["train"], result["status"] = train(args, task, model, tokenizer, train_samples, dev_samples)
+        trainer, result["train"], result["status"] = train(args, task, model, tokenizer, train_samples, dev_samples)
+        model = trainer.model
     if result["status"] != "completed":
-        return stopped_run(args, result, path, model, tokenizer, start)
-    cfg = eval_config(args)
+        return stopped_run(args, result, path, model, tokenizer, start, trainer)
+    cfg, shard = eval_config(args), not args.fsdp  # FSDP's forwards must run in step on every rank: no sharding
     if not args.no_eval:
         demos = demo_sets if demo_sets is not None else [] if args.learns else train_samples
-        scored = evaluate(model, tokenizer, task, eval_samples, demos, cfg)
+        scored = evaluate_sharded(model, tokenizer, task, eval_samples, demos, cfg, shard)
         result["eval"] = {task.metric: scored[task.metric]}
         result["eval_predictions"] = [p.predicted_candidate for p in scored["predictions"]]
         if args.verbose:
             log_predictions(task, eval_samples, scored["predictions"])
     if dev_samples:
-        result["dev"] = {task.metric: evaluate(model, tokenizer, task, dev_samples, [], cfg)[task.metric]}
+        dev = evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)
+        result["dev"] = {task.metric: dev[task.metric]}
     result["runtime_s"] = round(time.time() - start, 2)
     result["config"] = args.to_dict()
     if args.save_model:
-        save(args, model, tokenizer)
-    written = publish_result(path, result, args.overwrite)
+        save(args, model, tokenizer, trainer)
+    written = publish(path, result, args.overwrite)
     if written != path:
         logger.error("another run completed %s while this one ran; this run's result is in %s", path, written)
     logger.info("eval %s, dev %s -> %s", result.get("eval"), result.get("dev"), written)
@@ -289,23 +338,31 @@ class RunStopped(Exception):
         self.exit_code = exit_code  # RESUMABLE_EXIT after a signal, 1 after divergence
 
 
-def stopped_run(args: Arguments, result: dict, path: Path, model, tokenizer, start: float):
+def stopped_run(args: Arguments, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
     """Write the result of a run that did not complete (no evaluation) and raise RunStopped."""
     result["runtime_s"] = round(time.time() - start, 2)
     result["config"] = args.to_dict()
     signal_name = result["train"].get("signal")
     if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
-        save(args, model, tokenizer)
-    written = publish_result(path, result, args.overwrite)
+        save(args, model, tokenizer, trainer)
+    written = publish(path, result, args.overwrite)
     if signal_name:
         raise RunStopped(f"{result['status']} ({signal_name}); checkpoint in {args.output_dir}, result in "
                          f"{written}; re-run with --resume_from_checkpoint auto to continue", RESUMABLE_EXIT)
     raise RunStopped(f"run.py: error: {result['train']['error']}; result in {written}", 1)
 
 
+def start_ranks(args: Arguments) -> None:
+    """Under torchrun: join the process group now (accelerate's state, set up as the Trainer sets it up), so that
+    evaluation-only runs share their work between the ranks and only rank 0 writes."""
+    if launched_world_size() > 1:
+        logger.info("rank %s of %d on %s", os.environ.get("RANK"), launched_world_size(), args.device)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    start_ranks(args)
     try:
         seeds = train_set_seeds(args)
         paths = [result_path(args, s, len(seeds) > 1) for s in seeds]

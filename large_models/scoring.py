@@ -61,7 +61,9 @@ def shared_prefix_logprobs(model, prompt_ids, prompt_mask, answer_ids, answer_ma
     if width == 1:
         return first
     cache = out.past_key_values
-    cache.batch_select_indices(owner)
+    # a CPU index serves cache layers on any device (a model split over GPUs and the CPU keeps each layer's cache
+    # where the layer runs); a CUDA index could not index a layer cached on the CPU
+    cache.batch_select_indices(owner.cpu())
     owner_mask = prompt_mask[owner]
     mask = torch.cat([owner_mask, answer_mask[:, :-1]], dim=1)
     positions = owner_mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=answer_ids.device)
@@ -115,6 +117,17 @@ def classification_loss(row_scores: torch.Tensor, group: torch.Tensor, gold_row:
 def lm_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood over the counted tokens of the batch (teacher forcing)."""
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+def counted_tokens(batch: dict, all_tokens: bool = False) -> int:
+    """How many tokens ``lm_loss`` averages over in a collated batch, read off the batch without a forward: the
+    answer tokens (shared part: ``answer_mask``; row part: ``option_len``, which never exceeds a row's length
+    minus one), or with ``all_tokens`` every real token after each row's first. The weight of the batch's LM loss
+    when ranks average their losses (``distributed.weighted_mean``)."""
+    if all_tokens:
+        return int(batch["attention_mask"][:, 1:].sum())
+    shared = int(batch["answer_mask"].sum()) if "answer_mask" in batch else 0
+    return shared + (int(batch["option_len"].sum()) if "option_len" in batch else 0)
 
 
 def batch_loss(model, batch: dict, as_classification: bool, only_train_option: bool = True) -> torch.Tensor:

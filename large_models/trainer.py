@@ -14,7 +14,18 @@
   the mode's parameters (``modes.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those
   of boosters frozen in the current iteration).
 * ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
-* ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss.
+* ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss; under
+  torchrun each rank scores its share of the samples and the predictions are gathered
+  (``evaluation.evaluate_sharded``), so every rank sees the same metric.
+
+Data-parallel (``torchrun --nproc_per_node N``): each rank gets ``--per_device_train_batch_size`` examples of the
+global batch from the Trainer's sharded data loader. For zo the loss closure averages the ranks' losses weighted
+by what each is a mean over (``objectives.batch_weight``, ``distributed.weighted_mean``): every rank sees the loss
+of the global batch, takes the same projected gradient and, from the shared step seed, the same update. The
+Trainer still wraps the model in DDP (accelerate wraps a model with trainable parameters): that costs one broadcast of
+the parameters when training starts and DDP's gradient buckets (memory the size of the trainable parameters),
+but the zo step runs the unwrapped model, so no DDP hook or buffer broadcast runs in a step. ``--trainer
+regular`` uses the Trainer's own DDP.
 
 Every step checks its loss (and for zo the projected gradients) and raises ``DivergenceError`` naming the step
 when one is NaN or inf; merges refuse a non-finite delta the same way.
@@ -34,9 +45,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
-from large_models import lora, zo
-from large_models.evaluation import EvalConfig, evaluate
-from large_models.objectives import Objective, objective_for
+from large_models import distributed, lora, zo
+from large_models.evaluation import EvalConfig, evaluate_sharded
+from large_models.objectives import Objective, batch_weight, objective_for
 from large_models.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
 from large_models.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
 
@@ -117,10 +128,13 @@ class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
     def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None,
-                 mode=None, objective: Objective | None = None, **kwargs):
+                 mode=None, objective: Objective | None = None, comm: distributed.CommCounter | None = None,
+                 **kwargs):
         """``mode``: the run's ``modes.Mode`` (which parameters the regular optimizer covers); ``objective(model,
-        batch) -> loss``: the training loss (default: ``objectives.objective_for`` as the arguments say)."""
+        batch) -> loss``: the training loss (default: ``objectives.objective_for`` as the arguments say);
+        ``comm``: counts the bytes of the zo loss all-reduces across ranks."""
         super().__init__(*args, **kwargs)
+        self.comm = comm if comm is not None else distributed.CommCounter()
         self.task = task
         self.dev_samples = list(dev_samples)
         self.eval_config = eval_config or EvalConfig()
@@ -140,8 +154,10 @@ class MezoTrainer(Trainer):
         step = self.state.global_step + 1
         if self.args.trainer != "zo":
             loss = super().training_step(model, inputs, num_items_in_batch)
-            check_finite(step, "regular", loss=float(loss))
+            # under torchrun the first non-finite loss of any rank: every rank stops at the same step
+            check_finite(step, "regular", loss=_worst_over_ranks(float(loss)))
             return loss
+        model = self.accelerator.unwrap_model(model)  # never through a DDP wrapper: no hooks, no broadcasts
         if any(m.training for m in model.modules()):  # the forwards must see the same network: no dropout
             model.eval()  # (checking first is cheaper than walking the model to set what is set already)
         loss, pairs = self._zo_step(model, self._prepare_inputs(inputs))
@@ -166,11 +182,16 @@ class MezoTrainer(Trainer):
         return loss, pairs
 
     def _zo_loss_fn(self, model, inputs) -> Callable[[], float]:
-        """One forward of the training loss as a float, adapters folded into their weights if asked."""
+        """One forward of the training loss as a float, adapters folded into their weights if asked. Under torchrun
+        the loss of the global batch: the ranks' losses averaged with their batch weights (one all-reduce of two
+        float64 per call; a single process skips it)."""
+        weight = batch_weight(self.objective, inputs) if distributed.active() else 1.0
+
         def loss_fn() -> float:
             fold = lora.folded_adapters(model) if self.args.zo_fold_adapters else contextlib.nullcontext()
             with torch.no_grad(), fold:
-                return self.compute_loss(model, inputs).item()
+                local = self.compute_loss(model, inputs).item()
+            return distributed.weighted_mean(local, weight, self.comm)
         return loss_fn
 
     def _total_params(self, model) -> int:
@@ -212,11 +233,17 @@ class MezoTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if not self.dev_samples:
             return {}
-        result = evaluate(self.model, self.processing_class, self.task, self.dev_samples, (), self.eval_config)
+        result = evaluate_sharded(self.model, self.processing_class, self.task, self.dev_samples, (),
+                                  self.eval_config, shard=not self.is_fsdp_enabled)
         metrics = {f"{metric_key_prefix}_{self.task.metric}": result[self.task.metric]}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def _worst_over_ranks(loss: float) -> float:
+    """``loss``, or under torchrun the first non-finite loss of any rank (so that every rank stops together)."""
+    return next((v for v in distributed.gather(loss) if not math.isfinite(v)), loss)
 
 
 def checked_merge(step: int, merge: Callable[[], lora.MergeReport],

@@ -206,12 +206,12 @@ def _run(tmp_path, model_dir, data_dir, trainer, *flags, task="SST2"):
 
 def _spy_models(monkeypatch):
     seen = []
-    real = run.evaluate
+    real = run.evaluate_sharded
 
     def spy(model, *args, **kwargs):
         seen.append(model)
         return real(model, *args, **kwargs)
-    monkeypatch.setattr(run, "evaluate", spy)
+    monkeypatch.setattr(run, "evaluate_sharded", spy)
     return seen
 
 

@@ -48,8 +48,8 @@ def _train(out, flags, resume=None):
     args = _args(out, *flags, *(["--resume_from_checkpoint", resume] if resume else []))
     torch.manual_seed(0)
     model = make_model("opt", layers=2)
-    trained, summary, status = run.train(args, get_task("SST2"), model, make_tokenizer(), SAMPLES[:8], SAMPLES[8:])
-    return trained, summary, status
+    trainer, summary, status = run.train(args, get_task("SST2"), model, make_tokenizer(), SAMPLES[:8], SAMPLES[8:])
+    return trainer.model, summary, status
 
 
 def _losses(summary):

@@ -201,12 +201,12 @@ def test_config_records_the_users_load_best_model_at_end(tmp_path, tiny_opt_dir,
 
 def _captured_eval(monkeypatch):
     seen = []
-    real = run.evaluate
+    real = run.evaluate_sharded
 
-    def spy(model, tokenizer, task, samples, demos=(), cfg=None):
+    def spy(model, tokenizer, task, samples, demos=(), cfg=None, shard=True):
         seen.append((list(samples), demos))
-        return real(model, tokenizer, task, samples, demos, cfg)
-    monkeypatch.setattr(run, "evaluate", spy)
+        return real(model, tokenizer, task, samples, demos, cfg, shard)
+    monkeypatch.setattr(run, "evaluate_sharded", spy)
     return seen
 
 

@@ -1,0 +1,121 @@
+"""What data-parallel training needs of ``torch.distributed``: rank facts, the ZO step's scalar all-reduce, the
+stop-flag agreement, sharded evaluation and per-rank checksums. No transformers imports.
+
+Under ``torchrun --nproc_per_node N`` every rank holds the whole model and its own share of each global batch.
+A ZO step needs nothing from the other ranks but the two losses: ``weighted_mean`` turns each rank's loss into
+the loss of the global batch (sum of loss * weight over ranks / sum of weights, in float64), so every rank
+computes the same projected gradient and, from the shared step seed, applies the same update. That is all the
+traffic of a ZO step: one all-reduce of two float64 per forward. ``CommCounter`` counts it.
+
+Every function works unchanged in a single process (no process group, or a group of one): the value itself, the
+flag itself, the whole list.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    """Whether a process group of more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the one that writes results and saved models."""
+    return rank() == 0
+
+
+@dataclass
+class CommCounter:
+    """Bytes and calls of the collectives made through this module (what a rank sends into each all-reduce)."""
+
+    calls: int = 0
+    bytes: int = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        self.calls += 1
+        self.bytes += tensor.numel() * tensor.element_size()
+
+
+def _device() -> torch.device:
+    """Where a collective's tensor must live: the current CUDA device for NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def weighted_mean(value: float, weight: float, counter: CommCounter | None = None) -> float:
+    """The mean of ``value`` over all ranks, each weighted by ``weight``: sum(value * weight) / sum(weight).
+
+    ``value`` is a rank's mean loss over its part of the batch and ``weight`` the count it averages over (examples
+    or answer tokens), so the result is the loss of the whole global batch. One all-reduce of two float64; a total
+    weight of 0 gives 0 (a batch with nothing counted, as ``scoring.lm_loss`` does). A single process returns
+    ``value`` unchanged.
+    """
+    if not active():
+        return float(value)
+    pair = torch.tensor([float(value) * float(weight), float(weight)], dtype=torch.float64, device=_device())
+    if counter is not None:
+        counter.add(pair)
+    dist.all_reduce(pair, op=dist.ReduceOp.SUM)
+    total, weights = pair.tolist()
+    return total / weights if weights else 0.0
+
+
+def max_over_ranks(value: float, counter: CommCounter | None = None) -> float:
+    """The largest ``value`` of all ranks (so that every rank takes the same decision, e.g. to stop)."""
+    if not active():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_device())
+    if counter is not None:
+        counter.add(tensor)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
+
+
+def gather(obj) -> list:
+    """``obj`` of every rank, in rank order, on every rank (picklable objects)."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard(items: Sequence) -> list:
+    """This rank's share of ``items``: every ``world_size``-th item from its rank (``unshard`` puts them back)."""
+    return list(items[rank()::world_size()])
+
+
+def unshard(parts: Sequence[Sequence]) -> list:
+    """The inverse of ``shard``: the ranks' shares (in rank order) interleaved back into the original order."""
+    total = sum(len(p) for p in parts)
+    out = [None] * total
+    for r, part in enumerate(parts):
+        out[r::len(parts)] = list(part)
+    return out
+
+
+def tensors_sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A sha256 of named tensors' names, dtypes, shapes and bytes: equal digests mean bit-identical tensors. A
+    sharded tensor (FSDP's DTensor) counts its local shard only."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        value = local.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,352 @@
+"""Data-parallel training under torchrun (gloo, 2 CPU processes) against one process on the same global batch.
+
+Tolerance of the one-process comparison (zo): every rank's loss is a float32 mean over its half of the batch; the
+two are averaged in float64 with their weights, where one process takes a float32 mean over the whole batch (and
+pads the batch to another width, so its matmuls round differently). The two losses agree to a couple of float32
+ulps, |dL| <= ~5e-7 for losses below 6. The projected gradient (L+ - L-) / (2 eps) then differs by at most
+2 |dL| / (2 eps) = 5e-5 with eps 1e-2, and each step moves a parameter by lr * dg * |z| <= 1e-2 * 5e-5 * 5 =
+2.5e-6; after 4 steps the parameters agree within 1e-5 (PARAM_ATOL), far below the effect of a wrong weighting
+or a wrong batch (checked below: ~1e-3).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from large_models import distributed, lora, run, zo
+from large_models.arguments import ArgumentError, Arguments
+from large_models.data import TrainCollator, training_feature
+from large_models.objectives import AnswerLoss, batch_weight
+from large_models.placement import dispatch, memory_caps, placement
+from large_models.results import config_hash
+from large_models.scoring import candidate_logprobs, counted_tokens, token_logprobs
+from large_models.tasks import Sample, get_task
+from tests.tiny import make_model, make_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+LOSS_ATOL = 5e-7
+PARAM_ATOL = 1e-5
+POSITIVE = ["a gripping , funny film", "the best movie of the year", "warm and wise", "a joy to watch"]
+NEGATIVE = ["dull and lifeless", "a mess from start to end", "boring", "painfully slow"]
+COPA = [("The man turned on the faucet.", "The toilet filled with water.", "Water flowed from the spout."),
+        ("I was tired.", "The dog barked.", "I went to bed."),
+        ("My body cast a shadow over the grass.", "The sun was rising.", "The grass was cut."),
+        ("The girl found a bug in her cereal.", "She poured milk in the bowl.", "She lost her appetite."),
+        ("The woman repaired her faucet.", "The faucet was leaky.", "The faucet was turned off."),
+        ("The runner wore shorts.", "The forecast predicted high temperatures.", "She planned to run."),
+        ("I emptied my pockets.", "I retrieved a ticket stub.", "I found a weapon."),
+        ("The child got a cavity.", "He ate a lot of sweets.", "He went to the dentist.")]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """SST-2 (16 train rows) and COPA (16 train rows, answers of different lengths) in their original formats."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "SST-2").mkdir()
+    rows = [f"{t} \t1" for t in POSITIVE] + [f"{t} \t0" for t in NEGATIVE]
+    (root / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows * 2) + "\n")
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (root / "COPA").mkdir()
+    copa = [{"premise": p, "choice1": a, "choice2": b, "question": ["cause", "effect"][i % 2], "label": i % 2,
+             "idx": i} for i, (p, a, b) in enumerate(COPA)]
+    flipped = [{**r, "idx": r["idx"] + 8, "label": 1 - r["label"]} for r in copa]
+    (root / "COPA" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in copa + flipped) + "\n")
+    (root / "COPA" / "val.jsonl").write_text("\n".join(json.dumps(r) for r in copa[:5]) + "\n")
+    return root
+
+
+def _flags(model_dir, data_dir, task, out: Path, *extra):
+    return ["--model_name", str(model_dir), "--task_name", task, "--data_dir", str(data_dir), "--result_file",
+            str(out / "result.json"), "--output_dir", str(out / "out"), "--disable_tqdm", "True", "--num_train", "16",
+            "--num_dev", "0", "--train_set_seed", "0", "--num_eval", "5", "--logging_steps", "1",
+            "--per_device_eval_batch_size", "2", *extra]
+
+
+def _torchrun(out: Path, flags: list, nproc: int = 2) -> dict:
+    """run.py under torchrun on CPU (gloo); the result JSON rank 0 wrote."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "large_models/run.py", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def _single(out: Path, flags: list) -> dict:
+    run.main(flags)
+    return json.loads((out / "result.json").read_text())
+
+
+def _losses(result):
+    return [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
+
+
+def _assert_ranks_identical(result, world_size=2):
+    ranks = result["train"]["ranks"]
+    assert result["world_size"] == world_size and [r["rank"] for r in ranks] == list(range(world_size))
+    assert len({r["params_sha256"] for r in ranks}) == 1  # bit-identical trainable state on every rank
+    assert len({r["record_sha256"] for r in ranks}) == 1  # same losses, same boosting history
+
+
+def _max_param_diff(a_dir: Path, b_dir: Path) -> float:
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# ---- two ranks against one process on the same global batch -------------------------------------------------
+def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path, tiny_opt_dir, data_dir):
+    """2 ranks x 4 examples = one process x 8, step for step: losses, merges (booster blocks drawn on every rank
+    alike) and weights; the ranks end bit-identical; a step sends 2 x 16 bytes of losses and 8 of stop flag."""
+    zo = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
+          "--xgblora_num_layers", "1", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2",
+          "--save_model"]
+    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "two", *zo,
+                                             "--per_device_train_batch_size", "4"))
+    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "one", *zo,
+                                           "--per_device_train_batch_size", "8"))
+    half = _single(tmp_path / "half", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "half", *zo,
+                                             "--per_device_train_batch_size", "4"))
+    _assert_ranks_identical(two)
+    assert two["train"]["collectives"] == {"calls": 4 * 3, "bytes": 4 * (2 * 16 + 8)}
+    assert one["train"]["collectives"] == {"calls": 0, "bytes": 0} and one["world_size"] == 1
+    assert _losses(two) == pytest.approx(_losses(one), abs=LOSS_ATOL)
+    assert abs(_losses(two)[0] - _losses(half)[0]) > 1e-4  # one rank's batch alone is another loss
+    merges_two, merges_one = two["train"]["boosting"]["merges"], one["train"]["boosting"]["merges"]
+    assert [(m["step"], m["modules"]) for m in merges_two] == [(m["step"], m["modules"]) for m in merges_one]
+    assert [m["delta_norm"] for m in merges_two] == pytest.approx([m["delta_norm"] for m in merges_one], rel=1e-3)
+    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
+    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "half/out/model") > 100 * PARAM_ATOL
+
+
+def test_zo_copa_lm_loss_weights_ranks_by_answer_tokens(tmp_path, tiny_opt_dir, data_dir):
+    """Copa's LM loss on the answer tokens, full-parameter: the ranks' answers have different lengths, and the
+    token-weighted average is the one-process loss of the global batch."""
+    zo = ["--trainer", "zo", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model"]
+    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "two", *zo,
+                                             "--per_device_train_batch_size", "4"))
+    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "one", *zo,
+                                           "--per_device_train_batch_size", "8"))
+    _assert_ranks_identical(two)
+    assert _losses(two) == pytest.approx(_losses(one), abs=LOSS_ATOL)
+    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
+    assert two["eval"] == one["eval"] and two["eval_predictions"] == one["eval_predictions"]
+
+
+def test_regular_ddp_with_frozen_boosters_keeps_ranks_identical(tmp_path, tiny_opt_dir, data_dir):
+    """--trainer regular uses the Trainer's DDP; XGBLoRA with Ls < all freezes the other blocks' boosters, which
+    DDP is told to expect (find_unused_parameters): 3 merges, ranks bit-identical."""
+    flags = ["--trainer", "regular", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
+             "--xgblora_num_layers", "1", "--max_steps", "6", "--learning_rate", "1e-2",
+             "--per_device_train_batch_size", "4"]
+    two = _torchrun(tmp_path, _flags(tiny_opt_dir, data_dir, "SST2", tmp_path, *flags))
+    _assert_ranks_identical(two)
+    assert [m["step"] for m in two["train"]["boosting"]["merges"]] == [2, 4, 6]
+    assert two["config"]["ddp_find_unused_parameters"] is True
+
+
+def test_evaluation_is_shared_between_ranks_and_written_once(tmp_path, tiny_opt_dir, data_dir):
+    """In-context evaluation with one demonstration set per example, 5 examples over 2 ranks (3 and 2): the
+    gathered predictions are those of one process, and only rank 0 writes."""
+    flags = ["--trainer", "none", "--num_train", "2", "--num_eval", "5", "--model_name", str(tiny_opt_dir),
+             "--task_name", "SST2", "--data_dir", str(data_dir), "--disable_tqdm", "True"]
+    two = _torchrun(tmp_path / "two", [*flags, "--result_file", str(tmp_path / "two/result.json")])
+    one = _single(tmp_path / "one", [*flags, "--result_file", str(tmp_path / "one/result.json")])
+    assert two["demonstrations"] == "one set per eval example" and two["num_eval"] == 5
+    assert two["eval_predictions"] == one["eval_predictions"] and two["eval"] == one["eval"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["result.json"]
+
+
+def test_resume_under_torchrun_is_exact(tmp_path, tiny_opt_dir, data_dir):
+    """Checkpoints are rank-aware (run_state.pt from rank 0, an RNG state per rank): resuming 2 ranks from step 2
+    of 4 ends bit for bit where the uninterrupted run ends, booster merges included."""
+    flags = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
+             "--xgblora_num_layers", "1", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2",
+             "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    whole = _torchrun(tmp_path / "a", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "a", *flags))
+    assert sorted(p.name for p in (tmp_path / "a/out/checkpoint-2").glob("r*")) == [
+        "rng_state_0.pth", "rng_state_1.pth", "run_state.pt"]
+    resumed = _torchrun(tmp_path / "b", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "b", *flags,
+                                               "--resume_from_checkpoint", str(tmp_path / "a/out/checkpoint-2")))
+    _assert_ranks_identical(resumed)
+    digests = [[r["params_sha256"] for r in result["train"]["ranks"]] for result in (whole, resumed)]
+    assert digests[0] == digests[1]
+    assert resumed["train"]["boosting"] == whole["train"]["boosting"] and _losses(resumed) == _losses(whole)
+
+
+def test_mezo_driver_launches_num_gpu_ranks(tmp_path, tiny_opt_dir, data_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUM_GPU": "2", "MODEL": str(tiny_opt_dir), "TASK": "SST2",
+           "MODE": "lora", "DATA_DIR": str(data_dir), "STEPS": "2", "TRAIN": "8", "DEV": "4", "EVAL": "4",
+           "EVAL_STEPS": "2", "BS": "2"}
+    out = tmp_path / "r.json"
+    proc = subprocess.run(["bash", "mezo.sh", "--result_file", str(out), "--output_dir", str(tmp_path / "out"),
+                           "--disable_tqdm", "True"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "NUM_GPU=2" in proc.stderr
+    result = json.loads(out.read_text())
+    _assert_ranks_identical(result)
+    assert result["config"]["world_size"] == 2 and result["config"]["per_device_train_batch_size"] == 2
+    assert result["train"]["best_dev"]["step"] == 2 and "dev" in result  # dev evaluation shared by the ranks
+
+
+# ---- the pieces, in one process ------------------------------------------------------------------------------
+def _features(task_name, as_classification):
+    """Training features of 8 examples: Copa (gold answers of 4 to 8 tokens) or SST-2."""
+    tokenizer, task = make_tokenizer(merges=True), get_task(task_name)
+    if task_name == "Copa":
+        samples = [Sample(i, {"premise": p, "question": "effect"}, [a, b][i % 2], [a, b])
+                   for i, (p, a, b) in enumerate(COPA)]
+    else:
+        samples = [Sample(i, {"sentence": t}, int(i < 4), [0, 1]) for i, t in enumerate(POSITIVE + NEGATIVE)]
+    return tokenizer, [training_feature(tokenizer, task.template, s, as_classification, 256) for s in samples]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_counted_tokens_are_the_tokens_the_lm_loss_averages_over(shared):
+    """The LM loss's weight, read off the batch, is the number of log-probabilities its mask counts (answer
+    lengths differ between the examples); on rows, also with every token counted."""
+    tokenizer, features = _features("Copa", as_classification=False)
+    batch = TrainCollator(tokenizer.pad_token_id, shared=shared)(features)
+    model = make_model("opt")
+    _, mask = candidate_logprobs(model, batch)
+    assert counted_tokens(batch) == int(mask.sum()) and len({f.option_lens[0] for f in features}) > 1
+    if not shared:
+        _, every = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
+                                  all_tokens=True)
+        assert counted_tokens(batch, all_tokens=True) == int(every.sum())
+
+
+@pytest.mark.parametrize("task_name, as_classification", [("Copa", False), ("SST2", True)])
+def test_weighted_halves_give_the_loss_of_the_whole_batch(task_name, as_classification):
+    """The rule the ranks follow, with unequal halves: sum(loss * weight) / sum(weight) over the halves is the loss
+    of the whole batch; the plain mean of the halves is not."""
+    tokenizer, features = _features(task_name, as_classification)
+    collate, objective, model = TrainCollator(tokenizer.pad_token_id), AnswerLoss(as_classification), make_model("opt")
+    parts = [collate(features[:3]), collate(features[3:])]
+    with torch.no_grad():
+        whole = objective(model, collate(features)).item()
+        losses = [objective(model, b).item() for b in parts]
+    weights = [batch_weight(objective, b) for b in parts]
+    assert weights[0] != weights[1]
+    weighted = sum(loss * w for loss, w in zip(losses, weights)) / sum(weights)
+    assert weighted == pytest.approx(whole, abs=1e-6)
+    assert abs(sum(losses) / 2 - whole) > 1e-4  # 100 times the tolerance above
+
+
+def _gloo_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    counter = distributed.CommCounter()
+    mean = distributed.weighted_mean(rank + 1.0, 2 * rank + 1.0, counter)  # (1*1 + 2*3) / (1 + 3)
+    zero = distributed.weighted_mean(5.0, 0.0)
+    top = distributed.max_over_ranks(10.0 * rank, counter)
+    items = list(range(7))
+    mine = distributed.shard(items)
+    back = distributed.unshard(distributed.gather(mine))
+    if rank == 0:
+        Path(out_file).write_text(json.dumps({"mean": mean, "zero": zero, "top": top, "mine": mine, "back": back,
+                                              "calls": counter.calls, "bytes": counter.bytes}))
+    dist.destroy_process_group()
+
+
+def test_collectives_on_two_gloo_processes(tmp_path):
+    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.json")), nprocs=2)
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert got["mean"] == 7 / 4 and got["zero"] == 0.0 and got["top"] == 10.0
+    assert got["mine"] == [0, 2, 4, 6] and got["back"] == list(range(7))
+    assert got["calls"] == 2 and got["bytes"] == 16 + 8
+
+
+def test_one_process_needs_no_process_group():
+    assert distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.weighted_mean(0.25, 3.0) == 0.25 and distributed.gather("x") == ["x"]
+    assert distributed.shard([1, 2, 3]) == [1, 2, 3]
+    assert distributed.unshard([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
+
+
+def test_checksums_see_one_changed_bit():
+    a = {"w": torch.zeros(3, 2), "b": torch.ones(2)}
+    b = {"w": torch.zeros(3, 2), "b": torch.ones(2)}
+    assert distributed.tensors_sha256(a.items()) == distributed.tensors_sha256(b.items())
+    b["w"].view(torch.int32)[1, 1] = 1  # the smallest positive float32
+    assert distributed.tensors_sha256(a.items()) != distributed.tensors_sha256(b.items())
+
+
+def test_world_size_is_in_the_run_name_only_beyond_one():
+    config = {"task_name": "SST2", "learning_rate": 1e-3}
+    assert config_hash({**config, "world_size": 1}, False) == config_hash(config, False)
+    assert config_hash({**config, "world_size": 2}, False) != config_hash(config, False)
+
+
+def _parse(*flags):
+    from transformers import HfArgumentParser
+    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses(args=list(flags))
+    return args
+
+
+def test_frozen_boosters_make_ddp_look_for_unused_parameters():
+    args = _parse("--trainer", "regular", "--xgblora", "--xgblora_num_layers", "1", "--num_train", "4")
+    assert args.ddp_find_unused_parameters is True
+    with pytest.raises(ArgumentError, match="--ddp_find_unused_parameters False with --xgblora_num_layers 1"):
+        _parse("--trainer", "regular", "--xgblora", "--xgblora_num_layers", "1", "--num_train", "4",
+               "--ddp_find_unused_parameters", "False")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--trainer", "zo"], "--fsdp with --trainer zo"),
+    (["--trainer", "regular", "--lora"], "--fsdp with lora training"),
+    (["--trainer", "regular", "--load_best_model_at_end"], "--fsdp with --load_best_model_at_end"),
+])
+def test_fsdp_refusals_name_the_flag(flags, message):
+    with pytest.raises(ArgumentError, match=message):
+        _parse("--fsdp", "full_shard auto_wrap", "--num_train", "4", *flags)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_fsdp_without_cuda_is_refused_rather_than_silently_ddp():
+    with pytest.raises(ArgumentError, match="--fsdp without CUDA"):
+        _parse("--fsdp", "full_shard auto_wrap", "--trainer", "regular", "--num_train", "4")
+
+
+def test_placement_decisions():
+    assert placement(False, 1, 0, cuda=False) == "cpu"
+    assert placement(False, 1, 0, cuda=True) == "auto"
+    assert placement(True, 1, 0, cuda=True) == "cuda:0"
+    assert placement(False, 4, 3, cuda=True) == "cuda:3"
+    assert placement(True, 4, 3, cuda=True) == "cuda:3"
+    assert placement(False, 4, 3, cuda=True, fsdp=True) == "cpu"
+
+
+def test_memory_caps_keep_five_gib_free_per_gpu():
+    gib = 2**30
+    assert memory_caps([80 * gib, 3 * gib], 512 * gib) == {0: 75 * gib, 1: 0, "cpu": 512 * gib}
+
+
+def test_cpu_blocks_of_a_dispatched_model_keep_real_weights_that_train():
+    """The dispatch a CUDA+CPU split uses, with every block on the CPU and accelerate's hooks forced on (NOT a
+    split: no second device here). With the CPU as main device the CPU blocks keep real weights (accelerate's
+    default for a GPU main device would leave meta tensors and stream copies); LoRA attaches behind the hooks, a
+    zo step changes the adapters and a merge writes into the base weights."""
+    model = make_model("opt")
+    blocks = ["model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.final_layer_norm",
+              "model.decoder.layers.0", "model.decoder.layers.1", "lm_head"]
+    model = dispatch(model, dict.fromkeys(blocks, "cpu"), force_hooks=True)
+    assert hasattr(model.model.decoder.layers[0], "_hf_hook")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    model = lora.attach_lora(model, r=2, alpha=4)
+    tokenizer, features = _features("Copa", as_classification=False)
+    batch, objective = TrainCollator(tokenizer.pad_token_id)(features[:2]), AnswerLoss(False)
+    params = lora.trainable_lora_parameters(model)
+    before = [p.detach().clone() for p in params]
+    base = {n: w.detach().clone() for n, w in lora.base_weights(model).items()}
+    with torch.no_grad():
+        step = zo.zo_step(params, lambda: objective(model, batch).item(), 1, 1e-2, 1e-1, cache=True)
+    assert step.projected_grad != 0 and any(not torch.equal(a, p) for a, p in zip(before, params))
+    assert lora.merge_and_reinit(model, generator=torch.Generator().manual_seed(0)).num_modules == 4
+    assert any(not torch.equal(base[n], w) for n, w in lora.base_weights(model).items())
