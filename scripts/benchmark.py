@@ -458,16 +458,29 @@ def upstream_row_scores(model, rows: list, option_lens: list, device: torch.devi
     return scores
 
 
-def ref_case(variant: str, plain, ctx: Context) -> dict[str, Callable[[], object]]:
+def ref_case(variant: str, model, plain, ctx: Context) -> dict[str, Callable[[], object]]:
     """REF: two forwards of the plain model (no adapter) over upstream's row layout, trimmed logits, as the loss;
-    for an adapter variant also the plain model's forward over the trainer's batch, timed in the same rounds as
-    the adapter's forwards (a ratio against a forward timed in another variant's rounds would mix their loads)."""
+    for an adapter variant also the adapter model's forward with the adapter off, over the trainer's batch, timed
+    in the same rounds as the adapter's forwards (a ratio against a forward timed in another variant's rounds, or
+    on another copy of the weights, would mix their loads and memory placement)."""
     rows_batch = make_batch(ctx.features, ctx.pad_id, ctx.device, shared=False)
     loss = loss_fn_for(plain, rows_batch)
     cases = {f"ref/{variant}": lambda: (loss(), loss())}
     if variant != "full":
-        cases[f"forward_plain/{variant}"] = loss_fn_for(plain, make_batch(ctx.features, ctx.pad_id, ctx.device))
+        cases[f"forward_plain/{variant}"] = plain_loss_fn_for(model, make_batch(ctx.features, ctx.pad_id, ctx.device))
     return cases
+
+
+def plain_loss_fn_for(model, batch: dict) -> Callable[[], float]:
+    """The trainer's loss with the adapter switched off (PEFT's ``disable_adapter``): the plain model's forward on
+    the same weights in memory as the adapter forwards it is compared with."""
+    from large_models.scoring import batch_loss
+
+    def loss() -> float:
+        with torch.no_grad(), model.disable_adapter():
+            return batch_loss(model, batch, as_classification=True).item()
+
+    return loss
 
 
 def merge_case(model, ctx: Context) -> dict[str, Callable[[], object]]:
@@ -512,7 +525,7 @@ def time_variant(variant: str, ctx: Context) -> Samples:
     batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
     cases = zo_cases(variant, model, batch, ctx) | trainer_case(variant, model, batch, ctx)
     plain = model if variant == "full" else build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed)
-    cases.update(ref_case(variant, plain, ctx))
+    cases.update(ref_case(variant, model, plain, ctx))
     if variant == "full":
         cases.update(eval_cases(model, ctx))
     if variant == "xgblora":
@@ -686,9 +699,9 @@ def ratio_specs(variants: tuple[str, ...], candidates: int = 2, trainer_step: bo
     for v in ("lora", "xgblora"):
         if v in variants:
             out.append(Ratio(f"adapter_forward_over_plain/{v}", f"t:forward/{v}", f"t:forward_plain/{v}", 1.0, "",
-                             0.0, f"{v} forward (PEFT's adapter path) / plain forward, same rounds"))
+                             0.0, f"{v} forward (PEFT's adapter path) / adapter off, same rounds"))
             out.append(Ratio(f"folded_forward_over_plain/{v}", f"t:forward_folded/{v}", f"t:forward_plain/{v}", 1.0,
-                             "<=", 1.05, f"{v} forward under zo (folded) / plain forward, same rounds"))
+                             "<=", 1.05, f"{v} forward under zo (folded) / adapter off, same rounds"))
     for v in ("full", "lora"):
         if v in variants:
             out.append(Ratio(f"peak_memory_zo_over_inference/{v}", f"m:{v}:zo", f"m:{v}:infer", 1.0, "<=", 1.15,
