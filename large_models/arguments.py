@@ -21,6 +21,10 @@ GENERATION_TASKS = ("SQuAD", "DROP")
 
 # Training modes (``modes.MODES``) and the MeZO flag that selects each; no flag: full-parameter (``ft``).
 MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora", "prefix": "prefix_tuning", "head": "head_tuning"}
+# What a mode flag would leave untouched under --trainer none (the refusal's reason).
+UNTRAINED = {"lora": "an adapter changes nothing until it is trained",
+             "xgblora": "an adapter changes nothing until it is trained",
+             "prefix": "nothing would train the prefix", "head": "nothing would train the head"}
 # Upstream MeZO's names (medium_models) -> ours; run.py accepts both.
 ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
 # Flags only --trainer zo reads: a non-default value with another trainer would be silently ignored.
@@ -308,13 +312,10 @@ class Arguments(TrainingArguments):
 
     def _training_problems(self):
         if self.trainer == "none":
-            if self.mode in ("lora", "xgblora"):
-                flag = f"--{MODE_FLAGS[self.mode]}"
-                yield (f"{flag} with --trainer none: an adapter changes nothing until it is trained; "
-                       f"use --trainer zo or regular, or drop {flag}")
-            if self.prefix_tuning:
-                yield ("--prefix_tuning with --trainer none: nothing would train the prefix; "
-                       "use --trainer zo or regular, or drop --prefix_tuning")
+            for mode, flag in MODE_FLAGS.items():
+                if getattr(self, flag):
+                    yield (f"--{flag} with --trainer none: {UNTRAINED[mode]}; use --trainer zo or regular, "
+                           f"or drop --{flag}")
             return
         if self.num_train == 0:
             yield f"--num_train 0 with --trainer {self.trainer}: nothing to train on; give --num_train >= 1"
@@ -453,8 +454,6 @@ class Arguments(TrainingArguments):
 
 
     def _head_problems(self):
-        if self.head_tuning and self.trainer == "none":
-            yield "--head_tuning with --trainer none: nothing would train; use --trainer zo or regular"
         for flag in ("lora", "xgblora", "prefix_tuning"):
             if self.head_tuning and getattr(self, flag):
                 yield f"--head_tuning and --{flag}: choose one (--head_tuning trains the LM head alone)"

@@ -536,10 +536,11 @@ class _FoldHooks:
         self.original = None
 
 
-def _nonzero_boosters(model: nn.Module) -> list[tuple[LoraLayer, str]]:
-    """The LoRA layers whose adapter changes the output (B != 0): frozen or fresh boosters are left out."""
+def _nonzero_boosters(layers: list[tuple[str, LoraLayer]]) -> list[tuple[LoraLayer, str]]:
+    """Of ``layers`` (``lora_layers``), those whose adapter changes the output (B != 0): frozen or fresh boosters
+    are left out."""
     out = []
-    for _, layer in lora_layers(model):
+    for _, layer in layers:
         name = _adapter_name(layer)
         if layer.lora_B[name].weight.count_nonzero():
             out.append((layer, name))
@@ -559,16 +560,17 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
     another order). Dropout must be inactive (eval mode), as it is in a zo step. Not for backprop: no gradient
     reaches ``A`` and ``B`` through the swapped weight.
     """
-    if not isinstance(model, PeftModel) or not lora_layers(model):
+    layers = lora_layers(model) if isinstance(model, PeftModel) else []  # one walk of the model per forward
+    if not layers:
         yield
         return
     if any(m.training for m in model.modules()):
         raise ValueError("folded_adapters: the model must be in eval mode (adapter dropout would be skipped)")
-    hooks = [(_FoldHooks(layer, name), layer.get_base_layer()) for layer, name in _nonzero_boosters(model)]
+    hooks = [(_FoldHooks(layer, name), layer.get_base_layer()) for layer, name in _nonzero_boosters(layers)]
     handles = [h for fold, base in hooks
                for h in (base.register_forward_pre_hook(fold.before), base.register_forward_hook(fold.after))]
     # PEFT re-enabling adapters marks every active adapter trainable again: keep the frozen boosters frozen.
-    trainable = [(p, p.requires_grad) for p in trainable_lora_parameters(model, include_frozen=True)]
+    trainable = [(p, p.requires_grad) for _, layer in layers for p in _lora_AB(layer)]
     try:
         with model.disable_adapter():
             yield
