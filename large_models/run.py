@@ -32,6 +32,7 @@ from large_models import distributed  # noqa: E402
 from large_models.evaluation import EvalConfig, evaluate_sharded  # noqa: E402
 from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
 from large_models.placement import placement  # noqa: E402
+from large_models import resources  # noqa: E402
 from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
 from large_models.objectives import objective_for  # noqa: E402
 from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
@@ -217,6 +218,7 @@ def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
     status, summary = "completed", {}
+    first_step, started = checkpoint_step(checkpoint), time.time()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
         summary = {"train_loss": output.training_loss, "global_step": output.global_step}
@@ -225,10 +227,16 @@ def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -
         status, summary["error"] = f"diverged at step {err.step}", str(err)
     finally:
         stopper.restore_handlers()
+    summary.update(resources.training_speed(time.time() - started, first_step, trainer.state.global_step))
     if stopper.stopped and status == "completed":
         status = f"interrupted at step {stopper.stopped[1]}"
         summary["signal"] = stopper.stopped[0]
     return trainer, train_summary(trainer, summary), status
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The step a run resumes from: the N of its ``checkpoint-N`` folder (0 for a fresh start)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
 
 
 def train_summary(trainer, summary: dict) -> dict:
@@ -247,7 +255,8 @@ def rank_checksums(model, summary: dict) -> dict:
     """This rank's sha256 of the parameters training can change (``trainer.mutable_parameters``: trainable ones,
     adapters, merged-into base weights) and of its training record (mode summary, logged losses). Gathered from
     every rank into the result, so that equal digests show the ranks ended bit-identical."""
-    record = {k: v for k, v in summary.items() if k not in ("log_history", "ranks", "collectives")}
+    record = {k: v for k, v in summary.items() if k not in ("log_history", "ranks", "collectives", "train_s",
+                                                            "steps_per_s")}  # timings differ between ranks
     record["losses"] = [h["loss"] for h in summary.get("log_history", []) if "loss" in h]
     text = json.dumps(record, sort_keys=True, default=str)
     return {"rank": distributed.rank(), "params_sha256": distributed.tensors_sha256(mutable_parameters(model).items()),
@@ -320,6 +329,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
         dev = evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)
         result["dev"] = {task.metric: dev[task.metric]}
     result["runtime_s"] = round(time.time() - start, 2)
+    result["resources"] = resources.usage(time.time() - start)
     result["config"] = args.to_dict()
     if args.save_model:
         save(args, model, tokenizer, trainer)
@@ -341,6 +351,7 @@ class RunStopped(Exception):
 def stopped_run(args: Arguments, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
     """Write the result of a run that did not complete (no evaluation) and raise RunStopped."""
     result["runtime_s"] = round(time.time() - start, 2)
+    result["resources"] = resources.usage(time.time() - start)
     result["config"] = args.to_dict()
     signal_name = result["train"].get("signal")
     if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far

@@ -142,6 +142,7 @@ class MezoTrainer(Trainer):
         # (model, batch) -> loss; default: the one the arguments ask for (objectives.objective_for)
         self.objective = objective or objective_for(self.args, self.processing_class, task)
         self._total: int | None = None
+        self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
 
     # ---- loss --------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -163,6 +164,7 @@ class MezoTrainer(Trainer):
         loss, pairs = self._zo_step(model, self._prepare_inputs(inputs))
         check_finite(step, "zo", loss=loss,
                      projected_gradient=next((g for _, g in pairs if not math.isfinite(g)), pairs[0][1]))
+        self._projected.extend(abs(g) for _, g in pairs)
         return torch.tensor(loss, device=self.args.device)
 
     def _zo_step(self, model, inputs) -> tuple[float, list[tuple[int, float]]]:
@@ -199,6 +201,14 @@ class MezoTrainer(Trainer):
         if self._total is None:
             self._total = sum(p.numel() for p in model.parameters())
         return self._total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's logging, plus for zo the statistics of |projected gradient| over the steps since the last
+        logged loss (one value per direction): ``projected_grad_abs_mean``, ``_std``, ``_max``."""
+        if "loss" in logs and self._projected:
+            logs = {**logs, **projected_stats(self._projected)}
+            self._projected = []
+        super().log(logs, start_time)
 
     # ---- optimizer and schedule --------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -239,6 +249,13 @@ class MezoTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def projected_stats(values: Sequence[float]) -> dict[str, float]:
+    """Mean, population standard deviation and maximum of ``values`` (|projected gradients|)."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return {"projected_grad_abs_mean": mean, "projected_grad_abs_std": std, "projected_grad_abs_max": max(values)}
 
 
 def _worst_over_ranks(loss: float) -> float:

@@ -254,3 +254,37 @@ def test_icl_without_a_seed_draws_one_demonstration_set_per_example(tmp_path, ti
         assert [d.id for d in demos[i]] == [d.id for d in task.sample_subset(train, int(seed), 2)]
     assert len({tuple(d.id for d in ds) for ds in demos}) > 1  # not one shared set
     assert result["demonstrations"] == "one set per eval example" and result["train_set_seed"] is None
+
+
+def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, tiny_model_dir, sst2_dir,
+                                                                    monkeypatch):
+    from large_models import resources
+    from large_models.zo_optim import ZOSGD
+    seen = []
+    fused = ZOSGD.fused_step
+
+    def spy(self, *a, **kw):
+        out = fused(self, *a, **kw)
+        seen.append(abs(out.projected_grad))
+        return out
+    monkeypatch.setattr(ZOSGD, "fused_step", spy)
+    result = _run(tmp_path, tiny_model_dir, sst2_dir, "--trainer", "zo", "--num_train", "12", "--num_eval", "4",
+                  "--max_steps", "5", "--per_device_train_batch_size", "4", "--train_as_classification",
+                  "--learning_rate", "1e-3", "--logging_steps", "2")
+    logged = [h for h in result["train"]["log_history"] if "loss" in h]
+    assert len(seen) == 5 and [h["step"] for h in logged] == [2, 4]  # step 5's |g| is never logged
+    for entry, window in zip(logged, (seen[0:2], seen[2:4])):
+        mean = sum(window) / 2
+        assert entry["projected_grad_abs_mean"] == pytest.approx(mean, rel=1e-12)
+        assert entry["projected_grad_abs_std"] == pytest.approx(abs(window[0] - window[1]) / 2, rel=1e-9, abs=1e-15)
+        assert entry["projected_grad_abs_max"] == max(window)
+    train, used = result["train"], result["resources"]
+    assert train["steps_this_process"] == 5
+    assert train["steps_per_s"] == pytest.approx(5 / train["train_s"], rel=0.02)
+    assert 50 < used["peak_rss_mib"] <= resources.peak_rss_mib()  # torch alone takes more than 50 MiB
+    assert used["cuda_max_allocated_mib"] is None or used["cuda_max_allocated_mib"] > 0
+    assert 0 < train["train_s"] <= used["wall_s"] <= result["runtime_s"] + 0.5
+
+
+def test_resumed_run_counts_its_steps_from_the_checkpoint():
+    assert run.checkpoint_step(None) == 0 and run.checkpoint_step("out/checkpoint-250") == 250
