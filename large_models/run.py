@@ -242,6 +242,8 @@ def checkpoint_step(checkpoint: str | None) -> int:
 def train_summary(trainer, summary: dict) -> dict:
     """``summary`` plus the log history and what the mode and the best-model callback recorded."""
     summary["log_history"] = trainer.state.log_history
+    # what trains at a step (XGBLoRA with Ls < all: the active boosters), as the README's parameter counts
+    summary["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     stateful = _callback(trainer, RunStateCallback).stateful
     summary.update(trainer.mode.summary(stateful))
     if "best" in stateful:

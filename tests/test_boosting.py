@@ -95,6 +95,8 @@ def test_with_ls_below_all_only_the_chosen_blocks_change(tmp_path, trainer_kind)
     trainer.train()
     chosen = {lora.layer_index(n) for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert len(chosen) == 1
+    one_block = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" in n) // 3
+    assert run.train_summary(trainer, {})["trainable_parameters"] == one_block  # the result counts what trains
     for name, p in trainer.model.named_parameters():
         changed = not torch.equal(p, before[name])
         if "lora_" in name and lora.layer_index(name) in chosen:

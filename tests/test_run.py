@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from large_models import run
 from large_models.arguments import ArgumentError, parse_args
@@ -279,6 +280,8 @@ def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, ti
         assert entry["projected_grad_abs_std"] == pytest.approx(abs(window[0] - window[1]) / 2, rel=1e-9, abs=1e-15)
         assert entry["projected_grad_abs_max"] == max(window)
     train, used = result["train"], result["resources"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert train["trainable_parameters"] == sum(p.numel() for p in model.parameters())  # full-parameter zo
     assert train["steps_this_process"] == 5
     assert train["steps_per_s"] == pytest.approx(5 / train["train_s"], rel=0.02)
     assert 50 < used["peak_rss_mib"] <= resources.peak_rss_mib()  # torch alone takes more than 50 MiB
