@@ -16,30 +16,27 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python run.py` from inside large_models/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import IntervalStrategy
 
-import torch  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from transformers.trainer_utils import IntervalStrategy  # noqa: E402
-
-from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
-                                     resolve_resume)
-from large_models.arguments import (ArgumentError, Arguments, default_config, launched_world_size,  # noqa: E402
+from mezo_engine.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,
+                                    resolve_resume)
+from large_models.arguments import (ArgumentError, Arguments, default_config, launched_world_size,
                                     parse_args)
-from large_models.data import TrainCollator, count_cut, prompt_feature, training_feature  # noqa: E402
-from large_models import distributed  # noqa: E402
-from large_models.evaluation import EvalConfig, evaluate_sharded  # noqa: E402
-from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
-from large_models.placement import placement  # noqa: E402
-from large_models import resources  # noqa: E402
-from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
-from large_models.objectives import objective_for  # noqa: E402
-from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
-from large_models.head import HeadError  # noqa: E402
-from large_models.linear_probe import ProbeError  # noqa: E402
-from large_models.modes import Mode, ModeError, mode_for, prepare_head, sample_batches  # noqa: E402
-from large_models.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters  # noqa: E402
+from mezo_engine.data import TrainCollator, count_cut, prompt_feature, training_feature
+from mezo_engine import distributed
+from mezo_engine.evaluation import EvalConfig, evaluate_sharded
+from mezo_engine.models import ModelError, load_model_and_tokenizer, position_limit
+from mezo_engine.placement import placement
+from mezo_engine import resources
+from mezo_engine.results import ResultPathError, check_result_path, config_hash, publish_result, run_name
+from mezo_engine.objectives import objective_for
+from large_models.tasks import DataError, get_task, per_example_demo_seeds
+from mezo_engine.head import HeadError
+from mezo_engine.linear_probe import ProbeError
+from mezo_engine.modes import Mode, ModeError, mode_for, prepare_head, sample_batches
+from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters
 
 logger = logging.getLogger("run")
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -124,7 +124,7 @@ def attach_variant(model, variant: str, args: argparse.Namespace):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from large_models import lora
+    from mezo_engine import lora
 
     rank = args.lora_r if variant == "lora" else args.xgblora_rank
     model = lora.attach_lora(model, r=rank, alpha=args.lora_alpha).eval()
@@ -139,7 +139,7 @@ def attach_variant(model, variant: str, args: argparse.Namespace):
 def make_features(work: Workload, vocab: int, seed: int) -> list:
     """Random training examples: a prompt per example and a row per candidate (prompt + answer token), the
     prompt marked as shared, as ``data.encode_candidates`` marks it."""
-    from large_models.data import Feature
+    from mezo_engine.data import Feature
 
     gen = torch.Generator().manual_seed(seed)
     answers = torch.randint(4, vocab, (work.candidates, work.option_len), generator=gen).tolist()
@@ -154,7 +154,7 @@ def make_features(work: Workload, vocab: int, seed: int) -> list:
 
 def make_batch(features: list, pad_id: int, device: torch.device, shared: bool = True) -> dict:
     """The trainer's collated batch (``data.TrainCollator``; ``shared`` False: upstream's rows) on ``device``."""
-    from large_models.data import TrainCollator
+    from mezo_engine.data import TrainCollator
 
     return {k: v.to(device) for k, v in TrainCollator(pad_id, shared)(features).items()}
 
@@ -167,7 +167,7 @@ def trainable(model) -> tuple[list[str], list[torch.nn.Parameter], list[bool], b
     """Names, parameters, weight-decay flags and the cache choice, exactly as ``MezoTrainer.training_step``."""
     from transformers.trainer_pt_utils import get_parameter_names
 
-    from large_models.trainer import CACHE_FRACTION
+    from mezo_engine.trainer import CACHE_FRACTION
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     patterns = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
@@ -182,8 +182,8 @@ def loss_fn_for(model, batch: dict, fold: bool = False) -> Callable[[], float]:
     ``fold`` the adapters run folded into the weights (``lora.folded_adapters``, as ``--zo_fold_adapters``)."""
     import contextlib
 
-    from large_models import lora
-    from large_models.scoring import batch_loss
+    from mezo_engine import lora
+    from mezo_engine.scoring import batch_loss
 
     def loss() -> float:
         with torch.no_grad(), lora.folded_adapters(model) if fold else contextlib.nullcontext():
@@ -194,7 +194,7 @@ def loss_fn_for(model, batch: dict, fold: bool = False) -> Callable[[], float]:
 
 def naive_loss_fn_for(model, batch: dict) -> Callable[[], float]:
     """Upstream's loss: full logits, full-vocabulary log-softmax at every position, then gather the answers."""
-    from large_models.scoring import classification_loss, position_ids
+    from mezo_engine.scoring import classification_loss, position_ids
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     width = ids.shape[1]
@@ -347,7 +347,7 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
 
     The two steps also report how long their own two forwards took inside them (``Inner``).
     """
-    from large_models import zo
+    from mezo_engine import zo
 
     a = ctx.args
     names, params, decay, cache = trainable(model)
@@ -383,8 +383,8 @@ def zo_trainer(model, ctx: Context):
     from transformers import HfArgumentParser
 
     from large_models.arguments import Arguments
-    from large_models.data import TrainCollator
-    from large_models.trainer import MezoTrainer
+    from mezo_engine.data import TrainCollator
+    from mezo_engine.trainer import MezoTrainer
 
     a = ctx.args
     flags = ["--trainer", "zo", "--num_train", "1", "--train_as_classification", "--learning_rate", str(a.lr),
@@ -414,7 +414,7 @@ def trainer_case(variant: str, model, batch: dict, ctx: Context) -> dict[str, Ca
 def optimizer_state_bytes(variant: str, ctx: Context) -> dict[str, int]:
     """Bytes of the trainable parameters of ``variant`` and of the ZO momentum and ZO-Adam state after one step
     (lr 0: the parameters stay as they are)."""
-    from large_models.zo_optim import ZOAdam, ZOSGDMomentum
+    from mezo_engine.zo_optim import ZOAdam, ZOSGDMomentum
 
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     params = trainable(model)[1]
@@ -435,7 +435,7 @@ def optimizer_state_bytes(variant: str, ctx: Context) -> dict[str, int]:
 def eval_cases(model, ctx: Context) -> dict[str, Callable[[], object]]:
     """The project's batched evaluation (``evaluation.score_features``: shared prefix, ``--eval_batch_size``
     examples a batch) and upstream's, one row at a time, of the same examples."""
-    from large_models.evaluation import score_features, score_rows
+    from mezo_engine.evaluation import score_features, score_rows
 
     rows = [r for f in ctx.features for r in f.rows]
     lens = [n for f in ctx.features for n in f.option_lens]
@@ -474,7 +474,7 @@ def ref_case(variant: str, model, plain, ctx: Context) -> dict[str, Callable[[],
 def plain_loss_fn_for(model, batch: dict) -> Callable[[], float]:
     """The trainer's loss with the adapter switched off (PEFT's ``disable_adapter``): the plain model's forward on
     the same weights in memory as the adapter forwards it is compared with."""
-    from large_models.scoring import batch_loss
+    from mezo_engine.scoring import batch_loss
 
     def loss() -> float:
         with torch.no_grad(), model.disable_adapter():
@@ -485,7 +485,7 @@ def plain_loss_fn_for(model, batch: dict) -> Callable[[], float]:
 
 def merge_case(model, ctx: Context) -> dict[str, Callable[[], object]]:
     """XGBLoRA's booster merge: W += s B A for every booster, fresh A, B = 0."""
-    from large_models import lora
+    from mezo_engine import lora
 
     gen = torch.Generator().manual_seed(ctx.args.seed)
     return {"merge/xgblora": lambda: lora.merge_and_reinit(model, generator=gen)}
@@ -496,7 +496,7 @@ def trainer_step_cases(args: argparse.Namespace, out_dir: str) -> dict[str, Call
     real weights (``--trainer-step-model``) and a real SST-2 batch (``--data-dir``), and REF on that batch: two
     forwards of the plain model (a second copy without an adapter) over upstream's row layout."""
     from large_models import run
-    from large_models.models import load_model_and_tokenizer
+    from mezo_engine.models import load_model_and_tokenizer
     from large_models.tasks import get_task
 
     size = args.examples
@@ -575,7 +575,7 @@ def _reset_peak_rss() -> bool:
 
 def memory_workload(variant: str, mode: str, ctx: Context):
     """The model and the function one training or inference iteration of ``variant`` runs."""
-    from large_models import zo
+    from mezo_engine import zo
 
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
@@ -899,8 +899,6 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
 
 
 def make_context(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Context:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     config = _model_configs()[args.model]()
     work = TASKS[args.task]
     work = Workload(args.examples, work.candidates, work.min_len, work.max_len, work.option_len)

@@ -139,7 +139,7 @@ def test_naive_step_with_zero_lr_restores_the_parameters():
 
 def test_upstream_row_scores_equal_the_batched_scores():
     """The "one row at a time" baseline scores the same examples as the batched shared-prefix evaluation."""
-    from large_models.evaluation import score_features
+    from mezo_engine.evaluation import score_features
 
     bench = _load_script()
     ctx, model, _ = _tiny_setup(bench)
@@ -153,7 +153,7 @@ def test_upstream_row_scores_equal_the_batched_scores():
 
 def test_benchmark_adapters_are_live():
     """The timed adapters have B != 0 (as after a step), so the folded forward really folds."""
-    from large_models import lora
+    from mezo_engine import lora
 
     bench = _load_script()
     args = bench.parse_args(["--quick", "--device", "cpu"])

@@ -3,9 +3,10 @@ import pytest
 import torch
 from transformers import HfArgumentParser
 
-from large_models import lora, run
+from large_models import run
+from mezo_engine import lora
 from large_models.arguments import Arguments
-from large_models.schedule import epoch_merge_due, jagged_factor, merge_due, num_merges
+from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_merges
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 

@@ -45,11 +45,11 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
-from large_models import distributed, lora, zo
-from large_models.evaluation import EvalConfig, evaluate_sharded
-from large_models.objectives import Objective, batch_weight, objective_for
-from large_models.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
-from large_models.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
+from mezo_engine import distributed, lora, zo
+from mezo_engine.evaluation import EvalConfig, evaluate_sharded
+from mezo_engine.objectives import Objective, batch_weight, objective_for
+from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
+from mezo_engine.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
 
 logger = logging.getLogger(__name__)
 

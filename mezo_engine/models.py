@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from large_models.placement import place
+from mezo_engine.placement import place
 
 logger = logging.getLogger(__name__)
 
