@@ -12,6 +12,7 @@ from large_models import run
 from large_models.arguments import ArgumentError, parse_args
 from large_models.arguments import default_config
 from mezo_engine.results import config_hash
+from mezo_engine import runner
 
 REPO = Path(__file__).resolve().parent.parent
 POSITIVE = ["a gripping , funny film", "the best movie of the year", "warm and wise", "a joy to watch"]
@@ -287,4 +288,4 @@ def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, ti
 
 
 def test_resumed_run_counts_its_steps_from_the_checkpoint():
-    assert run.checkpoint_step(None) == 0 and run.checkpoint_step("out/checkpoint-250") == 250
+    assert runner.checkpoint_step(None) == 0 and runner.checkpoint_step("out/checkpoint-250") == 250
