@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
-# Runs large_models/finetune.sh; see there and the README.
-exec bash "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/large_models/finetune.sh" "$@"
+# Runs large_models/finetune.sh; MEDIUM=1 runs medium_models/finetune.sh (LM-BFF k-shot tasks). See there and the README.
+exec bash "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apps.sh" finetune.sh "$@"

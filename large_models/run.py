@@ -8,61 +8,38 @@ Writes one result JSON per train set (eval and dev metrics, boosting history, th
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python run.py` from inside large_models/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from transformers import set_seed
 
-import torch  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from transformers.trainer_utils import IntervalStrategy  # noqa: E402
-
-from large_models.checkpoint import (RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal,  # noqa: E402
-                                     resolve_resume)
-from large_models.arguments import (ArgumentError, Arguments, default_config, launched_world_size,  # noqa: E402
-                                    parse_args)
-from large_models.data import TrainCollator, count_cut, prompt_feature, training_feature  # noqa: E402
-from large_models import distributed  # noqa: E402
-from large_models.evaluation import EvalConfig, evaluate_sharded  # noqa: E402
-from large_models.models import ModelError, load_model_and_tokenizer, position_limit  # noqa: E402
-from large_models.placement import placement  # noqa: E402
-from large_models import resources  # noqa: E402
-from large_models.results import ResultPathError, check_result_path, config_hash, publish_result, run_name  # noqa: E402
-from large_models.objectives import objective_for  # noqa: E402
-from large_models.tasks import DataError, get_task, per_example_demo_seeds  # noqa: E402
-from large_models.head import HeadError  # noqa: E402
-from large_models.linear_probe import ProbeError  # noqa: E402
-from large_models.modes import Mode, ModeError, mode_for, prepare_head, sample_batches  # noqa: E402
-from large_models.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters  # noqa: E402
+from large_models.arguments import Arguments, default_config, parse_args
+from large_models.tasks import DataError, get_task, per_example_demo_seeds
+from mezo_engine import distributed
+from mezo_engine.arguments import ArgumentError
+from mezo_engine.checkpoint import CheckpointError
+from mezo_engine.data import TrainCollator, count_cut, prompt_feature, training_feature
+from mezo_engine.evaluation import EvalConfig, evaluate_sharded
+from mezo_engine.head import HeadError
+from mezo_engine.linear_probe import ProbeError
+from mezo_engine.models import ModelError, load_model_and_tokenizer, position_limit
+from mezo_engine.modes import prepare_head, sample_batches
+from mezo_engine.objectives import objective_for
+from mezo_engine.results import ResultPathError, check_result_path
+from mezo_engine import runner
+from mezo_engine.runner import (RunStopped, exit_stopped, finish, model_placement, run_output_dir, start_ranks,
+                                stopped_run)
+from mezo_engine.trainer import MezoTrainer
 
 logger = logging.getLogger("run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
-    """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
-    ``<result_dir>/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
-    result and differs from its default (see results.NOT_IN_HASH). Call it before anything rewrites ``args``."""
-    if args.result_file:
-        path = Path(args.result_file)
-        return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
-    digest = config_hash(args.to_dict(), args.keep_best_model, default_config())
-    name = run_name(args.task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
-    return Path(args.result_dir or REPO_ROOT / "result") / f"{name}.json"
-
-
-def run_output_dir(args: Arguments, path: Path, many_sets: bool) -> str:
-    """The result path without ``.json`` (one folder per distinct run), or ``--output_dir`` if given (with a
-    subfolder per train set when there are several)."""
-    if not args.output_dir_given:
-        return str(path.with_suffix(""))
-    return str(Path(args.output_dir) / path.stem) if many_sets else args.output_dir
+    """``runner.result_path`` with this app's defaults: ``<result_dir>/<task>-<model>-<tag>-<hash>.json``."""
+    return runner.result_path(args, set_seed_, many_sets, default_config(), REPO_ROOT)
 
 
 def cap_max_length(args: Arguments, model) -> None:
@@ -87,13 +64,6 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
             logger.warning("%d %s prompt(s) are longer than --max_length %d tokens and lose their left end", n,
                            split, args.max_length)
     return cut
-
-
-def model_placement(args: Arguments) -> str:
-    """Where the model goes (``placement.placement``): split over the devices unless ``--no_auto_device``, one
-    device per rank under torchrun, the CPU for FSDP (which places the shards) or without CUDA."""
-    return placement(args.no_auto_device, launched_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                     torch.cuda.is_available(), fsdp=bool(args.fsdp))
 
 
 def eval_config(args: Arguments) -> EvalConfig:
@@ -145,17 +115,6 @@ def train_set_seeds(args: Arguments) -> list[int]:
     return list(range(args.num_train_sets)) if args.num_train_sets else [0]
 
 
-def build_callbacks(args: Arguments, task, mode: Mode, run_state: RunStateCallback,
-                    comm: distributed.CommCounter | None = None) -> list:
-    """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``comm``
-    counts the stop-flag all-reduce under torchrun."""
-    stateful = mode.callbacks(run_state.record)
-    if args.keep_best_model:
-        stateful["best"] = BestModelCallback(f"eval_{task.metric}")
-    run_state.stateful = stateful
-    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
-
-
 def training_shares_prompts(args: Arguments, features) -> bool:
     """Whether the training loss runs each prompt once (``--scoring shared``; not for an LM loss on every token).
     Examples whose rows do not share their prompt exactly are scored by rows; their count is logged."""
@@ -183,103 +142,17 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
     MezoTrainer with its objective and callbacks."""
     features = training_features(args, task, tokenizer, train_samples)
     collator = TrainCollator(tokenizer.pad_token_id, shared=training_shares_prompts(args, features))
-    mode, objective = mode_for(args), objective_for(args, tokenizer, task)
 
     def batches():  # drawn only by a mode that needs them (LoRA-GA's gradient estimate)
         return sample_batches(features, collator, args.per_device_train_batch_size, args.lora_ga_batches, args.seed)
-    try:
-        model = mode.prepare(model, objective, batches)
-    except ModeError as err:
-        raise ArgumentError(str(err)) from err
-    run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
-    comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
-    if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
-        logger.warning("no dev examples (--num_dev 0): evaluation during training is off")
-        args.eval_strategy = IntervalStrategy.NO
-    return MezoTrainer(model=model, args=args, train_dataset=features, eval_dataset=dev_samples or None,
-                       data_collator=collator, processing_class=tokenizer,
-                       callbacks=build_callbacks(args, task, mode, run_state, comm), task=task,
-                       dev_samples=dev_samples, eval_config=eval_config(args), mode=mode, objective=objective,
-                       comm=comm)
-
-
-def _callback(trainer, cls):
-    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
+    return runner.make_trainer(args, model, objective_for(args, tokenizer, task), batches, task.metric, dev_samples,
+                               train_dataset=features, eval_dataset=dev_samples or None, data_collator=collator,
+                               processing_class=tokenizer, task=task, eval_config=eval_config(args))
 
 
 def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[MezoTrainer, dict, str]:
-    """Fine-tune ``model`` on ``train_samples`` (resuming if asked); returns the trainer (``trainer.model`` is the
-    trained model), a summary for the result JSON and the status: ``completed``, ``interrupted at step N`` or
-    ``diverged at step N``."""
-    trainer = build_trainer(args, task, model, tokenizer, train_samples, dev_samples)
-    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    if checkpoint:
-        _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
-    stopper = _callback(trainer, StopOnSignal)
-    stopper.install()
-    status, summary = "completed", {}
-    first_step, started = checkpoint_step(checkpoint), time.time()
-    try:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
-        summary = {"train_loss": output.training_loss, "global_step": output.global_step}
-    except DivergenceError as err:
-        logger.error("%s", err)
-        status, summary["error"] = f"diverged at step {err.step}", str(err)
-    finally:
-        stopper.restore_handlers()
-    summary.update(resources.training_speed(time.time() - started, first_step, trainer.state.global_step))
-    if stopper.stopped and status == "completed":
-        status = f"interrupted at step {stopper.stopped[1]}"
-        summary["signal"] = stopper.stopped[0]
-    return trainer, train_summary(trainer, summary), status
-
-
-def checkpoint_step(checkpoint: str | None) -> int:
-    """The step a run resumes from: the N of its ``checkpoint-N`` folder (0 for a fresh start)."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
-
-
-def train_summary(trainer, summary: dict) -> dict:
-    """``summary`` plus the log history and what the mode and the best-model callback recorded."""
-    summary["log_history"] = trainer.state.log_history
-    # what trains at a step (XGBLoRA with Ls < all: the active boosters), as the README's parameter counts
-    summary["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    stateful = _callback(trainer, RunStateCallback).stateful
-    summary.update(trainer.mode.summary(stateful))
-    if "best" in stateful:
-        summary["best_dev"] = {"value": stateful["best"].best, "step": stateful["best"].best_step}
-    summary["ranks"] = distributed.gather(rank_checksums(trainer.model, summary))
-    summary["collectives"] = {"calls": trainer.comm.calls, "bytes": trainer.comm.bytes}
-    return summary
-
-
-def rank_checksums(model, summary: dict) -> dict:
-    """This rank's sha256 of the parameters training can change (``trainer.mutable_parameters``: trainable ones,
-    adapters, merged-into base weights) and of its training record (mode summary, logged losses). Gathered from
-    every rank into the result, so that equal digests show the ranks ended bit-identical."""
-    record = {k: v for k, v in summary.items() if k not in ("log_history", "ranks", "collectives", "train_s",
-                                                            "steps_per_s")}  # timings differ between ranks
-    record["losses"] = [h["loss"] for h in summary.get("log_history", []) if "loss" in h]
-    text = json.dumps(record, sort_keys=True, default=str)
-    return {"rank": distributed.rank(), "params_sha256": distributed.tensors_sha256(mutable_parameters(model).items()),
-            "record_sha256": hashlib.sha256(text.encode()).hexdigest()}
-
-
-def save(args: Arguments, model, tokenizer, trainer: MezoTrainer | None = None) -> None:
-    """Save the trained model (``--save_model``) from rank 0 only: under torchrun every rank holds the same one.
-    Under FSDP every rank takes part in gathering the full state dict, which rank 0 writes (the Trainer's own
-    ``save_model``; ``--fsdp`` is full-parameter training, so this is the whole model)."""
-    out = Path(args.output_dir)
-    if args.fsdp and trainer is not None:
-        trainer.save_model(str(out / "model"))
-    elif distributed.is_main():
-        mode_for(args).save(model, tokenizer, out)
-    logger.info("saved the trained model to %s", args.output_dir)
-
-
-def publish(path: Path, result: dict, overwrite: bool) -> Path:
-    """``results.publish_result`` on rank 0; the other ranks write nothing and get ``path`` back."""
-    return publish_result(path, result, overwrite) if distributed.is_main() else path
+    """Fine-tune ``model`` on ``train_samples`` (``runner.train``): the trainer, the summary and the status."""
+    return runner.train(args, build_trainer(args, task, model, tokenizer, train_samples, dev_samples))
 
 
 def log_predictions(task, samples, predictions) -> None:
@@ -330,46 +203,9 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
     if dev_samples:
         dev = evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)
         result["dev"] = {task.metric: dev[task.metric]}
-    result["runtime_s"] = round(time.time() - start, 2)
-    result["resources"] = resources.usage(time.time() - start)
-    result["config"] = args.to_dict()
-    if args.save_model:
-        save(args, model, tokenizer, trainer)
-    written = publish(path, result, args.overwrite)
-    if written != path:
-        logger.error("another run completed %s while this one ran; this run's result is in %s", path, written)
+    written = finish(args, result, path, start, model, tokenizer, trainer)
     logger.info("eval %s, dev %s -> %s", result.get("eval"), result.get("dev"), written)
     return result
-
-
-class RunStopped(Exception):
-    """Training stopped early (a signal or divergence); the result JSON says so. ``exit_code`` for run.py."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code  # RESUMABLE_EXIT after a signal, 1 after divergence
-
-
-def stopped_run(args: Arguments, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
-    """Write the result of a run that did not complete (no evaluation) and raise RunStopped."""
-    result["runtime_s"] = round(time.time() - start, 2)
-    result["resources"] = resources.usage(time.time() - start)
-    result["config"] = args.to_dict()
-    signal_name = result["train"].get("signal")
-    if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
-        save(args, model, tokenizer, trainer)
-    written = publish(path, result, args.overwrite)
-    if signal_name:
-        raise RunStopped(f"{result['status']} ({signal_name}); checkpoint in {args.output_dir}, result in "
-                         f"{written}; re-run with --resume_from_checkpoint auto to continue", RESUMABLE_EXIT)
-    raise RunStopped(f"run.py: error: {result['train']['error']}; result in {written}", 1)
-
-
-def start_ranks(args: Arguments) -> None:
-    """Under torchrun: join the process group now (accelerate's state, set up as the Trainer sets it up), so that
-    evaluation-only runs share their work between the ranks and only rank 0 writes."""
-    if launched_world_size() > 1:
-        logger.info("rank %s of %d on %s", os.environ.get("RANK"), launched_world_size(), args.device)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -402,10 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ProbeError, HeadError) as err:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
-        if stop.exit_code != RESUMABLE_EXIT:
-            sys.exit(str(stop))
-        logger.warning("%s", stop)
-        sys.exit(stop.exit_code)
+        exit_stopped(stop)
 
 
 if __name__ == "__main__":

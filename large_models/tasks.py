@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from mezo_engine.tasks import DataError, Sample
 from large_models.templates import (
     BoolQTemplate,
     CBTemplate,
@@ -39,24 +39,6 @@ OFFLINE_DATA_HINT = ("run offline with local files instead: DATA_DIR=<folder> (r
                      "the data sets' original files, and MODEL=smollm2-135m (--model_name smollm2-135m) or a local "
                      "model directory, as the README's 'Offline' section shows")
 BOOL_LABELS = {False: 0, True: 1}
-
-
-class DataError(ValueError):
-    """A data file (or the hub) that cannot give usable rows; the message names the file, line and problem."""
-
-
-@dataclass
-class Sample:
-    """One example: its raw fields, the candidates to score (None for generation) and the gold answer.
-
-    For classification ``correct_candidate`` is one element of ``candidates`` (ReCoRD: the list of gold
-    entities, any of which counts); for generation it is the list of gold answer strings.
-    """
-
-    id: int | str
-    data: dict
-    correct_candidate: Any
-    candidates: list | None
 
 
 # ----------------------------------------------------------------------------------------------------------

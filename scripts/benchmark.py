@@ -18,6 +18,11 @@ g. the trainer's fused ZO-SGD step (``MezoTrainer.training_step`` then ``optimiz
 h. (info) the extra memory of the ZO momentum and ZO-Adam state (``zo_optim``) for full-parameter and LoRA
    training: the bytes of the state tensors after one step, against the bytes of the trainable parameters.
 
+``--masked-lm`` measures the masked-LM path of ``medium_models`` instead: on a RoBERTa config (random weights), a
+batch of SST-2-shaped prompts (64 rows of 32 to 48 tokens, one mask each, upstream's batch size), one forward of
+the label-word loss (``medium_models.scoring.LabelLoss``: encoder, MLM head on the mask rows only) against one
+ZO step with it (``zo.zo_step``, adapters folded as the trainer runs them) -> step / (2 forwards), per variant.
+
 Times are medians over ``--repeats`` rounds after ``--warmup`` rounds; in each round every measurement of a model
 runs once, in turn, so a change of machine load hits all of them alike. Prints a markdown table and writes JSON
 (``--out``, default ``result/benchmark-<device>.json``). ``--quick`` uses a tiny config and finishes in seconds.
@@ -25,6 +30,7 @@ runs once, in turn, so a change of machine load hits all of them alike. Prints a
     python scripts/benchmark.py --model smollm2-135m-config
     python scripts/benchmark.py --model opt-125m-config
     python scripts/benchmark.py --device cuda --model opt-1.3b-config --dtype bf16
+    python scripts/benchmark.py --masked-lm --model roberta-base-config --threads 1
 """
 from __future__ import annotations
 
@@ -90,6 +96,23 @@ MODEL_NAMES = ("tiny", "smollm2-135m-config", "opt-125m-config", "opt-1.3b-confi
                "opt-6.7b-config", "opt-13b-config")
 
 
+def _masked_lm_configs() -> dict[str, Callable]:
+    """``--masked-lm``: RoBERTa configs (random weights), as ``_model_configs``."""
+    from transformers import RobertaConfig
+
+    def roberta(hidden: int, layers: int, heads: int) -> RobertaConfig:
+        return RobertaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=4 * hidden, vocab_size=50265, max_position_embeddings=514,
+                             type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    return {"tiny-roberta": lambda: roberta(32, 2, 4), "roberta-base-config": lambda: roberta(768, 12, 12),
+            "roberta-large-config": lambda: roberta(1024, 24, 16)}
+
+
+MASKED_LM_NAMES = ("tiny-roberta", "roberta-base-config", "roberta-large-config")
+
+
 @dataclass(frozen=True)
 class Workload:
     """A task's training batch shape: examples x candidates rows of about ``length`` tokens."""
@@ -124,7 +147,7 @@ def attach_variant(model, variant: str, args: argparse.Namespace):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from large_models import lora
+    from mezo_engine import lora
 
     rank = args.lora_r if variant == "lora" else args.xgblora_rank
     model = lora.attach_lora(model, r=rank, alpha=args.lora_alpha).eval()
@@ -139,7 +162,7 @@ def attach_variant(model, variant: str, args: argparse.Namespace):
 def make_features(work: Workload, vocab: int, seed: int) -> list:
     """Random training examples: a prompt per example and a row per candidate (prompt + answer token), the
     prompt marked as shared, as ``data.encode_candidates`` marks it."""
-    from large_models.data import Feature
+    from mezo_engine.data import Feature
 
     gen = torch.Generator().manual_seed(seed)
     answers = torch.randint(4, vocab, (work.candidates, work.option_len), generator=gen).tolist()
@@ -154,7 +177,7 @@ def make_features(work: Workload, vocab: int, seed: int) -> list:
 
 def make_batch(features: list, pad_id: int, device: torch.device, shared: bool = True) -> dict:
     """The trainer's collated batch (``data.TrainCollator``; ``shared`` False: upstream's rows) on ``device``."""
-    from large_models.data import TrainCollator
+    from mezo_engine.data import TrainCollator
 
     return {k: v.to(device) for k, v in TrainCollator(pad_id, shared)(features).items()}
 
@@ -167,7 +190,7 @@ def trainable(model) -> tuple[list[str], list[torch.nn.Parameter], list[bool], b
     """Names, parameters, weight-decay flags and the cache choice, exactly as ``MezoTrainer.training_step``."""
     from transformers.trainer_pt_utils import get_parameter_names
 
-    from large_models.trainer import CACHE_FRACTION
+    from mezo_engine.trainer import CACHE_FRACTION
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     patterns = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
@@ -182,8 +205,8 @@ def loss_fn_for(model, batch: dict, fold: bool = False) -> Callable[[], float]:
     ``fold`` the adapters run folded into the weights (``lora.folded_adapters``, as ``--zo_fold_adapters``)."""
     import contextlib
 
-    from large_models import lora
-    from large_models.scoring import batch_loss
+    from mezo_engine import lora
+    from mezo_engine.scoring import batch_loss
 
     def loss() -> float:
         with torch.no_grad(), lora.folded_adapters(model) if fold else contextlib.nullcontext():
@@ -194,7 +217,7 @@ def loss_fn_for(model, batch: dict, fold: bool = False) -> Callable[[], float]:
 
 def naive_loss_fn_for(model, batch: dict) -> Callable[[], float]:
     """Upstream's loss: full logits, full-vocabulary log-softmax at every position, then gather the answers."""
-    from large_models.scoring import classification_loss, position_ids
+    from mezo_engine.scoring import classification_loss, position_ids
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     width = ids.shape[1]
@@ -347,7 +370,7 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
 
     The two steps also report how long their own two forwards took inside them (``Inner``).
     """
-    from large_models import zo
+    from mezo_engine import zo
 
     a = ctx.args
     names, params, decay, cache = trainable(model)
@@ -383,8 +406,8 @@ def zo_trainer(model, ctx: Context):
     from transformers import HfArgumentParser
 
     from large_models.arguments import Arguments
-    from large_models.data import TrainCollator
-    from large_models.trainer import MezoTrainer
+    from mezo_engine.data import TrainCollator
+    from mezo_engine.trainer import MezoTrainer
 
     a = ctx.args
     flags = ["--trainer", "zo", "--num_train", "1", "--train_as_classification", "--learning_rate", str(a.lr),
@@ -414,7 +437,7 @@ def trainer_case(variant: str, model, batch: dict, ctx: Context) -> dict[str, Ca
 def optimizer_state_bytes(variant: str, ctx: Context) -> dict[str, int]:
     """Bytes of the trainable parameters of ``variant`` and of the ZO momentum and ZO-Adam state after one step
     (lr 0: the parameters stay as they are)."""
-    from large_models.zo_optim import ZOAdam, ZOSGDMomentum
+    from mezo_engine.zo_optim import ZOAdam, ZOSGDMomentum
 
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     params = trainable(model)[1]
@@ -435,7 +458,7 @@ def optimizer_state_bytes(variant: str, ctx: Context) -> dict[str, int]:
 def eval_cases(model, ctx: Context) -> dict[str, Callable[[], object]]:
     """The project's batched evaluation (``evaluation.score_features``: shared prefix, ``--eval_batch_size``
     examples a batch) and upstream's, one row at a time, of the same examples."""
-    from large_models.evaluation import score_features, score_rows
+    from mezo_engine.evaluation import score_features, score_rows
 
     rows = [r for f in ctx.features for r in f.rows]
     lens = [n for f in ctx.features for n in f.option_lens]
@@ -474,7 +497,7 @@ def ref_case(variant: str, model, plain, ctx: Context) -> dict[str, Callable[[],
 def plain_loss_fn_for(model, batch: dict) -> Callable[[], float]:
     """The trainer's loss with the adapter switched off (PEFT's ``disable_adapter``): the plain model's forward on
     the same weights in memory as the adapter forwards it is compared with."""
-    from large_models.scoring import batch_loss
+    from mezo_engine.scoring import batch_loss
 
     def loss() -> float:
         with torch.no_grad(), model.disable_adapter():
@@ -485,7 +508,7 @@ def plain_loss_fn_for(model, batch: dict) -> Callable[[], float]:
 
 def merge_case(model, ctx: Context) -> dict[str, Callable[[], object]]:
     """XGBLoRA's booster merge: W += s B A for every booster, fresh A, B = 0."""
-    from large_models import lora
+    from mezo_engine import lora
 
     gen = torch.Generator().manual_seed(ctx.args.seed)
     return {"merge/xgblora": lambda: lora.merge_and_reinit(model, generator=gen)}
@@ -496,7 +519,7 @@ def trainer_step_cases(args: argparse.Namespace, out_dir: str) -> dict[str, Call
     real weights (``--trainer-step-model``) and a real SST-2 batch (``--data-dir``), and REF on that batch: two
     forwards of the plain model (a second copy without an adapter) over upstream's row layout."""
     from large_models import run
-    from large_models.models import load_model_and_tokenizer
+    from mezo_engine.models import load_model_and_tokenizer
     from large_models.tasks import get_task
 
     size = args.examples
@@ -575,7 +598,7 @@ def _reset_peak_rss() -> bool:
 
 def memory_workload(variant: str, mode: str, ctx: Context):
     """The model and the function one training or inference iteration of ``variant`` runs."""
-    from large_models import zo
+    from mezo_engine import zo
 
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
@@ -841,10 +864,69 @@ def meta(args: argparse.Namespace, device: torch.device) -> dict:
 # Entry points
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# --masked-lm: medium_models' label-word loss at the mask
+
+
+def masked_lm_batch(vocab: int, rows: int, seed: int) -> tuple[dict, list[int]]:
+    """SST-2-shaped prompts: ``rows`` rows of 32 to 48 random tokens between <s> and </s>, a mask 3 tokens before
+    the end, gold labels alternating; collated as ``medium_models`` collates them. Returns the batch and 2 label
+    word ids."""
+    from medium_models.scoring import Collator, Feature
+
+    gen = torch.Generator().manual_seed(seed)
+    features = []
+    for i in range(rows):
+        length = int(torch.randint(32, 49, (1,), generator=gen))
+        ids = [0, *torch.randint(4, vocab - 1, (length - 2,), generator=gen).tolist(), 2]
+        ids[-3] = vocab - 1  # the mask token (RoBERTa's <mask> is its last id)
+        features.append(Feature(ids, length - 3, i % 2))
+    return Collator(pad_id=1, causal=False)(features), [vocab // 2, vocab // 2 + 1]
+
+
+def masked_lm_cases(variant: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """One forward of the label-word loss and one ZO step with it, for ``variant`` on ``args.model``."""
+    import contextlib
+
+    from transformers import AutoModelForMaskedLM
+
+    from medium_models.scoring import LabelLoss
+    from mezo_engine import lora, zo
+
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = AutoModelForMaskedLM.from_config(_masked_lm_configs()[args.model](), dtype=dtype).eval()
+    model = attach_variant(model, variant, args)
+    batch, label_ids = masked_lm_batch(model.config.vocab_size, args.examples, args.seed)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    objective, (_, params, decay, cache), seeds = LabelLoss(label_ids, causal=False), trainable(model), itertools.count()
+
+    def loss() -> float:
+        with torch.no_grad(), lora.folded_adapters(model) if variant != "full" else contextlib.nullcontext():
+            return objective(model, batch).item()
+    return {f"mlm_forward/{variant}": loss,
+            f"mlm_zo_step/{variant}": lambda: zo.zo_step(params, loss, next(seeds), args.eps, args.lr,
+                                                         args.weight_decay, decay, cache)}
+
+
+def run_masked_lm(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """``--masked-lm``: per variant, the ZO step over two forwards of the label-word loss (medians)."""
+    rows = []
+    for variant in args.variants:
+        times = summarise(run_rounds(masked_lm_cases(variant, args, device, dtype), args.warmup, args.repeats,
+                                     synchronizer(device), desc=f"masked LM {variant}"))
+        forward, step = times[f"mlm_forward/{variant}"]["median"], times[f"mlm_zo_step/{variant}"]["median"]
+        rows.append({"variant": variant, "forward_s": round(forward, 4), "zo_step_s": round(step, 4),
+                     "step / 2 forwards": round(step / (2 * forward), 3)})
+    return {"meta": meta(args, device), "masked_lm": rows}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=MODEL_NAMES, default=None,
+    p.add_argument("--masked-lm", action="store_true",
+                   help="time medium_models' masked-LM ZO step instead (--model: a RoBERTa config; --examples 64)")
+    p.add_argument("--model", choices=MODEL_NAMES + MASKED_LM_NAMES, default=None,
                    help="config to build (default: smollm2-135m-config on CPU, opt-1.3b-config on CUDA)")
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="batch shape of a real task")
     p.add_argument("--examples", type=int, default=None, help="examples per batch (default: the task's, 16)")
@@ -878,6 +960,11 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """Fill in the defaults that depend on the device and on --quick; return the device and dtype."""
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if args.masked_lm:
+        args.model = args.model or ("tiny-roberta" if args.quick else "roberta-large-config")
+        args.examples = args.examples or 64
+        if args.model not in MASKED_LM_NAMES:
+            raise SystemExit(f"--masked-lm: --model must be one of {', '.join(MASKED_LM_NAMES)}")
     if args.quick:
         args.model = args.model or "tiny"
         args.repeats, args.warmup, args.mem_steps = min(args.repeats, 3), min(args.warmup, 1), min(args.mem_steps, 2)
@@ -899,8 +986,6 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
 
 
 def make_context(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Context:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     config = _model_configs()[args.model]()
     work = TASKS[args.task]
     work = Workload(args.examples, work.candidates, work.min_len, work.max_len, work.option_len)
@@ -946,6 +1031,8 @@ def main(argv: list[str] | None = None) -> dict:
         ctx = make_context(args, device, dtype)
         print(json.dumps(measure_memory_here(args.memory_child, ctx)))
         return {}
+    if args.masked_lm:
+        return write_masked_lm(args, run_masked_lm(args, device, dtype), device)
     result = run_benchmark(args, device, dtype)
     out = Path(args.out or ROOT / "result" / f"benchmark-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -955,6 +1042,18 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.dtype} / {args.threads} threads / other processes ~{load.get('other_processes_cores', math.nan):.2f}"
           f" cores\n")
     print(markdown(result["table"]))
+    print(f"\nwrote {out}")
+    return result
+
+
+def write_masked_lm(args: argparse.Namespace, result: dict, device: torch.device) -> dict:
+    out = Path(args.out or ROOT / "result" / f"benchmark-masked-lm-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\n{args.model} masked LM x{args.examples} / {device.type} / {args.dtype} / {args.threads} threads\n")
+    print("| variant | forward s | ZO step s | step / 2 forwards |\n| --- | ---: | ---: | ---: |")
+    print("\n".join(f"| {r['variant']} | {r['forward_s']} | {r['zo_step_s']} | {r['step / 2 forwards']} |"
+                    for r in result["masked_lm"]))
     print(f"\nwrote {out}")
     return result
 

@@ -47,12 +47,6 @@ def _bench():
     return module
 
 
-def _importable() -> None:
-    """Let this process (and spawned ranks) import ``large_models`` from the checkout."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-
 def _setup(rank: int, args) -> tuple:
     """This rank's model (variant attached), trainable parameters and batch (its own examples)."""
     bench = _bench()
@@ -66,8 +60,8 @@ def _setup(rank: int, args) -> tuple:
 
 def zo_bytes(rank: int, args) -> dict:
     """Bytes per ZO step through the trainer's collectives, and whether the ranks end bit-identical."""
-    from large_models import distributed, zo
-    from large_models.objectives import AnswerLoss
+    from mezo_engine import distributed, zo
+    from mezo_engine.objectives import AnswerLoss
     model, params, batch = _setup(rank, args)
     objective, counter = AnswerLoss(as_classification=True), distributed.CommCounter()
     weight = objective.weight(batch)
@@ -88,7 +82,7 @@ def ddp_bytes(rank: int, args) -> dict:
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
 
-    from large_models.objectives import AnswerLoss
+    from mezo_engine.objectives import AnswerLoss
     model, params, batch = _setup(rank, args)
     ddp = DistributedDataParallel(model)
     sent = {"bytes": 0, "buckets": 0}
@@ -117,7 +111,6 @@ def state_bytes(model) -> dict:
 
 
 def _worker(rank: int, world: int, init: str, out: str, args) -> None:
-    _importable()
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     torch.manual_seed(0)
     result = {**zo_bytes(rank, args), **ddp_bytes(rank, args)}
@@ -137,7 +130,6 @@ def measure(args) -> dict:
 
 def analytic(args) -> dict:
     """Parameter counts of ``args.model`` / ``args.variant`` built on the meta device (no memory, no compute)."""
-    _importable()
     bench = _bench()
     model = bench.attach_variant(bench.build_model(args.model, torch.float32, torch.device("meta"), 0),
                                  args.variant, args)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from large_models import lora  # noqa: E402
-from large_models.checkpoint import RunStateCallback  # noqa: E402
-from large_models.models import load_model_and_tokenizer  # noqa: E402
+from mezo_engine import lora
+from mezo_engine.checkpoint import RunStateCallback
+from mezo_engine.models import load_model_and_tokenizer
 
 
 def folder_mb(path: Path) -> float:

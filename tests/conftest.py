@@ -1,12 +1,6 @@
-import os
-
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from tests.tiny import make_tokenizer, save_tiny  # noqa: E402
+from tests.tiny import make_tokenizer, save_tiny
 
 
 @pytest.fixture(scope="session", params=[False, True], ids=["bytes", "bpe-merges"])

@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from large_models import models, run
-from large_models.models import ModelError
+from large_models import run
+from mezo_engine import models
+from mezo_engine.models import ModelError
 from large_models.tasks import DataError, get_task
 from tests.test_run import NEGATIVE, POSITIVE
 from tests.tiny import make_tokenizer, tiny_config

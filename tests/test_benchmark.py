@@ -139,7 +139,7 @@ def test_naive_step_with_zero_lr_restores_the_parameters():
 
 def test_upstream_row_scores_equal_the_batched_scores():
     """The "one row at a time" baseline scores the same examples as the batched shared-prefix evaluation."""
-    from large_models.evaluation import score_features
+    from mezo_engine.evaluation import score_features
 
     bench = _load_script()
     ctx, model, _ = _tiny_setup(bench)
@@ -153,7 +153,7 @@ def test_upstream_row_scores_equal_the_batched_scores():
 
 def test_benchmark_adapters_are_live():
     """The timed adapters have B != 0 (as after a step), so the folded forward really folds."""
-    from large_models import lora
+    from mezo_engine import lora
 
     bench = _load_script()
     args = bench.parse_args(["--quick", "--device", "cpu"])
@@ -161,3 +161,17 @@ def test_benchmark_adapters_are_live():
     model = bench.attach_variant(bench.build_model("tiny", torch.float32, torch.device("cpu"), 0), "lora", args)
     layers = lora.lora_layers(model)
     assert layers and all(lora._lora_AB(layer)[1].abs().min() > 0 for _, layer in layers)
+
+
+def test_masked_lm_ratio_is_the_step_over_two_forwards(tmp_path):
+    """--masked-lm: one row per variant whose ratio is its stored step time over twice its forward time; the
+    batch is one mask per row with the label words at the mask (medium_models' loss)."""
+    bench = _load_script()
+    result = bench.main(["--masked-lm", "--quick", "--device", "cpu", "--repeats", "1", "--warmup", "0",
+                         "--examples", "4", "--out", str(tmp_path / "m.json")])
+    assert [r["variant"] for r in result["masked_lm"]] == list(bench.VARIANTS)
+    for row in result["masked_lm"]:
+        assert row["step / 2 forwards"] == pytest.approx(row["zo_step_s"] / (2 * row["forward_s"]), rel=0.01)
+    batch, label_ids = bench.masked_lm_batch(vocab=100, rows=4, seed=0)
+    assert (batch["input_ids"][torch.arange(4), batch["position"]] == 99).all() and label_ids == [50, 51]
+    assert json.loads((tmp_path / "m.json").read_text())["meta"]["model"] == "tiny-roberta"

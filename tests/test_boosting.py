@@ -3,9 +3,10 @@ import pytest
 import torch
 from transformers import HfArgumentParser
 
-from large_models import lora, run
+from large_models import run
+from mezo_engine import lora, runner
 from large_models.arguments import Arguments
-from large_models.schedule import epoch_merge_due, jagged_factor, merge_due, num_merges
+from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_merges
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 
@@ -96,7 +97,7 @@ def test_with_ls_below_all_only_the_chosen_blocks_change(tmp_path, trainer_kind)
     chosen = {lora.layer_index(n) for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert len(chosen) == 1
     one_block = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" in n) // 3
-    assert run.train_summary(trainer, {})["trainable_parameters"] == one_block  # the result counts what trains
+    assert runner.train_summary(trainer, {})["trainable_parameters"] == one_block  # the result counts what trains
     for name, p in trainer.model.named_parameters():
         changed = not torch.equal(p, before[name])
         if "lora_" in name and lora.layer_index(name) in chosen:

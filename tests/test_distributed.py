@@ -20,13 +20,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from large_models import distributed, lora, run, zo
+from large_models import run
+from mezo_engine import distributed, lora, zo
 from large_models.arguments import ArgumentError, Arguments
-from large_models.data import TrainCollator, training_feature
-from large_models.objectives import AnswerLoss, batch_weight
-from large_models.placement import dispatch, memory_caps, placement
-from large_models.results import config_hash
-from large_models.scoring import candidate_logprobs, counted_tokens, token_logprobs
+from mezo_engine.data import TrainCollator, training_feature
+from mezo_engine.objectives import AnswerLoss, batch_weight
+from mezo_engine.placement import dispatch, memory_caps, placement
+from mezo_engine.results import config_hash
+from mezo_engine.scoring import candidate_logprobs, counted_tokens, token_logprobs
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 

@@ -7,13 +7,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
-from large_models import head, run
+from large_models import run
+from mezo_engine import head
 from large_models.arguments import ArgumentError, Arguments, parse_args
-from large_models.data import encode_prompt
-from large_models.evaluation import evaluate
-from large_models.linear_probe import (ProbeError, features, fit_probe, head_rows, linear_probe, probe_settings,
+from mezo_engine.data import encode_prompt
+from mezo_engine.evaluation import evaluate
+from mezo_engine.linear_probe import (ProbeError, features, fit_probe, head_rows, linear_probe, probe_settings,
                                        write_head)
-from large_models.models import load_model_and_tokenizer
+from mezo_engine.models import load_model_and_tokenizer
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 

@@ -1,4 +1,4 @@
-"""Tests for large_models.lora: attaching LoRA, XGBLoRA merges, block selection, LoRA-GA, saving.
+"""Tests for mezo_engine.lora: attaching LoRA, XGBLoRA merges, block selection, LoRA-GA, saving.
 
 Every equivalence test first makes the adapter non-zero and checks that it moves the output, so it can fail.
 """
@@ -13,7 +13,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, RobertaConfig, RobertaForMaskedLM
 
-from large_models import lora as L
+from mezo_engine import lora as L
 from tests.tiny import VOCAB, make_model
 
 KINDS = ["opt", "llama", "gpt2"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from large_models.metrics import Prediction, calculate_metric, exact_match, f1_score, normalize_answer
+from mezo_engine.metrics import Prediction, calculate_metric, exact_match, f1_score, normalize_answer
 
 
 def test_normalize_answer():

@@ -8,13 +8,13 @@ from transformers import HfArgumentParser
 
 from large_models import run
 from large_models.arguments import ArgumentError, Arguments, parse_args
-from large_models.data import TrainCollator, encode_prompt, prompt_feature, training_feature
-from large_models.evaluation import EvalConfig, generate_batch
-from large_models.metrics import normalize_answer
-from large_models.objectives import AnswerLoss, F1Objective, objective_for
-from large_models.scoring import batch_loss
+from mezo_engine.data import TrainCollator, encode_prompt, prompt_feature, training_feature
+from mezo_engine.evaluation import EvalConfig, generate_batch
+from mezo_engine.metrics import normalize_answer
+from mezo_engine.objectives import AnswerLoss, F1Objective, objective_for
+from mezo_engine.scoring import batch_loss
 from large_models.tasks import Sample, get_task
-from large_models.trainer import MezoTrainer
+from mezo_engine.trainer import MezoTrainer
 from tests.tiny import make_model, make_tokenizer
 
 QUESTIONS = ["Who is here?", "Where is the big red house of the old man?", "When?"]
@@ -64,7 +64,7 @@ def test_f1_objective_is_minus_mean_f1_of_greedy_generations(kind, seed):
 
 def test_generation_under_folded_adapters_is_peft_generation():
     """The zo step runs the objective inside lora.folded_adapters: generation must see the adapter there too."""
-    from large_models import lora
+    from mezo_engine import lora
     tokenizer = make_tokenizer(merges=True)
     model = lora.attach_lora(make_model("llama", seed=4), r=4, alpha=8).eval()
     for _, layer in lora.lora_layers(model):

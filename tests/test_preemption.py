@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from large_models import lora, run
-from large_models.checkpoint import RESUMABLE_EXIT, RUN_STATE
+from large_models import run
+from mezo_engine import lora
+from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE
 from tests.test_run import sst2_dir  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent

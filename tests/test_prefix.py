@@ -1,4 +1,4 @@
-"""Prefix tuning (large_models/prefix.py) on tiny OPT, LLaMA (grouped-query attention) and GPT-2 models.
+"""Prefix tuning (mezo_engine/prefix.py) on tiny OPT, LLaMA (grouped-query attention) and GPT-2 models.
 
 The central check: a prefix made from the real activations of tokens ``t`` makes the model score ``x`` exactly as
 the plain model scores ``t + x`` (when ``x``'s positions continue after ``t``), so keys, values, masks and
@@ -17,11 +17,12 @@ import pytest
 import torch
 from transformers import HfArgumentParser
 
-from large_models import prefix, run
+from large_models import run
+from mezo_engine import prefix
 from large_models.arguments import ArgumentError, Arguments
-from large_models.data import TrainCollator, training_feature
-from large_models.evaluation import EvalConfig, candidate_scores
-from large_models.scoring import batch_loss, position_ids
+from mezo_engine.data import TrainCollator, training_feature
+from mezo_engine.evaluation import EvalConfig, candidate_scores
+from mezo_engine.scoring import batch_loss, position_ids
 from large_models.tasks import get_task
 from tests.test_run import sst2_dir, squad_dir  # noqa: F401  (fixtures)
 from tests.test_tasks import _write_copa, _write_sst2

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from large_models import results, run
+from large_models import run
+from mezo_engine import results
 from large_models.arguments import default_config, parse_args
-from large_models.results import ResultPathError, check_result_path, write_result
+from mezo_engine.results import ResultPathError, check_result_path, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 

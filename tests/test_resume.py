@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import HfArgumentParser
 
-from large_models import checkpoint, lora, run
+from large_models import run
+from mezo_engine import checkpoint, lora
 from large_models.arguments import Arguments
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from large_models import run
 from large_models.arguments import ArgumentError, parse_args
 from large_models.arguments import default_config
-from large_models.results import config_hash
+from mezo_engine.results import config_hash
+from mezo_engine import runner
 
 REPO = Path(__file__).resolve().parent.parent
 POSITIVE = ["a gripping , funny film", "the best movie of the year", "warm and wise", "a joy to watch"]
@@ -161,7 +162,7 @@ def test_save_model_writes_merged_model_and_adapter(tmp_path, tiny_opt_dir, sst2
 
 
 def test_model_names_resolve(tmp_path):
-    from large_models.models import resolve_model_path
+    from mezo_engine.models import resolve_model_path
     assert resolve_model_path("facebook/opt-125m") == "facebook/opt-125m"
     with pytest.raises(FileNotFoundError, match="no such GGUF file"):
         resolve_model_path(str(tmp_path / "missing.gguf"))
@@ -259,8 +260,8 @@ def test_icl_without_a_seed_draws_one_demonstration_set_per_example(tmp_path, ti
 
 def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, tiny_model_dir, sst2_dir,
                                                                     monkeypatch):
-    from large_models import resources
-    from large_models.zo_optim import ZOSGD
+    from mezo_engine import resources
+    from mezo_engine.zo_optim import ZOSGD
     seen = []
     fused = ZOSGD.fused_step
 
@@ -290,4 +291,4 @@ def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, ti
 
 
 def test_resumed_run_counts_its_steps_from_the_checkpoint():
-    assert run.checkpoint_step(None) == 0 and run.checkpoint_step("out/checkpoint-250") == 250
+    assert runner.checkpoint_step(None) == 0 and runner.checkpoint_step("out/checkpoint-250") == 250

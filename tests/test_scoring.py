@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from large_models.data import TrainCollator, collate_rows, encode_option, training_feature
-from large_models.evaluation import EvalConfig, predict_candidates, score_rows
-from large_models.scoring import batch_loss, mean_option_logprob, token_logprobs
+from mezo_engine.data import TrainCollator, collate_rows, encode_option, training_feature
+from mezo_engine.evaluation import EvalConfig, predict_candidates, score_rows
+from mezo_engine.scoring import batch_loss, mean_option_logprob, token_logprobs
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model
 

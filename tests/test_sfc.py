@@ -8,7 +8,7 @@ from tokenizers import processors
 
 from large_models import run
 from large_models.arguments import ArgumentError, Arguments
-from large_models.evaluation import EvalConfig, candidate_scores, predict_candidates
+from mezo_engine.evaluation import EvalConfig, candidate_scores, predict_candidates
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 

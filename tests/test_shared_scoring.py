@@ -11,10 +11,10 @@ import logging
 import pytest
 import torch
 
-from large_models import lora, zo
-from large_models.data import TrainCollator, encode_candidates, training_feature
-from large_models.evaluation import EvalConfig, candidate_scores
-from large_models.scoring import batch_loss
+from mezo_engine import lora, zo
+from mezo_engine.data import TrainCollator, encode_candidates, training_feature
+from mezo_engine.evaluation import EvalConfig, candidate_scores
+from mezo_engine.scoring import batch_loss
 from large_models.tasks import Sample, get_task
 from large_models.templates import Template
 from tests.test_tasks import (_write_boolq, _write_copa, _write_multirc, _write_record, _write_rte_cb, _write_sst2,
@@ -89,7 +89,7 @@ def test_bpe_merge_across_the_boundary_falls_back_to_rows(bpe_tokenizer, models,
     feature = encode_candidates(bpe_tokenizer, _MergingTemplate(), sample, sample.candidates)
     assert feature.prompt is None  # "look a" + "t" tokenizes as ... "Ġ" "at": the prompt is not a prefix
     task = type("T", (), {"template": _MergingTemplate()})()
-    with caplog.at_level(logging.INFO, logger="large_models.evaluation"):
+    with caplog.at_level(logging.INFO, logger="mezo_engine.evaluation"):
         shared = _scores(models["llama"], bpe_tokenizer, task, [sample], [], "shared")
     rows = _scores(models["llama"], bpe_tokenizer, task, [sample], [], "rows")
     assert shared == rows

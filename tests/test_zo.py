@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from large_models import zo
+from mezo_engine import zo
 
 
 def _params(dtype=torch.float32, seed=0):

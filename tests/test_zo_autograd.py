@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from large_models import lora, zo
+from mezo_engine import lora, zo
 from tests.tiny import make_model
 
 EPS_HALVINGS = [1e-2 / 2 ** k for k in range(7)]  # 1e-2 ... 1.56e-4

@@ -9,13 +9,14 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import HfArgumentParser
 
-from large_models import lora, run, zo
+from large_models import run
+from mezo_engine import lora, zo
 from large_models.arguments import ArgumentError, Arguments
-from large_models.schedule import num_samples
-from large_models.scoring import batch_loss
+from mezo_engine.schedule import num_samples
+from mezo_engine.scoring import batch_loss
 from large_models.tasks import Sample, get_task
-from large_models.trainer import DivergenceError, zo_optimizer
-from large_models.zo_optim import ZOSGD, ZOAdam, ZOSGDMomentum
+from mezo_engine.trainer import DivergenceError, zo_optimizer
+from mezo_engine.zo_optim import ZOSGD, ZOAdam, ZOSGDMomentum
 from tests.tiny import make_model, make_tokenizer
 
 # ---- a closed-form toy: three parameters, L = sum a_i (theta_i - c_i)^2 + sum theta_i^3 / 3 ---------------------

@@ -11,13 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
     GPT2Config,
     LlamaConfig,
     OPTConfig,
     PreTrainedTokenizerFast,
+    RobertaConfig,
 )
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -117,3 +120,72 @@ def save_tiny(kind: str, path: Path, seed: int = 0) -> Path:
     make_model(kind, seed).save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
+
+
+# ---- masked LMs (medium_models) --------------------------------------------------------------------------------
+
+MLM_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's order: <s> 0, <pad> 1, </s> 2, <unk> 3
+# The label words of the LM-BFF tasks the tests use; with a space in front each becomes one token.
+LABEL_WORDS = (" terrible", " great", " Yes", " No", " Maybe", " correct", " incorrect")
+
+
+def make_mlm_tokenizer(words: Sequence[str] = LABEL_WORDS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer in RoBERTa's shape (``<s>`` cls, ``</s>`` sep, ``<mask>``), with the real BPE
+    merges and ``words`` as single tokens."""
+    vocab = {tok: i for i, tok in enumerate(MLM_SPECIALS)}
+    for ch in _byte_chars():
+        vocab[ch] = len(vocab)
+    rules = list(MERGES)
+    for a, b in rules:
+        vocab[a + b] = len(vocab)
+    for word in words:
+        _word_merges(vocab, rules, word)
+    return PreTrainedTokenizerFast(tokenizer_object=_backend(vocab, rules), bos_token="<s>", cls_token="<s>",
+                                   eos_token="</s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                   mask_token="<mask>")
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_wordpiece_tokenizer(words: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer in BERT's shape (``[CLS]``, ``[SEP]``, ``[MASK]``, segment ids): every printable ASCII
+    character and its ``##`` continuation, and ``words`` (lower case, no leading space) as whole tokens."""
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {tok: i for i, tok in enumerate([*BERT_SPECIALS, *chars, *("##" + c for c in chars), *words])}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def mlm_config(kind: str, vocab_size: int, layers: int = 2):
+    """A tiny RoBERTa or BERT masked-LM config (hidden 32, 4 heads) for ``vocab_size`` tokens."""
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                  intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if kind == "roberta":
+        return RobertaConfig(max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                             type_vocab_size=1, **common)
+    if kind == "bert":
+        return BertConfig(max_position_embeddings=512, pad_token_id=0, type_vocab_size=2, **common)
+    raise ValueError(f"unknown tiny masked LM kind {kind!r}")
+
+
+def make_mlm(kind: str, seed: int = 0, layers: int = 2):
+    """A tiny masked LM of ``kind`` (``roberta`` or ``bert``) and its tokenizer, the model in eval mode."""
+    tokenizer = make_mlm_tokenizer() if kind == "roberta" else make_wordpiece_tokenizer(
+        [w.strip().lower() for w in LABEL_WORDS])
+    torch.manual_seed(seed)
+    model = AutoModelForMaskedLM.from_config(mlm_config(kind, len(tokenizer), layers))
+    return model.eval(), tokenizer
+
+
+def save_tiny_mlm(kind: str, path: Path, seed: int = 0) -> Path:
+    """Write a tiny masked LM and its tokenizer as a HuggingFace directory that ``--model_name`` accepts."""
+    model, tokenizer = make_mlm(kind, seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)

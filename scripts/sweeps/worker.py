@@ -16,7 +16,7 @@ from pathlib import Path
 from .spec import Point, Sweep
 from .state import read_state
 
-RESUMABLE_EXIT = 75  # run.py's exit status after a SIGTERM (large_models/checkpoint.py)
+RESUMABLE_EXIT = 75  # run.py's exit status after a SIGTERM (mezo_engine/checkpoint.py)
 
 
 @dataclass(frozen=True)

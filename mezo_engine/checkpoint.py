@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from large_models import distributed, lora
+from mezo_engine import distributed, lora
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from large_models.data import encode_option, first_answer, option_lengths, pad_left
-from large_models.head import is_tied, lm_head
-from large_models.scoring import position_ids
+from mezo_engine.data import encode_option, first_answer, option_lengths, pad_left
+from mezo_engine.head import is_tied, lm_head
+from mezo_engine.scoring import position_ids
 
 logger = logging.getLogger(__name__)
 

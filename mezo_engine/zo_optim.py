@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from large_models import zo
+from mezo_engine import zo
 
 
 def _check(**values: tuple[float, float, float, bool]) -> None:

@@ -1,4 +1,5 @@
-"""Evaluation metrics: accuracy for classification, SQuAD-style exact match and token F1 for generation.
+"""Evaluation metrics: accuracy for classification (F1 of the positive label and Matthews correlation for the
+GLUE tasks that use them), SQuAD-style exact match and token F1 for generation.
 
 The definitions follow MeZO's ``large_models/metrics.py``, which in turn follows the official SQuAD v1.1
 evaluation script (normalise, then compare bags of tokens; take the best gold answer).
@@ -91,3 +92,21 @@ def calculate_metric(predictions: Sequence[Any], metric: str) -> float:
     else:
         raise ValueError(f"unknown metric {metric!r}; known: accuracy, em, f1")
     return sum(scores) / len(scores)
+
+
+def binary_f1(gold: Sequence[int], predicted: Sequence[int], positive: int = 1) -> float:
+    """F1 of the ``positive`` label (GLUE's MRPC and QQP metric); 0 when it is never predicted nor gold."""
+    tp = sum(g == p == positive for g, p in zip(gold, predicted))
+    fp = sum(p == positive != g for g, p in zip(gold, predicted))
+    fn = sum(g == positive != p for g, p in zip(gold, predicted))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def matthews_corrcoef(gold: Sequence[int], predicted: Sequence[int]) -> float:
+    """Matthews correlation of two binary labelings (GLUE's CoLA metric); 0 when either is constant."""
+    tp = sum(g == 1 and p == 1 for g, p in zip(gold, predicted))
+    tn = sum(g == 0 and p == 0 for g, p in zip(gold, predicted))
+    fp = sum(g == 0 and p == 1 for g, p in zip(gold, predicted))
+    fn = sum(g == 1 and p == 0 for g, p in zip(gold, predicted))
+    denominator = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0

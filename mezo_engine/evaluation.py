@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from large_models import distributed
-from large_models.data import collate_candidates, collate_rows, encode_candidates, encode_prompt, pad_left
-from large_models.metrics import Prediction, calculate_metric
-from large_models.scoring import candidate_logprobs, mean_option_logprob, summed_option_logprob, token_logprobs
+from mezo_engine import distributed
+from mezo_engine.data import collate_candidates, collate_rows, encode_candidates, encode_prompt, pad_left
+from mezo_engine.metrics import Prediction, calculate_metric
+from mezo_engine.scoring import candidate_logprobs, mean_option_logprob, summed_option_logprob, token_logprobs
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,11 @@ import zipfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                    MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
-from large_models.placement import place
+from mezo_engine.placement import place
 
 logger = logging.getLogger(__name__)
 
@@ -195,18 +197,20 @@ def int8_config():
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8: bool = False,
-                             where: str | None = None):
+                             where: str | None = None, auto_class=AutoModelForCausalLM):
     """The model (eval mode) and its left-padding tokenizer; ``int8``: 8-bit linear weights through bitsandbytes
     (CUDA only, placed by ``device_map='auto'``), the rest in ``dtype``. ``where``: ``placement.placement``'s
     answer (``cpu``, ``cuda:<i>`` or ``auto``: split over the GPUs and the CPU); default ``cuda:0`` when CUDA is
     available, else the CPU.
 
-    Raises ModelError (or FileNotFoundError) naming ``--model_name`` when the model cannot be found or read.
+    ``auto_class``: the transformers Auto class that loads it (``auto_class_of`` picks the masked or causal LM
+    class from the model's config). Raises ModelError (or FileNotFoundError) naming ``--model_name`` when the
+    model cannot be found or read.
     """
     path = resolve_model_path(name)
     extra = {"quantization_config": int8_config(), "device_map": "auto"} if int8 else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        model = auto_class.from_pretrained(path, dtype=dtype, **extra)
         tokenizer = load_tokenizer(path, model.config.model_type)
     except Exception as err:  # damaged weights, unknown architectures and hub errors all surface here
         raise ModelError(_load_failure(name, path, err)) from err
@@ -217,6 +221,27 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
             raise ModelError(f"--model_name {name!r}: {err}; use a smaller model or dtype") from err
     model.eval()
     return model, tokenizer
+
+
+def is_masked_lm(name: str) -> bool:
+    """Whether the model ``name`` (alias, .gguf, local directory or hub id) is a masked LM: its config names a
+    ``...ForMaskedLM`` architecture, or, with no architecture named, its type is one with no causal LM class.
+    Raises ModelError naming ``--model_name`` when its config cannot be read."""
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # hub unreachable, unknown model type, damaged config
+        raise ModelError(_load_failure(name, path, err)) from err
+    names = config.architectures or []
+    if names:
+        return any(n.endswith("ForMaskedLM") for n in names)
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and config.model_type not in \
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def auto_class_of(name: str):
+    """``AutoModelForMaskedLM`` for a masked LM (``is_masked_lm``), else ``AutoModelForCausalLM``."""
+    return AutoModelForMaskedLM if is_masked_lm(name) else AutoModelForCausalLM
 
 
 def _load_failure(name: str, path: str, err: Exception) -> str:

@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import torch
 
-from large_models.evaluation import EvalConfig, generate_batch
-from large_models.metrics import Prediction, calculate_metric
-from large_models.scoring import batch_loss, counted_tokens
+from mezo_engine.evaluation import EvalConfig, generate_batch
+from mezo_engine.metrics import Prediction, calculate_metric
+from mezo_engine.scoring import batch_loss, counted_tokens
 
 Objective = Callable[[torch.nn.Module, dict], torch.Tensor]
 

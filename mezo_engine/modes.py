@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from large_models import head, linear_probe, lora, prefix
-from large_models.trainer import BoostingCallback, PartialMergeCallback
+from mezo_engine import head, linear_probe, lora, prefix
+from mezo_engine.trainer import BoostingCallback, PartialMergeCallback
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@
 * ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
 * ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss; under
   torchrun each rank scores its share of the samples and the predictions are gathered
-  (``evaluation.evaluate_sharded``), so every rank sees the same metric.
+  (``evaluation.evaluate_sharded``), so every rank sees the same metric. An app with its own scoring hands the
+  trainer an ``evaluator(model) -> {metric: value}`` instead (``medium_models``: label words at the mask).
 
 Data-parallel (``torchrun --nproc_per_node N``): each rank gets ``--per_device_train_batch_size`` examples of the
 global batch from the Trainer's sharded data loader. For zo the loss closure averages the ranks' losses weighted
@@ -45,11 +46,11 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
-from large_models import distributed, lora, zo
-from large_models.evaluation import EvalConfig, evaluate_sharded
-from large_models.objectives import Objective, batch_weight, objective_for
-from large_models.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
-from large_models.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
+from mezo_engine import distributed, lora, zo
+from mezo_engine.evaluation import EvalConfig, evaluate_sharded
+from mezo_engine.objectives import Objective, batch_weight, objective_for
+from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
+from mezo_engine.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +130,13 @@ class MezoTrainer(Trainer):
 
     def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None,
                  mode=None, objective: Objective | None = None, comm: distributed.CommCounter | None = None,
-                 **kwargs):
+                 evaluator: Callable[[torch.nn.Module], dict[str, float]] | None = None, **kwargs):
         """``mode``: the run's ``modes.Mode`` (which parameters the regular optimizer covers); ``objective(model,
         batch) -> loss``: the training loss (default: ``objectives.objective_for`` as the arguments say);
-        ``comm``: counts the bytes of the zo loss all-reduces across ranks."""
+        ``comm``: counts the bytes of the zo loss all-reduces across ranks; ``evaluator(model) -> {metric: value}``:
+        the dev evaluation (default: ``task``'s metric on ``dev_samples`` by candidate scoring or generation)."""
         super().__init__(*args, **kwargs)
+        self.evaluator = evaluator
         self.comm = comm if comm is not None else distributed.CommCounter()
         self.task = task
         self.dev_samples = list(dev_samples)
@@ -243,12 +246,18 @@ class MezoTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if not self.dev_samples:
             return {}
-        result = evaluate_sharded(self.model, self.processing_class, self.task, self.dev_samples, (),
-                                  self.eval_config, shard=not self.is_fsdp_enabled)
-        metrics = {f"{metric_key_prefix}_{self.task.metric}": result[self.task.metric]}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._dev_metrics().items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+    def _dev_metrics(self) -> dict[str, float]:
+        if self.evaluator is not None:
+            return self.evaluator(self.model)
+        result = evaluate_sharded(self.model, self.processing_class, self.task, self.dev_samples, (),
+                                  self.eval_config, shard=not self.is_fsdp_enabled)
+        return {self.task.metric: result[self.task.metric]}
 
 
 def projected_stats(values: Sequence[float]) -> dict[str, float]:

@@ -1,0 +1,54 @@
+# Shared by medium_models/mezo.sh and finetune.sh (sourced, not run): the LM-BFF tasks, the k-shot folder, the
+# per-mode learning rates of MeZO's medium-model runs; MODE -> flags, die, print_config from mezo_engine/drivers.sh.
+
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../mezo_engine/drivers.sh"
+
+known_tasks="SST-2 sst-5 mr cr mpqa subj trec CoLA MNLI SNLI QNLI QQP MRPC RTE"
+
+check_task() {
+    case " $known_tasks " in *" $TASK "*) ;; *) die "TASK=$TASK unknown; known (LM-BFF's names): $known_tasks" ;; esac
+    case "$K" in ''|*[!0-9]*|0*) die "K=$K: must be a whole number >= 1 (16 or 512 in LM-BFF's files)" ;; esac
+    case "$SEED" in ''|*[!0-9]*) die "SEED=$SEED: must be a whole number (13, 21, 42, 87, 100 in LM-BFF's files)" ;; esac
+}
+
+# DATA_DIR holds <TASK>/<K>-<SEED>/ (upstream's default: data/k-shot-1k-test inside medium_models).
+check_data() {
+    [ -d "$DATA_DIR/$TASK/$K-$SEED" ] || die "no folder $DATA_DIR/$TASK/$K-$SEED; set DATA_DIR to the folder holding" \
+        "<TASK>/<K>-<SEED>/ (LM-BFF's k-shot layout), e.g. DATA_DIR=../shared/data/LM-BFF/k-shot-1k-test"
+}
+
+# The modes' default learning rates here (LR and EPS, if set, win): upstream's medium-model README runs MeZO
+# full-parameter at 1e-6 (EPS 1e-3), MeZO + LoRA at 1e-4, Adam at 1e-5 and Adam + LoRA at 1e-4; XGBLoRA's boosters
+# take LoRA's. Prefix tuning and linear probing are not built for masked LMs (run.py says so).
+medium_lr() {
+    case "$MODE" in
+        lora|xgblora) ZO_LR=1e-4; FT_LR=1e-4 ;;
+        prefix) ;;
+        *) ZO_LR=1e-6; FT_LR=1e-5 ;;
+    esac
+}
+
+# The defaults both drivers share (upstream's env vars), the input checks, the mode's flags and learning rates,
+# and the run.py flags both pass (RUN_ARGS). The driver sets BS, STEP and EVAL_STEP first.
+setup() {
+    TASK=${TASK:-SST-2}
+    K=${K:-16}
+    SEED=${SEED:-42}
+    WD=${WD:-0}
+    MODEL=${MODEL:-roberta-large}
+    MODE=${MODE:-ft}
+    DATA_DIR=${DATA_DIR:-$HERE/data/k-shot-1k-test}
+    XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
+    XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
+    SAVE_STEPS=${SAVE_STEPS:-$EVAL_STEP}
+    RESUME=${RESUME:-auto}
+    check_task
+    check_data
+    mode_args
+    medium_lr
+    RUN_ARGS=(--model_name "$MODEL" --task_name "$TASK" --num_k "$K" --seed "$SEED" --data_dir "$DATA_DIR"
+              --weight_decay "$WD" --per_device_train_batch_size "$BS" --max_steps "$STEP" --logging_steps 10
+              --eval_strategy steps --eval_steps "$EVAL_STEP" --load_best_model_at_end
+              --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 --resume_from_checkpoint "$RESUME"
+              "${MODE_ARGS[@]}" "${LP_ARGS[@]}")
+}

@@ -1,0 +1,219 @@
+"""The parts of a run every app shares, between building its trainer and writing its result: callbacks, training
+with resume and stop signals, the training summary, saving, publishing the result, and stopped runs.
+
+An app (``large_models/run.py``, ``medium_models/run.py``) parses its arguments, loads its data and model, builds a
+``MezoTrainer`` with ``make_trainer`` (its objective, features, collator and dev evaluation), calls ``train`` and
+evaluates; the result JSON has the same layout and conventions in both apps (``status``, ``train``, ``eval``,
+``dev``, ``config``, ``resources``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers.trainer_utils import IntervalStrategy
+
+from mezo_engine import distributed, resources
+from mezo_engine.arguments import ArgumentError, launched_world_size
+from mezo_engine.checkpoint import RESUMABLE_EXIT, RunStateCallback, StopOnSignal, resolve_resume
+from mezo_engine.modes import Mode, ModeError, mode_for
+from mezo_engine.placement import placement
+from mezo_engine.results import config_hash, publish_result, run_name
+from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters
+
+logger = logging.getLogger("run")
+
+
+def result_path(args, set_seed_: int | None, many_sets: bool, defaults: dict, repo_root: Path) -> Path:
+    """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
+    ``<result_dir>/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
+    result and differs from its value in ``defaults`` (see results.NOT_IN_HASH). Call it before anything rewrites
+    ``args``."""
+    if args.result_file:
+        path = Path(args.result_file)
+        return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
+    digest = config_hash(args.to_dict(), args.keep_best_model, defaults)
+    name = run_name(args.task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
+    return Path(args.result_dir or repo_root / "result") / f"{name}.json"
+
+
+def run_output_dir(args, path: Path, many_sets: bool) -> str:
+    """The result path without ``.json`` (one folder per distinct run), or ``--output_dir`` if given (with a
+    subfolder per train set when there are several)."""
+    if not args.output_dir_given:
+        return str(path.with_suffix(""))
+    return str(Path(args.output_dir) / path.stem) if many_sets else args.output_dir
+
+
+def start_ranks(args) -> None:
+    """Under torchrun: join the process group now (accelerate's state, set up as the Trainer sets it up), so that
+    evaluation-only runs share their work between the ranks and only rank 0 writes."""
+    if launched_world_size() > 1:
+        logger.info("rank %s of %d on %s", os.environ.get("RANK"), launched_world_size(), args.device)
+
+
+def model_placement(args) -> str:
+    """Where the model goes (``placement.placement``): split over the devices unless ``--no_auto_device``, one
+    device per rank under torchrun, the CPU for FSDP (which places the shards) or without CUDA."""
+    return placement(args.no_auto_device, launched_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                     torch.cuda.is_available(), fsdp=bool(args.fsdp))
+
+
+def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
+                    comm: distributed.CommCounter | None = None) -> list:
+    """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``metric``:
+    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduce under torchrun."""
+    stateful = mode.callbacks(run_state.record)
+    if args.keep_best_model:
+        stateful["best"] = BestModelCallback(f"eval_{metric}")
+    run_state.stateful = stateful
+    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
+
+
+def make_trainer(args, model, objective, batches: Callable[[], list], metric: str, dev_samples, **trainer_kwargs):
+    """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
+    MezoTrainer with ``objective`` and the run's callbacks. ``batches()``: a few collated training batches, drawn
+    only by a mode that needs them (LoRA-GA); ``trainer_kwargs``: the datasets, collator, tokenizer, task and dev
+    evaluation the app gives the Trainer."""
+    mode = mode_for(args)
+    try:
+        model = mode.prepare(model, objective, batches)
+    except ModeError as err:
+        raise ArgumentError(str(err)) from err
+    run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
+    comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
+    if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
+        logger.warning("no dev examples: evaluation during training is off")
+        args.eval_strategy = IntervalStrategy.NO
+    return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm),
+                       dev_samples=dev_samples, mode=mode, objective=objective, comm=comm, **trainer_kwargs)
+
+
+def _callback(trainer, cls):
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
+
+
+def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, str]:
+    """Fine-tune with ``trainer`` (resuming if asked); returns the trainer (``trainer.model`` is the trained model),
+    a summary for the result JSON and the status: ``completed``, ``interrupted at step N`` or ``diverged at step
+    N``."""
+    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if checkpoint:
+        _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
+    stopper = _callback(trainer, StopOnSignal)
+    stopper.install()
+    status, summary = "completed", {}
+    first_step, started = checkpoint_step(checkpoint), time.time()
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+        summary = {"train_loss": output.training_loss, "global_step": output.global_step}
+    except DivergenceError as err:
+        logger.error("%s", err)
+        status, summary["error"] = f"diverged at step {err.step}", str(err)
+    finally:
+        stopper.restore_handlers()
+    summary.update(resources.training_speed(time.time() - started, first_step, trainer.state.global_step))
+    if stopper.stopped and status == "completed":
+        status = f"interrupted at step {stopper.stopped[1]}"
+        summary["signal"] = stopper.stopped[0]
+    return trainer, train_summary(trainer, summary), status
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The step a run resumes from: the N of its ``checkpoint-N`` folder (0 for a fresh start)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def train_summary(trainer, summary: dict) -> dict:
+    """``summary`` plus the log history and what the mode and the best-model callback recorded."""
+    summary["log_history"] = trainer.state.log_history
+    # what trains at a step (XGBLoRA with Ls < all: the active boosters), as the README's parameter counts
+    summary["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    stateful = _callback(trainer, RunStateCallback).stateful
+    summary.update(trainer.mode.summary(stateful))
+    if "best" in stateful:
+        summary["best_dev"] = {"value": stateful["best"].best, "step": stateful["best"].best_step}
+    summary["ranks"] = distributed.gather(rank_checksums(trainer.model, summary))
+    summary["collectives"] = {"calls": trainer.comm.calls, "bytes": trainer.comm.bytes}
+    return summary
+
+
+def rank_checksums(model, summary: dict) -> dict:
+    """This rank's sha256 of the parameters training can change (``trainer.mutable_parameters``: trainable ones,
+    adapters, merged-into base weights) and of its training record (mode summary, logged losses). Gathered from
+    every rank into the result, so that equal digests show the ranks ended bit-identical."""
+    record = {k: v for k, v in summary.items() if k not in ("log_history", "ranks", "collectives", "train_s",
+                                                            "steps_per_s")}  # timings differ between ranks
+    record["losses"] = [h["loss"] for h in summary.get("log_history", []) if "loss" in h]
+    text = json.dumps(record, sort_keys=True, default=str)
+    return {"rank": distributed.rank(), "params_sha256": distributed.tensors_sha256(mutable_parameters(model).items()),
+            "record_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def save(args, model, tokenizer, trainer: MezoTrainer | None = None) -> None:
+    """Save the trained model (``--save_model``) from rank 0 only: under torchrun every rank holds the same one.
+    Under FSDP every rank takes part in gathering the full state dict, which rank 0 writes (the Trainer's own
+    ``save_model``; ``--fsdp`` is full-parameter training, so this is the whole model)."""
+    out = Path(args.output_dir)
+    if args.fsdp and trainer is not None:
+        trainer.save_model(str(out / "model"))
+    elif distributed.is_main():
+        mode_for(args).save(model, tokenizer, out)
+    logger.info("saved the trained model to %s", args.output_dir)
+
+
+def publish(path: Path, result: dict, overwrite: bool) -> Path:
+    """``results.publish_result`` on rank 0; the other ranks write nothing and get ``path`` back."""
+    return publish_result(path, result, overwrite) if distributed.is_main() else path
+
+
+def finish(args, result: dict, path: Path, start: float, model, tokenizer, trainer=None) -> Path:
+    """Add the run time, resources and resolved configuration to ``result``, save the model if ``--save_model``,
+    and publish the result; returns where it went (another path if a run completed ``path`` meanwhile)."""
+    result["runtime_s"] = round(time.time() - start, 2)
+    result["resources"] = resources.usage(time.time() - start)
+    result["config"] = args.to_dict()
+    if args.save_model:
+        save(args, model, tokenizer, trainer)
+    written = publish(path, result, args.overwrite)
+    if written != path:
+        logger.error("another run completed %s while this one ran; this run's result is in %s", path, written)
+    return written
+
+
+class RunStopped(Exception):
+    """Training stopped early (a signal or divergence); the result JSON says so. ``exit_code`` for run.py."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code  # RESUMABLE_EXIT after a signal, 1 after divergence
+
+
+def stopped_run(args, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
+    """Write the result of a run that did not complete (no evaluation) and raise RunStopped."""
+    result["runtime_s"] = round(time.time() - start, 2)
+    result["resources"] = resources.usage(time.time() - start)
+    result["config"] = args.to_dict()
+    signal_name = result["train"].get("signal")
+    if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
+        save(args, model, tokenizer, trainer)
+    written = publish(path, result, args.overwrite)
+    if signal_name:
+        raise RunStopped(f"{result['status']} ({signal_name}); checkpoint in {args.output_dir}, result in "
+                         f"{written}; re-run with --resume_from_checkpoint auto to continue", RESUMABLE_EXIT)
+    raise RunStopped(f"run.py: error: {result['train']['error']}; result in {written}", 1)
+
+
+def exit_stopped(stop: RunStopped):
+    """End the process after a stopped run: exit 1 with the message after divergence, RESUMABLE_EXIT after a
+    signal (the message logged as a warning)."""
+    if stop.exit_code != RESUMABLE_EXIT:
+        raise SystemExit(str(stop))
+    logger.warning("%s", stop)
+    raise SystemExit(stop.exit_code)

@@ -1,0 +1,86 @@
+"""End to end: medium_models/run.py and its drivers (mezo.sh, finetune.sh, and the root drivers with MEDIUM=1) on a
+tiny RoBERTa saved as a HuggingFace directory and an SST-2 k-shot folder written by the test; the result JSONs
+are what the sweep tools read."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medium_models import run
+from medium_models.tasks import TASKS
+from scripts.sweeps.aggregate import metric_value
+from scripts.sweeps.state import read_state
+from tests.lmbff_fixtures import write_kshot
+from tests.tiny import save_tiny_mlm
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory):
+    return save_tiny_mlm("roberta", tmp_path_factory.mktemp("tiny-roberta"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_kshot(TASKS["SST-2"], tmp_path_factory.mktemp("kshot"), k=4, seed=42)
+
+
+def driver(script: str, env: dict, *flags: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", script, *flags], cwd=REPO, env=full, capture_output=True, text=True, timeout=600)
+
+
+def test_zo_xgblora_run_merges_every_kappa_steps_and_keeps_the_best_dev_model(roberta_dir, data_dir, tmp_path):
+    out = tmp_path / "r.json"
+    result = run.main(["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),
+                       "--model_name", str(roberta_dir), "--trainer", "zo", "--xgblora",
+                       "--xgblora_steps_per_iteration", "2", "--max_steps", "6", "--per_device_train_batch_size", "4",
+                       "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--eval_strategy", "steps", "--eval_steps", "3",
+                       "--load_best_model_at_end", "--result_file", str(out), "--disable_tqdm", "True"])
+    written = json.loads(out.read_text())
+    assert written["status"] == "completed" and written["model_kind"] == "masked" and written["mode"] == "xgblora"
+    assert written["train"]["boosting"]["num_merges"] == 3
+    assert [m["step"] for m in written["train"]["boosting"]["merges"]] == [2, 4, 6]
+    assert (written["num_train"], written["num_dev"], written["num_eval"]) == (8, 8, 6)
+    assert written["prompt"]["label_tokens"] == ["Ġterrible", "Ġgreat"] and written["prompt"]["scored_at"] == "mask"
+    assert [h["step"] for h in written["train"]["log_history"] if "eval_accuracy" in h] == [3, 6]
+    assert written["train"]["best_dev"]["step"] in (3, 6)
+    assert len(written["eval_predictions"]) == 6 and 0 <= written["eval"]["accuracy"] <= 1
+    assert result["dev"]["accuracy"] == written["dev"]["accuracy"]
+
+
+def test_drivers_run_zo_and_regular_and_write_results_the_sweep_tools_read(roberta_dir, data_dir, tmp_path):
+    env = {"MODEL": str(roberta_dir), "DATA_DIR": str(data_dir), "K": "4", "SEED": "42", "BS": "4", "STEP": "2",
+           "EVAL_STEP": "1"}
+    runs = [("medium_models/mezo.sh", {"MODE": "lora"}), ("medium_models/finetune.sh", {"MODE": "xgblora",
+                                                                                         "XGBLORA_STEPS": "1"}),
+            ("mezo.sh", {"MEDIUM": "1", "MODE": "ft"})]
+    for i, (script, extra) in enumerate(runs):
+        out = tmp_path / f"{i}.json"
+        proc = driver(script, {**env, **extra}, "--result_file", str(out), "--disable_tqdm", "True")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "TASK=SST-2 K=4 SEED=42" in proc.stderr  # the resolved configuration is printed
+        result = json.loads(out.read_text())
+        assert read_state(out).kind == "completed" and metric_value(result, "eval.accuracy") is not None
+        assert metric_value(result, "dev.accuracy") is not None
+        assert result["trainer"] == ("regular" if "finetune" in script else "zo")
+    assert result["config"]["learning_rate"] == 1e-6 and result["config"]["per_device_train_batch_size"] == 4
+
+
+def test_drivers_and_run_refuse_bad_input_with_the_flag_named(roberta_dir, data_dir, tmp_path):
+    proc = driver("medium_models/mezo.sh", {"TASK": "SST2"})
+    assert proc.returncode == 2 and "TASK=SST2 unknown; known (LM-BFF's names): SST-2" in proc.stderr
+    proc = driver("medium_models/mezo.sh", {"DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and f"no folder {tmp_path}/SST-2/16-42" in proc.stderr
+    proc = subprocess.run([sys.executable, "medium_models/run.py", "--model_name", str(roberta_dir), "--data_dir",
+                           str(data_dir), "--num_k", "4", "--seed", "42", "--mapping", "{'0':'terrible','1':'superb'}",
+                           "--result_file", str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "label word 'superb'" in proc.stderr and "single token" in proc.stderr
+    proc = subprocess.run([sys.executable, "medium_models/run.py", "--task_name", "SST2", "--prefix_tuning"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--task_name 'SST2': unknown LM-BFF task" in proc.stderr
+    assert "--prefix_tuning: not built for medium_models" in proc.stderr

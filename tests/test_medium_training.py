@@ -1,0 +1,105 @@
+"""medium_models/scoring.py with the engine: label-word logits at the mask on tiny RoBERTa and BERT (the head on
+the mask rows equals the full forward; padding changes nothing), the causal route, bit-exact restore around a zo
+estimate, XGBLoRA merges that keep the function, and the trainer's merge count."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medium_models.prompts import encode, label_word_ids
+from medium_models.scoring import Collator, Feature, LabelLoss, label_logits, metrics, predict
+from medium_models.tasks import TASKS
+from mezo_engine import lora, zo
+from tests.tiny import make_mlm, make_model, make_tokenizer
+
+SENTENCES = [["a great film , really"], ["it is terrible"], ["the plot , well , it is great and it is long"],
+             ["terrible"]]
+
+
+def features(tokenizer, causal=False, labels=(1, 0, 1, 0)):
+    segments = "token_type_ids" in tokenizer.model_input_names and not causal
+    out = []
+    for texts, label in zip(SENTENCES, labels):
+        e = encode(tokenizer, TASKS["SST-2"].template, texts, causal, 128, segments=segments)
+        out.append(Feature(e.ids, e.position, label, e.token_type_ids))
+    return out
+
+
+@pytest.fixture(params=["roberta", "bert"])
+def mlm(request):
+    model, tokenizer = make_mlm(request.param)
+    return model, tokenizer, label_word_ids(tokenizer, ["terrible", "great"])
+
+
+@pytest.fixture
+def scored(mlm):
+    """The masked LM, its label ids, the features, their collator, one batch of all four and its label logits."""
+    model, tokenizer, ids = mlm
+    feats = features(tokenizer)
+    collate = Collator(tokenizer.pad_token_id, causal=False)
+    batch = collate(feats)
+    return model, ids, feats, collate, batch, label_logits(model, batch, ids, causal=False)
+
+
+def test_mask_logits_equal_the_full_forward_and_do_not_depend_on_padding(scored):
+    model, ids, feats, collate, batch, got = scored
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    full = model(**inputs).logits[torch.arange(4), batch["position"]][:, ids]
+    assert torch.allclose(got, full, atol=1e-5)
+    alone = torch.cat([label_logits(model, collate([f]), ids, causal=False) for f in feats])
+    assert torch.allclose(got, alone, atol=1e-5)
+    assert got.shape == (4, 2) and not torch.allclose(got[0], got[1])
+
+
+def test_causal_route_scores_the_next_token_after_the_prompt():
+    model, tokenizer = make_model("gpt2"), make_tokenizer(merges=True, words=[" terrible", " great"])
+    model.resize_token_embeddings(len(tokenizer))
+    ids = label_word_ids(tokenizer, ["terrible", "great"])
+    feats = features(tokenizer, causal=True)
+    got = label_logits(model, Collator(tokenizer.pad_token_id, causal=True)(feats), ids, causal=True)
+    for row, f in zip(got, feats):
+        plain = model(input_ids=torch.tensor([f.ids])).logits[0, -1, ids]
+        assert torch.allclose(row, plain, atol=1e-5)
+
+
+def test_loss_is_cross_entropy_over_label_words_and_predictions_follow_the_logits(scored):
+    model, ids, feats, collate, batch, logits = scored
+    loss = LabelLoss(ids, causal=False)(model, batch)
+    assert math.isclose(loss.item(), F.cross_entropy(logits, batch["labels"]).item(), rel_tol=1e-6)
+    predicted = predict(model, feats, collate, ids, batch_size=3)
+    assert predicted == logits.argmax(-1).tolist()
+    scores = metrics([f.label for f in feats], predicted, "mcc")
+    assert scores["accuracy"] == sum(p == f.label for p, f in zip(predicted, feats)) / 4 and "mcc" in scores
+
+
+def test_zo_estimate_restores_lora_parameters_bit_for_bit(mlm):
+    model, tokenizer, ids = mlm
+    model = lora.attach_lora(model, r=4, alpha=8)
+    params = lora.trainable_lora_parameters(model)
+    for p in params:  # B is zero at start: make the adapter count
+        torch.nn.init.normal_(p.data, std=0.1)
+    before = [p.detach().clone() for p in params]
+    batch, objective = Collator(tokenizer.pad_token_id, False)(features(tokenizer)), LabelLoss(ids, False)
+    with torch.no_grad():
+        pairs = zo.estimate(params, lambda: objective(model, batch).item(), [7, 8], 1e-2, cache=True)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(math.isfinite(g) and g != 0 for _, g in pairs)
+
+
+def test_xgblora_merge_keeps_the_function_and_restarts_the_booster(mlm):
+    model, tokenizer, ids = mlm
+    model = lora.attach_lora(model, r=1, alpha=16)
+    assert {n.split(".")[-1] for n, _ in lora.lora_layers(model)} == {"query", "value"}
+    for _, layer in lora.lora_layers(model):
+        for p in layer.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p.data, std=0.2)
+    batch = Collator(tokenizer.pad_token_id, False)(features(tokenizer))
+    with torch.no_grad():
+        before = label_logits(model, batch, ids, False)
+        report = lora.merge_and_reinit(model, generator=torch.Generator().manual_seed(0))
+        after = label_logits(model, batch, ids, False)
+    assert report.num_modules == 4 and report.delta_norm > 0  # query and value of 2 layers
+    assert torch.allclose(before, after, atol=1e-5)
+    assert all(float(layer.lora_B["default"].weight.detach().abs().sum()) == 0 for _, layer in lora.lora_layers(model))
