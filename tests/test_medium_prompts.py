@@ -4,7 +4,7 @@ import pytest
 
 from medium_models.prompts import PromptError, check_causal_template, encode, label_word_ids
 from medium_models.tasks import TASKS
-from tests.tiny import make_mlm_tokenizer, make_tokenizer, make_wordpiece_tokenizer, LABEL_WORDS
+from tests.tiny import LABEL_WORDS, make_mlm_tokenizer, make_tokenizer, make_wordpiece_tokenizer
 
 ROBERTA = make_mlm_tokenizer()
 BERT = make_wordpiece_tokenizer([w.strip().lower() for w in LABEL_WORDS])
@@ -45,7 +45,8 @@ def test_every_task_template_has_exactly_one_mask(name):
         out = encode(tokenizer, task.template, texts, causal=False, max_length=task.max_seq_length)
         assert out.ids.count(tokenizer.mask_token_id) == 1
         assert out.ids[out.position] == tokenizer.mask_token_id
-        assert label_word_ids(tokenizer, list(task.label_words)) if name in ("SST-2", "RTE", "MNLI", "CoLA") else True
+        if set(task.label_words) <= {w.strip() for w in LABEL_WORDS}:  # the tiny tokenizers' single-token words
+            assert len(set(label_word_ids(tokenizer, list(task.label_words)))) == len(task.labels)
 
 
 def test_bert_segment_ids_step_up_after_sep_plus():
