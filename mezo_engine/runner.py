@@ -173,12 +173,18 @@ def publish(path: Path, result: dict, overwrite: bool) -> Path:
     return publish_result(path, result, overwrite) if distributed.is_main() else path
 
 
+def stamp(args, result: dict, start: float) -> None:
+    """The run time (one reading of the clock for ``runtime_s`` and ``resources``) and the resolved config."""
+    elapsed = time.time() - start
+    result["runtime_s"] = round(elapsed, 2)
+    result["resources"] = resources.usage(elapsed)
+    result["config"] = args.to_dict()
+
+
 def finish(args, result: dict, path: Path, start: float, model, tokenizer, trainer=None) -> Path:
     """Add the run time, resources and resolved configuration to ``result``, save the model if ``--save_model``,
     and publish the result; returns where it went (another path if a run completed ``path`` meanwhile)."""
-    result["runtime_s"] = round(time.time() - start, 2)
-    result["resources"] = resources.usage(time.time() - start)
-    result["config"] = args.to_dict()
+    stamp(args, result, start)
     if args.save_model:
         save(args, model, tokenizer, trainer)
     written = publish(path, result, args.overwrite)
@@ -197,9 +203,7 @@ class RunStopped(Exception):
 
 def stopped_run(args, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
     """Write the result of a run that did not complete (no evaluation) and raise RunStopped."""
-    result["runtime_s"] = round(time.time() - start, 2)
-    result["resources"] = resources.usage(time.time() - start)
-    result["config"] = args.to_dict()
+    stamp(args, result, start)
     signal_name = result["train"].get("signal")
     if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
         save(args, model, tokenizer, trainer)

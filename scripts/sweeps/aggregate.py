@@ -12,12 +12,11 @@ import argparse
 import csv
 import io
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .load import load_sweep
-from .spec import Point, Sweep, SweepError
+from .load import load_or_exit
+from .spec import Point, Sweep
 from .state import State, read_result, read_state
 
 NONE = "-"  # a variable that a point's grid does not set
@@ -156,10 +155,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        sweep = load_sweep(args.sweep)
-    except SweepError as err:
-        sys.exit(f"aggregate.py: error: {err}")
+    sweep = load_or_exit(args.sweep, "aggregate.py")
     table = build_table(sweep, args.over, args.metric)
     out = args.out or sweep.result_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,14 @@ def load_sweep(path: str | Path) -> Sweep:
                  str(head.get("over", "SEED")), slurm)
 
 
+def load_or_exit(path: str | Path, prog: str) -> Sweep:
+    """``load_sweep`` for a command line: a bad file ends the program with ``<prog>: error: ...``."""
+    try:
+        return load_sweep(path)
+    except SweepError as err:
+        raise SystemExit(f"{prog}: error: {err}") from None
+
+
 def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))

@@ -19,8 +19,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .aggregate import NONE, Cell, Table, build_table
-from .load import load_sweep
-from .spec import SweepError
+from .load import load_or_exit
 
 COLORS = [f"C{i}" for i in range(10)]
 
@@ -169,10 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        sweep = load_sweep(args.sweep)
-    except SweepError as err:
-        sys.exit(f"plots.py: error: {err}")
+    sweep = load_or_exit(args.sweep, "plots.py")
     table = build_table(sweep, args.over)
     metric = args.metric or next(iter(table.metrics), None)
     if metric is None:
