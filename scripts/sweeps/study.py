@@ -209,10 +209,11 @@ def mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], 
 
 
 def _banded(ax, curves, label: str, color: str) -> bool:
-    steps, mean, low, high = mean_curve([c for c in curves if c[0]])
+    drawn = [c for c in curves if c[0]]
+    steps, mean, low, high = mean_curve(drawn)
     if not steps:
         return False
-    ax.plot(steps, mean, color=color, label=f"{label} ({len([c for c in curves if c[0]])} runs)")
+    ax.plot(steps, mean, color=color, label=f"{label} ({len(drawn)} run{'' if len(drawn) == 1 else 's'})")
     ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
     return True
 
