@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mezo_engine import alignment, lora
+from tests.test_run import sst2_dir  # noqa: F401  (fixture)
 from tests.tiny import make_model
 
 
@@ -71,22 +72,15 @@ def test_random_merge_sits_near_the_random_scale():
     assert abs(m.cosine) < 4 * m.random_cosine < m.best_cosine
 
 
-def test_script_replays_a_real_runs_checkpoint(tmp_path, tiny_opt_dir):
+def test_script_replays_a_real_runs_checkpoint(tmp_path, tiny_opt_dir, sst2_dir):
     """scripts/merge_alignment.py on a tiny regular XGBLoRA run of run.py: one row per merge the checkpoint holds,
     each measured where the previous one left the weights."""
     import json
 
     from large_models import run
     from scripts import merge_alignment
-    from tests.test_run import NEGATIVE, POSITIVE
-
-    data = tmp_path / "data"
-    (data / "SST-2").mkdir(parents=True)
-    rows = [f"{t} \t1" for t in POSITIVE] + [f"{t} \t0" for t in NEGATIVE]
-    for name in ("train.tsv", "dev.tsv"):
-        (data / "SST-2" / name).write_text("sentence\tlabel\n" + "\n".join(rows * 3) + "\n")
     result = tmp_path / "result.json"
-    run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(data), "--result_file",
+    run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(sst2_dir), "--result_file",
               str(result), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True", "--trainer", "regular",
               "--xgblora", "--xgblora_steps_per_iteration", "2", "--num_train", "12", "--train_set_seed", "0",
               "--num_eval", "4", "--max_steps", "6", "--per_device_train_batch_size", "4",
