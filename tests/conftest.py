@@ -1,5 +1,6 @@
 import pytest
 
+from tests.task_fixtures import write_squad, write_sst2
 from tests.tiny import make_tokenizer, save_tiny
 
 
@@ -23,3 +24,14 @@ def tiny_model_dir(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_opt_dir(tmp_path_factory):
     return save_tiny("opt", tmp_path_factory.mktemp("tiny-opt"))
+
+
+@pytest.fixture(scope="module")
+def sst2_dir(tmp_path_factory):
+    """SST-2 in GLUE's TSV layout: four positive and four negative sentences (tests/task_fixtures.py)."""
+    return write_sst2(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def squad_dir(tmp_path_factory):
+    return write_squad(tmp_path_factory.mktemp("squad"))

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mezo_engine import alignment, lora
-from tests.test_run import sst2_dir  # noqa: F401  (fixture)
 from tests.tiny import make_model
 
 

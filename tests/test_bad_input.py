@@ -11,7 +11,7 @@ from large_models import run
 from mezo_engine import models
 from mezo_engine.models import ModelError
 from large_models.tasks import DataError, get_task
-from tests.test_run import NEGATIVE, POSITIVE
+from tests.task_fixtures import NEGATIVE, POSITIVE
 from tests.tiny import make_tokenizer, tiny_config
 
 GOOD_TSV = "sentence\tlabel\n" + "\n".join([f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE]) + "\n"

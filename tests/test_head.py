@@ -16,6 +16,7 @@ from mezo_engine.linear_probe import (ProbeError, features, fit_probe, head_rows
                                        write_head)
 from mezo_engine.models import load_model_and_tokenizer
 from large_models.tasks import Sample, get_task
+from tests.task_fixtures import write_sst2
 from tests.tiny import make_model, make_tokenizer
 
 KINDS = ["opt", "llama", "gpt2"]
@@ -47,14 +48,9 @@ def word_model_dir(request, tmp_path_factory, word_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def sst2_dir(tmp_path_factory):
-    """SST-2 files whose dev sentences are the training sentences (each three times in train.tsv)."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "SST-2").mkdir()
-    rows = [f"{t} \t1" for t in POSITIVE] + [f"{t} \t0" for t in NEGATIVE]
-    for name, copies in (("train.tsv", 3), ("dev.tsv", 1)):
-        (root / "SST-2" / name).write_text("sentence\tlabel\n" + "\n".join(rows * copies) + "\n")
-    return root
+def sst2_twelve_dir(tmp_path_factory):
+    """SST-2 files with this module's twelve sentences; dev sentences are the training sentences."""
+    return write_sst2(tmp_path_factory.mktemp("data"), POSITIVE, NEGATIVE)
 
 
 def sst2_samples():
@@ -154,9 +150,9 @@ def _head_names(kind):
 
 
 @pytest.mark.parametrize("trainer, untie", [("zo", False), ("regular", False), ("zo", True)])
-def test_head_tuning_changes_only_the_head_and_saves_it(tmp_path, word_model_dir, sst2_dir, trainer, untie):
+def test_head_tuning_changes_only_the_head_and_saves_it(tmp_path, word_model_dir, sst2_twelve_dir, trainer, untie):
     kind = AutoModelForCausalLM.from_pretrained(word_model_dir).config.model_type
-    result = _run(tmp_path, word_model_dir, sst2_dir, "--trainer", trainer, "--head_tuning", "--num_train", "8",
+    result = _run(tmp_path, word_model_dir, sst2_twelve_dir, "--trainer", trainer, "--head_tuning", "--num_train", "8",
                   "--max_steps", "3", "--per_device_train_batch_size", "4", "--train_as_classification",
                   "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model", *(["--untie_emb"] if untie else []))
     assert result["mode"] == "head" and result["train"]["global_step"] == 3
@@ -169,7 +165,7 @@ def test_head_tuning_changes_only_the_head_and_saves_it(tmp_path, word_model_dir
     assert result["train"]["trainable"] == [emb if tied else lm]
     task = get_task("SST2")
     reloaded = evaluate(after, load_model_and_tokenizer(str(word_model_dir))[1], task,
-                        task.load("validation", sst2_dir))
+                        task.load("validation", sst2_twelve_dir))
     assert [p.predicted_candidate for p in reloaded["predictions"]] == result["eval_predictions"]
 
 
@@ -285,11 +281,11 @@ def test_mode_names(flags, mode):
 
 # ---- end to end ----------------------------------------------------------------------------------------------
 
-def test_linear_probing_alone_writes_the_probe_and_evaluates_with_it(tmp_path, word_model_dir, sst2_dir):
+def test_linear_probing_alone_writes_the_probe_and_evaluates_with_it(tmp_path, word_model_dir, sst2_twelve_dir):
     """Every training sentence three times; the dev sentences are the same, so evaluation accuracy must equal the
     probe's training accuracy."""
-    result = _run(tmp_path, word_model_dir, sst2_dir, "--trainer", "none", "--linear_probing", "--num_train", "36",
-                  "--lp_early_stopping")
+    result = _run(tmp_path, word_model_dir, sst2_twelve_dir, "--trainer", "none", "--linear_probing",
+                  "--num_train", "36", "--lp_early_stopping")
     probe = result["head"]["linear_probe"]
     assert result["mode"] == "lp" and "train" not in result and result["num_train"] == 36
     assert probe["num_samples"] == 36 and probe["early_stopping"] and probe["C"] > 0
@@ -299,11 +295,11 @@ def test_linear_probing_alone_writes_the_probe_and_evaluates_with_it(tmp_path, w
 
 
 @pytest.mark.parametrize("extra, mode", [([], "lp-ft"), (["--head_tuning"], "lp-head")])
-def test_linear_probing_then_mezo(tmp_path, word_tokenizer, sst2_dir, extra, mode):
+def test_linear_probing_then_mezo(tmp_path, word_tokenizer, sst2_twelve_dir, extra, mode):
     model_dir = tmp_path / "model"
     word_model("gpt2", word_tokenizer).save_pretrained(model_dir)
     word_tokenizer.save_pretrained(model_dir)
-    result = _run(tmp_path, model_dir, sst2_dir, "--trainer", "zo", "--linear_probing", "--num_train", "20",
+    result = _run(tmp_path, model_dir, sst2_twelve_dir, "--trainer", "zo", "--linear_probing", "--num_train", "20",
                   "--max_steps", "2", "--per_device_train_batch_size", "4", "--train_as_classification",
                   "--learning_rate", "1e-3", "--zo_eps", "1e-2", "--save_model", *extra)
     assert result["mode"] == mode and result["train"]["global_step"] == 2

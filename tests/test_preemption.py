@@ -12,7 +12,6 @@ import torch
 from large_models import run
 from mezo_engine import lora
 from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE
-from tests.test_run import sst2_dir  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 200
@@ -45,7 +44,7 @@ def _result(tmp_path):
     return json.loads((tmp_path / "result.json").read_text())
 
 
-def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt_dir, sst2_dir):  # noqa: F811
+def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt_dir, sst2_dir):
     command = _command(tmp_path, tiny_opt_dir, sst2_dir)
     code, _, err = _signal_after_first_step(command, signal.SIGTERM)
     assert code == RESUMABLE_EXIT, err[-3000:]
@@ -65,7 +64,7 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT])
-def test_save_on_interrupt_saves_the_model_and_stops(tmp_path, tiny_opt_dir, sst2_dir, sig):  # noqa: F811
+def test_save_on_interrupt_saves_the_model_and_stops(tmp_path, tiny_opt_dir, sst2_dir, sig):
     """Upstream MeZO's --save_on_interrupt: SIGUSR1 or SIGINT saves the model and stops."""
     code, _, err = _signal_after_first_step(_command(tmp_path, tiny_opt_dir, sst2_dir, "--save_on_interrupt"), sig)
     assert code == RESUMABLE_EXIT, err[-3000:]
@@ -83,7 +82,7 @@ def _strict_json(path):
 
 
 @pytest.mark.parametrize("trainer", ["zo", "regular"])
-def test_huge_learning_rate_stops_with_diverged_status(tmp_path, tiny_opt_dir, sst2_dir, trainer):  # noqa: F811
+def test_huge_learning_rate_stops_with_diverged_status(tmp_path, tiny_opt_dir, sst2_dir, trainer):
     out = tmp_path / "result.json"
     with pytest.raises(SystemExit) as stop:
         run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(sst2_dir),
@@ -127,7 +126,7 @@ def test_merge_warns_when_the_delta_outgrows_the_weight(caplog, size, ratio, war
     assert ("exceeds" in caplog.text) is warned
 
 
-def test_sigterm_to_the_driver_reaches_run_py(tmp_path, tiny_opt_dir, sst2_dir):  # noqa: F811
+def test_sigterm_to_the_driver_reaches_run_py(tmp_path, tiny_opt_dir, sst2_dir):
     env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": "xgblora", "DATA_DIR": str(sst2_dir),
            "STEPS": str(STEPS), "TRAIN": "8", "DEV": "0", "EVAL": "4", "BS": "4", "XGBLORA_STEPS": "2"}
     command = ["env", *[f"{k}={v}" for k, v in env.items()], "bash", "large_models/mezo.sh", "--result_file",

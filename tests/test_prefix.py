@@ -24,7 +24,6 @@ from mezo_engine.data import TrainCollator, training_feature
 from mezo_engine.evaluation import EvalConfig, candidate_scores
 from mezo_engine.scoring import batch_loss, position_ids
 from large_models.tasks import get_task
-from tests.test_run import sst2_dir, squad_dir  # noqa: F401  (fixtures)
 from tests.test_tasks import _write_copa, _write_sst2
 from tests.tiny import make_model, make_tokenizer
 

@@ -165,7 +165,7 @@ def test_cli_refuses_a_bad_result_file_before_loading(tmp_path, monkeypatch):
 
 
 def test_cli_refuses_to_replace_a_complete_result_and_overwrite_replaces_it(tmp_path, monkeypatch, tiny_opt_dir):
-    from tests.test_run import NEGATIVE, POSITIVE
+    from tests.task_fixtures import NEGATIVE, POSITIVE
     (tmp_path / "SST-2").mkdir()
     rows = [f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE]
     (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
@@ -193,7 +193,7 @@ def _driver(tmp_path, tiny_opt_dir, data_dir, layers):
 
 
 def test_driver_runs_differing_in_xgblora_layers_get_their_own_result_and_output_dir(tmp_path, tiny_opt_dir):
-    from tests.test_run import NEGATIVE, POSITIVE
+    from tests.task_fixtures import NEGATIVE, POSITIVE
     data = tmp_path / "data"
     (data / "SST-2").mkdir(parents=True)
     rows = "\n".join([f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE])

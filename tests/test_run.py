@@ -16,18 +16,6 @@ from mezo_engine.results import config_hash
 from mezo_engine import runner
 
 REPO = Path(__file__).resolve().parent.parent
-POSITIVE = ["a gripping , funny film", "the best movie of the year", "warm and wise", "a joy to watch"]
-NEGATIVE = ["dull and lifeless", "a mess from start to end", "boring", "painfully slow"]
-
-
-@pytest.fixture(scope="module")
-def sst2_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "SST-2").mkdir()
-    rows = [f"{t} \t1" for t in POSITIVE] + [f"{t} \t0" for t in NEGATIVE]
-    for name, copies in (("train.tsv", 3), ("dev.tsv", 1)):
-        (root / "SST-2" / name).write_text("sentence\tlabel\n" + "\n".join(rows * copies) + "\n")
-    return root
 
 
 def _run(tmp_path, model_dir, data_dir, *flags):
@@ -166,19 +154,6 @@ def test_model_names_resolve(tmp_path):
     assert resolve_model_path("facebook/opt-125m") == "facebook/opt-125m"
     with pytest.raises(FileNotFoundError, match="no such GGUF file"):
         resolve_model_path(str(tmp_path / "missing.gguf"))
-
-
-@pytest.fixture(scope="module")
-def squad_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("squad")
-    (root / "SQuAD").mkdir()
-    qas = [{"id": str(i), "question": f"Who is number {i}?", "answers": [{"text": f"Ann {i}", "answer_start": 0}]}
-           for i in range(6)]
-    data = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Ann 0 to Ann 5 are here.",
-                                                                      "qas": qas}]}]}
-    for name in ("train-v1.1.json", "dev-v1.1.json"):
-        (root / "SQuAD" / name).write_text(json.dumps(data))
-    return root
 
 
 def test_generation_task_trains_as_lm_and_evaluates_f1(tmp_path, tiny_opt_dir, squad_dir):
