@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from mezo_engine.data import pad_left, pad_right
 from mezo_engine.metrics import binary_f1, matthews_corrcoef
-from mezo_engine.scoring import position_ids
+from mezo_engine.scoring import float32_or_wider, position_ids
 
 # The MLM head of each masked-LM family (attribute of the ...ForMaskedLM model), applied to the mask rows only.
 MLM_HEADS = ("lm_head", "cls", "generator_lm_head", "predictions")
@@ -78,7 +78,7 @@ def position_logits(model, batch: dict, causal: bool) -> torch.Tensor:
 def label_logits(model, batch: dict, label_ids: Sequence[int], causal: bool) -> torch.Tensor:
     """The label words' logits at each row's scored position: (rows, labels)."""
     index = torch.tensor(list(label_ids), device=batch["input_ids"].device)
-    return position_logits(model, batch, causal).index_select(-1, index).float()
+    return float32_or_wider(position_logits(model, batch, causal).index_select(-1, index))
 
 
 class LabelLoss:

@@ -54,6 +54,10 @@ class EngineArguments(TrainingArguments):
         "help": "Hub id, local HF directory, .gguf file, or an offline alias (smollm2-135m)."})
     load_float16: bool = field(default=False, metadata={"help": "Load the model in float16 (CUDA only; float32 on CPU)."})
     load_bfloat16: bool = field(default=False, metadata={"help": "Load the model in bfloat16."})
+    load_float64: bool = field(default=False, metadata={
+        "help": "Load the model in float64: slow; for numerical checks on tiny models (the tests compare "
+                "differently batched runs in it). The Trainer still logs losses through float32, and models whose "
+                "norms cast to float32 (LLaMA's RMSNorm in transformers) round there."})
     load_int8: bool = field(default=False, metadata={
         "help": "Load the linear weights in 8 bits (bitsandbytes LLM.int8(), as upstream MeZO); CUDA only. For "
                 "evaluation and adapter training (--lora, --prefix_tuning): base weights that are perturbed or merged "
@@ -211,6 +215,8 @@ class EngineArguments(TrainingArguments):
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        if self.load_float64:
+            return torch.float64
         return torch.float16 if self.load_float16 else torch.bfloat16 if self.load_bfloat16 else torch.float32
 
     def _resolve_half_precision(self) -> None:
@@ -237,8 +243,9 @@ class EngineArguments(TrainingArguments):
         """Yield one message per bad flag value."""
         if not self.zo_eps > 0:
             yield f"--zo_eps {self.zo_eps}: must be > 0"
-        if self.load_float16 and self.load_bfloat16:
-            yield "--load_float16 and --load_bfloat16: choose one"
+        if sum((self.load_float16, self.load_bfloat16, self.load_float64)) > 1:
+            given = [f for f in ("load_float16", "load_bfloat16", "load_float64") if getattr(self, f)]
+            yield f"--{' and --'.join(given)}: choose one"
         yield from self._int8_problems()
         for flag in ("lora_r", "xgblora_rank", "xgblora_merge_frequency"):
             if getattr(self, flag) < 1:

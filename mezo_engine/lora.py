@@ -3,7 +3,7 @@
 XGBLoRA (arXiv 2410.19694) trains a sequence of small LoRA "boosters": each is trained for a few steps, merged
 into the base weights (W <- W + eta * s * B A) and re-initialised, while the adapter stays live and trainable.
 This module keeps the PEFT LoRA layers in place and only edits tensors through `.data`, so the Parameter objects
-an optimizer holds never change. All merges are computed in float32 and cast back to the base weight's dtype.
+an optimizer holds never change. All merges are computed in float32 (float64 for a float64 model) and cast back to the base weight's dtype.
 
 Also here: SuperReLoRA-style partial merges, random per-iteration block selection, and LoRA-GA (arXiv 2407.05000)
 re-initialisation of the boosters from an estimated gradient, reusing PEFT's `LoraLayer.lora_ga_init`.
@@ -28,6 +28,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
+
+from mezo_engine.scoring import float32_or_wider
 
 _QV = ["q_proj", "v_proj"]
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -173,7 +175,7 @@ def delta_weight(layer: LoraLayer) -> torch.Tensor:
 
 def factor_delta(A: torch.Tensor, B: torch.Tensor, scaling: float, fan_in_fan_out: bool) -> torch.Tensor:
     """s * B @ A in float32 in the base weight's layout: the one formula every merge and its replay use."""
-    return transpose(B.detach().float() @ A.detach().float(), fan_in_fan_out) * scaling
+    return transpose(float32_or_wider(B.detach()) @ float32_or_wider(A.detach()), fan_in_fan_out) * scaling
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def _add_to_base_(layer: LoraLayer, delta: torch.Tensor) -> None:
     if layer.merged:
         raise ValueError("LoRA layer is marked merged by PEFT; unmerge it before XGBLoRA merges")
     weight = layer.get_base_layer().weight
-    weight.data.copy_((weight.data.float() + delta.to(weight.device)).to(weight.dtype))
+    weight.data.copy_((float32_or_wider(weight.data) + delta.to(weight.device)).to(weight.dtype))
 
 
 @torch.no_grad()

@@ -26,12 +26,14 @@ def cuda_peak_mib() -> float | None:
 
 def usage(wall_s: float) -> dict:
     """The ``resources`` entry of a result: wall time of the run (load excluded, evaluation included), peak RSS
-    and the CUDA peak (None on CPU)."""
-    return {"wall_s": round(wall_s, 2), "peak_rss_mib": peak_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib()}
+    and the CUDA peak (None on CPU). Times are stored unrounded (tables round), so figures derived from them can be
+    recomputed exactly."""
+    return {"wall_s": wall_s, "peak_rss_mib": peak_rss_mib(), "cuda_max_allocated_mib": cuda_peak_mib()}
 
 
 def training_speed(train_s: float, first_step: int, last_step: int) -> dict:
-    """Training time and steps of this process (a resumed run counts from its checkpoint's step)."""
+    """Training time and steps of this process (a resumed run counts from its checkpoint's step); unrounded, so
+    ``steps_per_s`` is exactly ``steps_this_process / train_s`` of the JSON."""
     steps = last_step - first_step
-    return {"train_s": round(train_s, 2), "steps_this_process": steps,
-            "steps_per_s": round(steps / train_s, 4) if train_s > 0 else None}
+    return {"train_s": train_s, "steps_this_process": steps,
+            "steps_per_s": steps / train_s if train_s > 0 else None}

@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F
 
 
+def float32_or_wider(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or as it is when already float64: scores and merges of half-precision models are computed
+    in float32, and a float64 model (``--load_float64``, for numerical checks) keeps its precision throughout."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on each row's first real token, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -39,7 +45,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 logits_to_keep=keep, use_cache=False)
     logits = out.logits[:, -keep:-1]
     targets = input_ids[:, width - keep + 1:]
-    logprobs = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    logprobs = -F.cross_entropy(float32_or_wider(logits).transpose(1, 2), targets, reduction="none")
     if all_tokens:
         mask = attention_mask[:, width - keep + 1:].bool()
     else:
@@ -49,7 +55,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 def _logprob_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    return -F.cross_entropy(float32_or_wider(logits).transpose(1, 2), targets, reduction="none")
 
 
 def shared_prefix_logprobs(model, prompt_ids, prompt_mask, answer_ids, answer_mask, owner) -> torch.Tensor:

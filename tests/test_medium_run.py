@@ -53,6 +53,7 @@ def test_zo_xgblora_run_merges_every_kappa_steps_and_keeps_the_best_dev_model(ro
     assert result["dev"]["accuracy"] == written["dev"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_drivers_run_zo_and_regular_and_write_results_the_sweep_tools_read(roberta_dir, data_dir, tmp_path):
     env = {"MODEL": str(roberta_dir), "DATA_DIR": str(data_dir), "K": "4", "SEED": "42", "BS": "4", "STEP": "2",
            "EVAL_STEP": "1"}
@@ -71,6 +72,7 @@ def test_drivers_run_zo_and_regular_and_write_results_the_sweep_tools_read(rober
     assert result["config"]["learning_rate"] == 1e-6 and result["config"]["per_device_train_batch_size"] == 4
 
 
+@pytest.mark.slow
 def test_drivers_and_run_refuse_bad_input_with_the_flag_named(roberta_dir, data_dir, tmp_path):
     proc = driver("medium_models/mezo.sh", {"TASK": "SST2"})
     assert proc.returncode == 2 and "TASK=SST2 unknown; known (LM-BFF's names): SST-2" in proc.stderr

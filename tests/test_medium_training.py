@@ -1,6 +1,12 @@
 """medium_models/scoring.py with the engine: label-word logits at the mask on tiny RoBERTa and BERT (the head on
 the mask rows equals the full forward; padding changes nothing), the causal route, bit-exact restore around a zo
-estimate, XGBLoRA merges that keep the function, and the trainer's merge count."""
+estimate, XGBLoRA merges that keep the function, and the trainer's merge count.
+
+The equivalences run in float64 models: the two sides run other shapes (the head on the mask rows against the full
+forward, a padded batch against one row, W + s B A merged against the adapter beside W), which in float32 round by
+a few ulps of logits of size ~1-10 (an ulp is up to 9.5e-7) against tolerances of 1e-5. float64 rounds 2^-29 = 1.9e-9
+times finer, ~1e-15, so ATOL = 1e-12 leaves a margin of 1000, far below what a wrong row or a lost merge changes.
+"""
 import math
 
 import pytest
@@ -13,6 +19,8 @@ from medium_models.tasks import TASKS
 from mezo_engine import lora, zo
 from tests.tiny import make_mlm, make_model, make_tokenizer
 
+F64 = torch.float64
+ATOL = 1e-12  # float64 logits, see the module docstring
 SENTENCES = [["a great film , really"], ["it is terrible"], ["the plot , well , it is great and it is long"],
              ["terrible"]]
 
@@ -28,7 +36,7 @@ def features(tokenizer, causal=False, labels=(1, 0, 1, 0)):
 
 @pytest.fixture(params=["roberta", "bert"])
 def mlm(request):
-    model, tokenizer = make_mlm(request.param)
+    model, tokenizer = make_mlm(request.param, dtype=F64)
     return model, tokenizer, label_word_ids(tokenizer, ["terrible", "great"])
 
 
@@ -46,27 +54,27 @@ def test_mask_logits_equal_the_full_forward_and_do_not_depend_on_padding(scored)
     model, ids, feats, collate, batch, got = scored
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     full = model(**inputs).logits[torch.arange(4), batch["position"]][:, ids]
-    assert torch.allclose(got, full, atol=1e-5)
+    assert got.dtype == F64 and torch.allclose(got, full, rtol=0, atol=ATOL)
     alone = torch.cat([label_logits(model, collate([f]), ids, causal=False) for f in feats])
-    assert torch.allclose(got, alone, atol=1e-5)
+    assert torch.allclose(got, alone, rtol=0, atol=ATOL)
     assert got.shape == (4, 2) and not torch.allclose(got[0], got[1])
 
 
 def test_causal_route_scores_the_next_token_after_the_prompt():
-    model, tokenizer = make_model("gpt2"), make_tokenizer(merges=True, words=[" terrible", " great"])
+    model, tokenizer = make_model("gpt2", dtype=F64), make_tokenizer(merges=True, words=[" terrible", " great"])
     model.resize_token_embeddings(len(tokenizer))
     ids = label_word_ids(tokenizer, ["terrible", "great"])
     feats = features(tokenizer, causal=True)
     got = label_logits(model, Collator(tokenizer.pad_token_id, causal=True)(feats), ids, causal=True)
     for row, f in zip(got, feats):
         plain = model(input_ids=torch.tensor([f.ids])).logits[0, -1, ids]
-        assert torch.allclose(row, plain, atol=1e-5)
+        assert torch.allclose(row, plain, rtol=0, atol=ATOL)
 
 
 def test_loss_is_cross_entropy_over_label_words_and_predictions_follow_the_logits(scored):
     model, ids, feats, collate, batch, logits = scored
     loss = LabelLoss(ids, causal=False)(model, batch)
-    assert math.isclose(loss.item(), F.cross_entropy(logits, batch["labels"]).item(), rel_tol=1e-6)
+    assert loss.item() == F.cross_entropy(logits, batch["labels"]).item()  # the same ops on the same batch
     predicted = predict(model, feats, collate, ids, batch_size=3)
     assert predicted == logits.argmax(-1).tolist()
     scores = metrics([f.label for f in feats], predicted, "mcc")
@@ -101,5 +109,5 @@ def test_xgblora_merge_keeps_the_function_and_restarts_the_booster(mlm):
         report = lora.merge_and_reinit(model, generator=torch.Generator().manual_seed(0))
         after = label_logits(model, batch, ids, False)
     assert report.num_modules == 4 and report.delta_norm > 0  # query and value of 2 layers
-    assert torch.allclose(before, after, atol=1e-5)
+    assert torch.allclose(before, after, rtol=0, atol=ATOL)
     assert all(float(layer.lora_B["default"].weight.detach().abs().sum()) == 0 for _, layer in lora.lora_layers(model))

@@ -44,6 +44,7 @@ def _result(tmp_path):
     return json.loads((tmp_path / "result.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt_dir, sst2_dir):
     command = _command(tmp_path, tiny_opt_dir, sst2_dir)
     code, _, err = _signal_after_first_step(command, signal.SIGTERM)
@@ -63,6 +64,7 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_continues(tmp_path, tiny_opt
     assert steps == list(range(1, STEPS + 1))  # the losses before the stop are kept, none is repeated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT])
 def test_save_on_interrupt_saves_the_model_and_stops(tmp_path, tiny_opt_dir, sst2_dir, sig):
     """Upstream MeZO's --save_on_interrupt: SIGUSR1 or SIGINT saves the model and stops."""
@@ -126,6 +128,7 @@ def test_merge_warns_when_the_delta_outgrows_the_weight(caplog, size, ratio, war
     assert ("exceeds" in caplog.text) is warned
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_driver_reaches_run_py(tmp_path, tiny_opt_dir, sst2_dir):
     env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": "xgblora", "DATA_DIR": str(sst2_dir),
            "STEPS": str(STEPS), "TRAIN": "8", "DEV": "0", "EVAL": "4", "BS": "4", "XGBLORA_STEPS": "2"}

@@ -4,6 +4,11 @@ The central check: a prefix made from the real activations of tokens ``t`` makes
 the plain model scores ``t + x`` (when ``x``'s positions continue after ``t``), so keys, values, masks and
 padding go in where they belong. Then: shared-prefix scoring equals rows, generation equals a greedy loop, save and
 reload give the same scores, and end-to-end runs train only the prefix.
+
+The equivalences run in float64: both sides run other shapes (a cache of keys and values against tokens in front;
+a shared prompt pass against full rows) and round differently; in float32 logits and scores of size ~5 differed by
+a few ulps (4.8e-7 each) against tolerances of 1e-5. float64 rounds 2^-29 = 1.9e-9 times finer, so the same
+differences are ~1e-15 and ATOL = 1e-11 leaves a margin of 1000, 10^8 below the wrong-position checks (> 1e-3).
 """
 from __future__ import annotations
 
@@ -28,11 +33,13 @@ from tests.test_tasks import _write_copa, _write_sst2
 from tests.tiny import make_model, make_tokenizer
 
 KINDS = ["opt", "llama", "gpt2"]
+F64 = torch.float64
+ATOL = 1e-11  # float64 equivalences, see the module docstring
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _prefixed(kind, n=3, seed=1, **kwargs):
-    base = make_model(kind)
+def _prefixed(kind, n=3, seed=1, dtype=torch.float32, **kwargs):
+    base = make_model(kind, dtype=dtype)
     return base, prefix.attach_prefix(copy.deepcopy(base), n, generator=torch.Generator().manual_seed(seed),
                                       **kwargs)
 
@@ -61,7 +68,7 @@ def test_real_activation_init_equals_the_models_keys_and_values(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_prefix_of_real_tokens_scores_like_those_tokens_in_front(kind):
-    base, model = _prefixed(kind, n=3)
+    base, model = _prefixed(kind, n=3, dtype=F64)
     t = prefix.draw_tokens(base, 3, torch.Generator().manual_seed(1))
     x, mask = _padded_inputs()
     full = torch.cat([t.expand(3, -1), x], 1)
@@ -70,7 +77,7 @@ def test_prefix_of_real_tokens_scores_like_those_tokens_in_front(kind):
     expected = base(input_ids=full, attention_mask=full_mask,
                     position_ids=torch.cat([torch.arange(3).expand(3, -1), after_t], 1)).logits[:, 3:]
     got = model(input_ids=x, attention_mask=mask, position_ids=after_t, use_cache=False).logits
-    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], rtol=0, atol=ATOL)
     # Without position_ids the real tokens count from 0 (as MeZO's prefix): not the same as after_t ...
     default = model(input_ids=x, attention_mask=mask).logits
     zero_based = model(input_ids=x, attention_mask=mask, position_ids=position_ids(mask)).logits
@@ -93,9 +100,9 @@ def _data(root):
     return root
 
 
-def _random_prefix(kind, reparam=False):
+def _random_prefix(kind, reparam=False, dtype=torch.float32):
     """A prefix far from real activations (standard normal), so that scores really depend on it."""
-    model = prefix.attach_prefix(make_model(kind), 3, reparam=reparam, init_by_real_act=False,
+    model = prefix.attach_prefix(make_model(kind, dtype=dtype), 3, reparam=reparam, init_by_real_act=False,
                                  generator=torch.Generator().manual_seed(2))
     return model.eval()
 
@@ -106,13 +113,13 @@ def test_shared_scoring_equals_rows_with_a_prefix(kind, name, tmp_path, tokenize
     task = get_task(name)
     data = _data(tmp_path)
     samples = task.load("validation", data) + task.load("train", data)
-    model = _random_prefix(kind)
+    model = _random_prefix(kind, dtype=F64)
     scores = {how: candidate_scores(model, tokenizer, task.template, samples, samples[:1],
                                     EvalConfig(batch_size=3, progress=False, scoring=how))
               for how in ("shared", "rows")}
     for s, r in zip(scores["shared"], scores["rows"]):
-        torch.testing.assert_close(torch.tensor(s), torch.tensor(r), rtol=0, atol=1e-5)
-    plain = candidate_scores(make_model(kind), tokenizer, task.template, samples, samples[:1],
+        torch.testing.assert_close(torch.tensor(s), torch.tensor(r), rtol=0, atol=ATOL)
+    plain = candidate_scores(make_model(kind, dtype=F64), tokenizer, task.template, samples, samples[:1],
                              EvalConfig(batch_size=3, progress=False, scoring="rows"))
     assert max(abs(a - b) for s, p in zip(scores["rows"], plain) for a, b in zip(s, p)) > 1e-3
 
@@ -120,24 +127,26 @@ def test_shared_scoring_equals_rows_with_a_prefix(kind, name, tmp_path, tokenize
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("reparam", [False, True])
 def test_training_loss_and_prefix_gradients_equal_rows(kind, reparam, tmp_path):
-    """Backprop through the cache: the same loss and the same gradients of every prefix parameter, none elsewhere."""
+    """Backprop through the cache: the same loss and the same gradients of every prefix parameter, none elsewhere.
+    In float64: gradient entries (|g| <= ~1) carry the loss's relative rounding, ~1e-15, so rtol 1e-9 / atol 1e-12
+    leave a margin over 1000."""
     tokenizer, task = make_tokenizer(), get_task("Copa")
     data = _data(tmp_path)
     features = [training_feature(tokenizer, task.template, s, True, 512)
                 for s in task.load("train", data) + task.load("validation", data)]
     out = {}
     for shared in (True, False):
-        model = _random_prefix(kind, reparam).train()
+        model = _random_prefix(kind, reparam, dtype=F64).train()
         loss = batch_loss(model, TrainCollator(0, shared=shared)(features), True)
         loss.backward()
         assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("prefix_encoder."))
         out[shared] = loss.item(), [p.grad for p in prefix.prefix_parameters(model)]
-    assert abs(out[True][0] - out[False][0]) < 1e-5
+    assert abs(out[True][0] - out[False][0]) < ATOL
     # reparam: the shared embeddings, and per layer two MLPs of two Linear layers (weight, bias); else keys, values
     assert len(out[True][1]) == (1 + 2 * 2 * 4 if reparam else 2 * 2)
     for a, b in zip(out[True][1], out[False][1]):
         assert a.abs().max() > 0
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def _greedy(model, ids, steps):
@@ -273,6 +282,7 @@ def test_defaults_are_mezos():
     assert (args.num_prefix, args.no_reparam, args.prefix_init_by_real_act, args.mode) == (5, True, True, "prefix")
 
 
+@pytest.mark.slow
 def test_mezo_driver_mode_prefix(tmp_path, tiny_opt_dir, sst2_dir):
     out = tmp_path / "r.json"
     env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": "prefix", "DATA_DIR": str(sst2_dir), "STEPS": "2",

@@ -192,6 +192,7 @@ def _driver(tmp_path, tiny_opt_dir, data_dir, layers):
     return proc
 
 
+@pytest.mark.slow
 def test_driver_runs_differing_in_xgblora_layers_get_their_own_result_and_output_dir(tmp_path, tiny_opt_dir):
     from tests.task_fixtures import NEGATIVE, POSITIVE
     data = tmp_path / "data"

@@ -81,12 +81,14 @@ def _cli(*argv, env=None, cwd=REPO):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_cli_bad_flag_exits_nonzero_with_message():
     proc = _cli(sys.executable, "large_models/run.py", "--task_name", "SST", "--zo_eps", "0")
     assert proc.returncode != 0
     assert "--task_name 'SST'" in proc.stderr and "--zo_eps 0.0" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_data_file_names_it(tmp_path, tiny_opt_dir):
     proc = _cli(sys.executable, "large_models/run.py", "--task_name", "RTE", "--model_name", str(tiny_opt_dir),
                 "--data_dir", str(tmp_path))
@@ -94,6 +96,7 @@ def test_cli_missing_data_file_names_it(tmp_path, tiny_opt_dir):
     assert str(tmp_path / "RTE") in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["mezo.sh", "finetune.sh"])
 def test_driver_rejects_unknown_mode_and_missing_task(script):
     bad = _cli("bash", script, env={"MODE": "bogus", "TASK": "SST2"})
@@ -102,6 +105,7 @@ def test_driver_rejects_unknown_mode_and_missing_task(script):
     assert missing.returncode != 0 and "set TASK" in missing.stderr
 
 
+@pytest.mark.slow
 def test_mezo_driver_runs_from_large_models_dir(tmp_path, tiny_opt_dir, sst2_dir):
     out = tmp_path / "r.json"
     env = {"MODEL": str(tiny_opt_dir), "TASK": "SST2", "MODE": "xgblora", "DATA_DIR": str(sst2_dir), "STEPS": "2",
@@ -120,6 +124,7 @@ def test_mezo_driver_runs_from_large_models_dir(tmp_path, tiny_opt_dir, sst2_dir
     ("mezo.sh", "ft", "1", "mezo-lp-ft-2-4-1e-5-1e-3-0", "lp-ft"),
     ("finetune.sh", "head", "1", "lp-head-1-4-1e-5-0", "lp-head"),
 ])
+@pytest.mark.slow
 def test_drivers_run_head_tuning_and_linear_probe_starts(tmp_path, tiny_opt_dir, sst2_dir, script, mode, lp, tag,
                                                          mode_name):
     out = tmp_path / "r.json"
@@ -259,10 +264,10 @@ def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, ti
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert train["trainable_parameters"] == sum(p.numel() for p in model.parameters())  # full-parameter zo
     assert train["steps_this_process"] == 5
-    assert train["steps_per_s"] == pytest.approx(5 / train["train_s"], rel=0.02)
+    assert train["steps_per_s"] == 5 / train["train_s"]  # stored unrounded: the quotient, to the last bit
     assert 50 < used["peak_rss_mib"] <= resources.peak_rss_mib()  # torch alone takes more than 50 MiB
     assert used["cuda_max_allocated_mib"] is None or used["cuda_max_allocated_mib"] > 0
-    assert 0 < train["train_s"] <= used["wall_s"] <= result["runtime_s"] + 0.5
+    assert 0 < train["train_s"] <= used["wall_s"] and result["runtime_s"] == round(used["wall_s"], 2)  # one clock
 
 
 def test_resumed_run_counts_its_steps_from_the_checkpoint():

@@ -1,4 +1,10 @@
-"""Answer log-likelihoods, losses, and batched evaluation on tiny models."""
+"""Answer log-likelihoods, losses, and batched evaluation on tiny models.
+
+The equivalences (trimmed logits against full logits, padded batches against one row at a time) run in float64:
+the two sides run other shapes and kernels, which in float32 round differently by a few ulps of a log-prob near 5
+(4.8e-7). float64 rounds 2^-29 = 1.9e-9 times finer, ~1e-15 on scores and losses below 10, so ATOL = 1e-11 (and
+rel 1e-12 on losses near 5) leaves a margin of 1000, far below what a wrong token or position changes.
+"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +15,8 @@ from mezo_engine.scoring import batch_loss, mean_option_logprob, token_logprobs
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model
 
+F64 = torch.float64
+ATOL = 1e-11  # float64 scores, see the module docstring
 ROWS = [[5, 9, 12, 40, 41], [7, 8, 40, 41, 42, 43, 44], [3, 50], [60, 61, 62, 63]]
 LENS = [2, 3, 1, 3]
 
@@ -19,25 +27,25 @@ def _reference_scores(model, rows, lens):
     for row, n in zip(rows, lens):
         ids = torch.tensor([row])
         logits = model(input_ids=ids).logits[0, :-1]
-        lp = F.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        lp = F.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
         out.append(lp[-n:].mean().item())
     return out
 
 
 @pytest.mark.parametrize("kind", ["opt", "llama", "gpt2"])
 def test_trimmed_logits_on_padded_batch_equal_full_logits_one_at_a_time(kind):
-    model = make_model(kind)
+    model = make_model(kind, dtype=F64)
     batch = collate_rows(ROWS, LENS, pad_id=0)
     with torch.no_grad():
         lp, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"])
         scores = mean_option_logprob(lp, mask)
         expected = _reference_scores(model, ROWS, LENS)
     assert lp.shape[1] == max(LENS)  # only the answer positions went through the LM head
-    torch.testing.assert_close(scores, torch.tensor(expected), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scores, torch.tensor(expected, dtype=F64), rtol=0, atol=ATOL)
 
 
 def test_lm_loss_with_trimmed_logits_equals_full_logits():
-    model = make_model("llama")
+    model = make_model("llama", dtype=F64)
     batch = collate_rows(ROWS, LENS, pad_id=0)
     with torch.no_grad():
         trimmed = batch_loss(model, batch | {"group": torch.arange(4), "gold_row": torch.arange(4)}, False, True)
@@ -46,28 +54,28 @@ def test_lm_loss_with_trimmed_logits_equals_full_logits():
         total, count = 0.0, 0
         for i, (row, n) in enumerate(zip(ROWS, LENS)):
             width = batch["input_ids"].shape[1]
-            lp = F.log_softmax(full[i, width - n - 1:width - 1].float(), -1)
+            lp = F.log_softmax(full[i, width - n - 1:width - 1], -1)
             total -= lp.gather(-1, batch["input_ids"][i, width - n:, None]).sum().item()
             count += n
-    assert trimmed.item() == pytest.approx(total / count, rel=1e-5)
+    assert trimmed.item() == pytest.approx(total / count, rel=1e-12)
 
 
 def test_classification_loss_is_cross_entropy_over_candidate_scores():
-    model = make_model("opt")
+    model = make_model("opt", dtype=F64)
     batch = collate_rows(ROWS, LENS, pad_id=0)
     batch |= {"group": torch.tensor([0, 0, 1, 1]), "gold_row": torch.tensor([1, 2])}
     with torch.no_grad():
         loss = batch_loss(model, batch, True).item()
-    s = torch.tensor(_reference_scores(model, ROWS, LENS))
+    s = torch.tensor(_reference_scores(model, ROWS, LENS), dtype=F64)
     expected = (F.cross_entropy(s[None, :2], torch.tensor([1])) + F.cross_entropy(s[None, 2:], torch.tensor([0]))) / 2
-    assert loss == pytest.approx(expected.item(), rel=1e-4)
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
 
 
 def test_batched_scoring_equals_one_at_a_time():
-    model = make_model("gpt2")
+    model = make_model("gpt2", dtype=F64)
     batched = score_rows(model, ROWS, LENS, pad_id=0, batch_size=3)
     single = score_rows(model, ROWS, LENS, pad_id=0, batch_size=1)
-    torch.testing.assert_close(torch.tensor(batched), torch.tensor(single), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(batched), torch.tensor(single), rtol=0, atol=ATOL)
 
 
 def _sst2_samples():

@@ -1,5 +1,11 @@
 """SFC calibration (--sfc / --icl_sfc): upstream MeZO's calibration prompts, calibrated scores against a plain
-forward computed by hand, shared-prefix scoring equal to rows, and the refusals."""
+forward computed by hand, shared-prefix scoring equal to rows, and the refusals.
+
+The models are float64: a calibrated score is a difference of two sums of ~20 log-probs near -5, computed by the
+engine with other shapes and kernels than the hand forward (or the other layout). In float32 a few ulps (4.8e-7 at
+5) per log-prob add up to ~1e-5 over 20, against a tolerance of 1e-4; float64 rounds 2^-29 = 1.9e-9 times finer,
+so ~1e-13, and ATOL = 1e-10 leaves a margin of 1000 while calibration itself moves the scores by > 1e-3.
+"""
 import json
 
 import pytest
@@ -45,6 +51,7 @@ UPSTREAM = {
                lambda s: "-", lambda s, c: "- " + s.data["query"].replace("@placeholder", c)),
 }
 SAMPLES = {"SST2": SST2, "Copa": COPA, "RTE": RTE, "ReCoRD": RECORD}
+ATOL = 1e-10  # float64 sums of ~20 log-probs, see the module docstring
 
 
 def bos_tokenizer():
@@ -62,7 +69,7 @@ def tok(request):
 
 @pytest.fixture(scope="module")
 def models():
-    return {kind: make_model(kind, seed=3) for kind in ("opt", "llama", "gpt2")}
+    return {kind: make_model(kind, seed=3, dtype=torch.float64) for kind in ("opt", "llama", "gpt2")}
 
 
 def summed_answer_logprob(model, tokenizer, row: str, bare: str, prompt: str) -> float:
@@ -71,7 +78,7 @@ def summed_answer_logprob(model, tokenizer, row: str, bare: str, prompt: str) ->
     n = len(tokenizer.encode(bare.strip(" "))) - len(tokenizer.encode(prompt.strip(" ")))
     ids = tokenizer.encode(row)
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, :-1].float()
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()  # float64 (the model's own dtype)
     picked = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
     return picked[-n:].sum().item()
 
@@ -113,7 +120,7 @@ def test_calibrated_score_is_candidate_sum_minus_calibration_sum(tok, models, ta
     got = candidate_scores(model, tok, task.template, samples, demos, cfg)
     want = [hand_scores(model, tok, task_name, s, demos, calibration) for s in samples]
     for g, w in zip(got, want):
-        assert g == pytest.approx(w, abs=1e-4)  # sums of ~20 float32 log-probs near -5
+        assert g == pytest.approx(w, abs=ATOL)
     plain = candidate_scores(model, tok, task.template, samples, demos, EvalConfig(progress=False))
     assert not any(g == pytest.approx(p, abs=1e-3) for g, p in zip(got, plain))  # calibration changed the scores
 
@@ -128,7 +135,7 @@ def test_shared_prefix_equals_rows_with_sfc(tok, models, calibration, kind):
                                    EvalConfig(progress=False, calibration=calibration, scoring=scoring, batch_size=3))
                   for scoring in ("shared", "rows")]
         for shared, rows in zip(*scores):
-            assert shared == pytest.approx(rows, abs=1e-4)  # sums, not means: 1e-5 each token
+            assert shared == pytest.approx(rows, abs=ATOL)
 
 
 def test_prediction_is_the_argmax_of_calibrated_scores(models):

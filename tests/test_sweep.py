@@ -112,6 +112,7 @@ def _calls(sweep_file) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
 def test_rerun_skips_completed_resumes_interrupted_and_never_retries_diverged(tmp_path, capsys):
     sweep_file = write_sweep(tmp_path, OUTCOMES)
     assert cli.main([str(sweep_file)]) == 1  # the crash and the interrupted run are not finished
@@ -153,6 +154,7 @@ def test_slots_share_cores_and_gpus_without_overlap():
         make_slots(3, 1, ["0", "1"], cores=[0, 1, 2])
 
 
+@pytest.mark.slow
 def test_local_queue_pins_each_run_to_its_slot(tmp_path):
     sweep_file = write_sweep(tmp_path, '[grid]\nSEED = [0, 1, 2, 3]\n')
     cores = sorted(os.sched_getaffinity(0))
@@ -169,6 +171,7 @@ def test_local_queue_pins_each_run_to_its_slot(tmp_path):
     assert len(set(seen)) == jobs  # the first runs start together, one in each slot
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_sweep_interrupts_running_runs_and_starts_no_more(tmp_path):
     sweep_file = write_sweep(tmp_path, '[fixed]\nOUTCOME = "wait_term"\n[grid]\nSEED = [0, 1]\n')
     proc = subprocess.Popen([sys.executable, "scripts/sweep.py", str(sweep_file)], cwd=REPO, text=True,
@@ -208,6 +211,7 @@ def test_slurm_dry_run_prints_parameters_and_submits_nothing(tmp_path, capsys):
     assert not (tmp_path / "results" / "slurm").exists()
 
 
+@pytest.mark.slow
 def test_sweep_over_the_real_mezo_driver(tmp_path, tiny_opt_dir):
     data = tmp_path / "data" / "SST-2"
     data.mkdir(parents=True)

@@ -31,7 +31,7 @@ def _no_slurm() -> str | None:
 
 
 NO_SLURM = _no_slurm()
-pytestmark = pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))]
 
 
 def _sweep(sweep_file, *flags):

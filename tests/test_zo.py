@@ -49,27 +49,33 @@ def test_three_perturbations_drift_is_a_few_ulps():
         assert (p - p0).abs().max() <= 4 * torch.finfo(torch.float32).eps * p0.abs().max()
 
 
-def _quadratic_problem(dim=8, seed=0):
+def _quadratic_problem(dim=8, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    target = torch.randn(dim, generator=g)
-    theta = [torch.zeros(dim)]
+    target = torch.randn(dim, generator=g).to(dtype)
+    theta = [torch.zeros(dim, dtype=dtype)]
     return theta, lambda: float(((theta[0] - target) ** 2).sum()), target
 
 
 def test_projected_gradient_is_finite_difference_along_z():
-    theta, loss, target = _quadratic_problem()
+    """In float64: the losses (~|target|^2 ~ 8) round to ~1e-14, while L+ - L- = -4 eps target . z ~ 1e-2, so g
+    carries a relative error ~1e-12 and rel 1e-9 leaves a margin of 1000 (in float32 the same cancellation left
+    ~1e-4 relative, the old tolerance). A wrong eps or z changes g by O(1) relative."""
+    theta, loss, target = _quadratic_problem(dtype=torch.float64)
     seed, eps = 11, 1e-3
     z = zo.draw_z(theta, seed)[0]
     expected = (float(((eps * z - target) ** 2).sum()) - float(((-eps * z - target) ** 2).sum())) / (2 * eps)
     result = zo.zo_step(theta, loss, seed=seed, eps=eps, lr=0.0)
-    assert result.projected_grad == pytest.approx(expected, rel=1e-4)
+    assert result.projected_grad == pytest.approx(expected, rel=1e-9)
     # For a quadratic the central difference is exact: the directional derivative grad . z = -2 target . z.
-    assert result.projected_grad == pytest.approx(float(-2 * target @ z), rel=1e-3)
+    assert result.projected_grad == pytest.approx(float(-2 * target @ z), rel=1e-9)
 
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_update_matches_formula(cache):
-    params = _params()
+    """In float64: the engine and the formula below may order (or fuse) the same products differently; the terms
+    are below 0.1 * g * |z| ~ 40 (float64 ulp 7e-15), so a few roundings stay < 1e-13 and atol 1e-12 has a margin of
+    10, while leaving out the weight decay moves params[0] by 0.05 |p0| ~ 0.05."""
+    params = _params(torch.float64)
     original = [p.clone() for p in params]
     decay = [True, False]
     calls = iter([3.0, 1.0])  # loss_pos, loss_neg
@@ -78,8 +84,8 @@ def test_update_matches_formula(cache):
     assert result.projected_grad == pytest.approx((3.0 - 1.0) / 0.02)
     z = zo.draw_z(params, 4)
     g = result.projected_grad
-    torch.testing.assert_close(params[0], original[0] - 0.1 * (g * z[0] + 0.5 * original[0]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(params[1], original[1] - 0.1 * g * z[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(params[0], original[0] - 0.1 * (g * z[0] + 0.5 * original[0]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(params[1], original[1] - 0.1 * g * z[1], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

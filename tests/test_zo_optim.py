@@ -117,9 +117,9 @@ def test_sample_seeds_and_the_sample_schedule():
 
 
 # ---- one seed: the fused step, the optimizer path and today's zo_step agree bit for bit ---------------------------
-def _two_tensors(seed=0):
+def _two_tensors(seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return [leaf(torch.randn(5, 3, generator=g)), leaf(torch.randn(4, generator=g))]
+    return [leaf(torch.randn(5, 3, generator=g).to(dtype)), leaf(torch.randn(4, generator=g).to(dtype))]
 
 
 def _nonlinear_loss(params):
@@ -207,7 +207,10 @@ def test_state_dict_round_trip_continues_identically(cls, kwargs):
 
 @pytest.mark.parametrize("cls", [ZOSGD, ZOSGDMomentum, ZOAdam])
 def test_the_lr_comes_from_param_groups(cls):
-    base, halved = _two_tensors(), _two_tensors()
+    """In float64: h - s and b - s each carry the rounding of s + step, up to 0.75 ulp of |s| < 4 together
+    (6.7e-16; in float32 2.4e-7, above the old atol 1e-7), so atol 1e-14 has a margin of 15, while an lr that is
+    not halved is off by 0.5 |b - s| > 5e-4."""
+    base, halved = _two_tensors(dtype=torch.float64), _two_tensors(dtype=torch.float64)
     start = [p.detach().clone() for p in base]
     opt_base, opt_halved = cls(base, lr=0.1), cls(halved, lr=0.1)
     scheduler = LambdaLR(opt_halved, lambda step: 0.5**step)
@@ -218,7 +221,7 @@ def test_the_lr_comes_from_param_groups(cls):
         o.add_estimate([(9, 2.0)])
         o.step()
     for b, h, s in zip(base, halved, start):
-        torch.testing.assert_close(h - s, 0.5 * (b - s), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(h - s, 0.5 * (b - s), rtol=0, atol=1e-14)
         assert (b - s).abs().max() > 1e-3
 
 

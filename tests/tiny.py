@@ -107,11 +107,34 @@ def _config(kind: str, layers: int, common: dict):
     raise ValueError(f"unknown tiny model kind {kind!r}")
 
 
+class RMSNorm64(torch.nn.Module):
+    """LLaMA's RMSNorm without its cast to float32 (same weight Parameter and eps): in a float64 model the cast
+    would round every normalised activation to a float32 ulp (6e-8 relative), so two float64 computations that
+    differ by 1e-16 could land on either side of a float32 rounding boundary and differ by that ulp."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.weight, self.eps = norm.weight, norm.variance_epsilon
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+
 def make_model(kind: str, seed: int = 0, layers: int = 2, dtype=torch.float32, **config):
-    """A tiny model of ``kind`` in eval mode; ``config``: ``vocab_size`` and ``tie`` for ``tiny_config``."""
+    """A tiny model of ``kind`` in eval mode; ``config``: ``vocab_size`` and ``tie`` for ``tiny_config``. In
+    float64 LLaMA's RMSNorms become ``RMSNorm64``, so the model computes in float64 throughout."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind, layers, **config))
-    return model.to(dtype).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(kind, layers, **config)).to(dtype).eval()
+    return float64_norms(model) if dtype == torch.float64 else model
+
+
+def float64_norms(model):
+    """``model`` (float64) with its LlamaRMSNorms replaced by ``RMSNorm64`` in place; returns it."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child).__name__ == "LlamaRMSNorm":
+                setattr(parent, name, RMSNorm64(child))
+    return model
 
 
 def save_tiny(kind: str, path: Path, seed: int = 0) -> Path:
@@ -174,13 +197,13 @@ def mlm_config(kind: str, vocab_size: int, layers: int = 2):
     raise ValueError(f"unknown tiny masked LM kind {kind!r}")
 
 
-def make_mlm(kind: str, seed: int = 0, layers: int = 2):
+def make_mlm(kind: str, seed: int = 0, layers: int = 2, dtype=torch.float32):
     """A tiny masked LM of ``kind`` (``roberta`` or ``bert``) and its tokenizer, the model in eval mode."""
     tokenizer = make_mlm_tokenizer() if kind == "roberta" else make_wordpiece_tokenizer(
         [w.strip().lower() for w in LABEL_WORDS])
     torch.manual_seed(seed)
     model = AutoModelForMaskedLM.from_config(mlm_config(kind, len(tokenizer), layers))
-    return model.eval(), tokenizer
+    return model.to(dtype).eval(), tokenizer
 
 
 def save_tiny_mlm(kind: str, path: Path, seed: int = 0) -> Path:
