@@ -34,7 +34,7 @@ EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
 [ "$FSDP" = 0 ] || EVAL_ARGS=(--eval_strategy epoch)  # the in-memory best-model snapshot is not for shards
 [ "$DEV" -gt 0 ] || EVAL_ARGS=()
 
-# exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see README, Preemption)
+# exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see docs/troubleshooting.md, Preemption)
 exec "${LAUNCH[@]}" "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \

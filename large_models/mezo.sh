@@ -31,7 +31,7 @@ print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE NUM_GPU=$NUM_GPU BS=$BS LR=$LR 
     "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME" \
     "DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
-# exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see README, Preemption)
+# exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see docs/troubleshooting.md, Preemption)
 exec "${LAUNCH[@]}" "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --train_set_seed "$SEED" --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --logging_steps 10 \

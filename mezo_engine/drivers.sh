@@ -34,7 +34,7 @@ lp_args() {
 
 # NUM_GPU=N (default 1): LAUNCH runs run.py in N data-parallel processes on this machine with torchrun (each rank
 # takes BS examples, so the global batch is N x BS); with 1, plain python. Under torchrun the ranks use NCCL on
-# GPUs and gloo without CUDA. For several machines, call torchrun yourself (see the README).
+# GPUs and gloo without CUDA. For several machines, call torchrun yourself (see docs/cluster.md).
 launcher() {
     NUM_GPU=${NUM_GPU:-1}
     case "$NUM_GPU" in

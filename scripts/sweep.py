@@ -1,6 +1,6 @@
 """Run a sweep: ``python scripts/sweep.py scripts/sweeps/example.toml [--dry-run] [--executor local|slurm]``.
 
-See ``scripts/sweeps/cli.py`` (and ``--help``) for the options and the README, "Sweeps, aggregation and plots".
+See ``scripts/sweeps/cli.py`` (and ``--help``) for the options and docs/sweeps.md.
 """
 import sys
 
