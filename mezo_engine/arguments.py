@@ -29,7 +29,7 @@ UNTRAINED = {"lora": "an adapter changes nothing until it is trained",
 # Upstream MeZO's names (medium_models) -> ours; run.py accepts both.
 ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
 # Flags only --trainer zo reads: a non-default value with another trainer would be silently ignored.
-ZO_OPTIMIZER_FLAGS = ("zo_optimizer", "zo_momentum", "zo_num_samples", "zo_sample_scheduler")
+ZO_OPTIMIZER_FLAGS = ("zo_optimizer", "zo_momentum", "zo_num_samples", "zo_sample_scheduler", "zo_perturb")
 
 
 class ArgumentError(ValueError):
@@ -74,6 +74,13 @@ class EngineArguments(TrainingArguments):
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
+    zo_perturb: Literal["in_place", "out_of_place"] = field(default="in_place", metadata={
+        "help": "How a full-parameter zo step perturbs the weights. in_place (MeZO's way): theta += eps z, "
+                "-= 2 eps z, += eps z in place, then the update; in fp16/bf16 the restore by arithmetic drifts a "
+                "few ulps a step. out_of_place: forward hooks form each module's W + eps z just before it runs and "
+                "drop it after, so the weights change only in the update (float64, rounded once to the dtype); z is "
+                "drawn per parameter (another stream than in_place). Full-parameter ZO-SGD with one direction only "
+                "(docs/zo_precision.md)."})
     # ---- prefix tuning (MeZO's names and defaults) -----------------------------------------------------------
     prefix_tuning: bool = field(default=False, metadata={
         "help": "Prefix tuning: train --num_prefix key/value vectors in front of every attention layer; nothing else "
@@ -316,12 +323,26 @@ class EngineArguments(TrainingArguments):
         if self.zo_sample_scheduler == "linear" and self.zo_num_samples == 1:
             yield (f"{self._flag('zo_sample_scheduler')} with --zo_num_samples 1: every step would take one "
                    f"direction; give --zo_num_samples > 1, the number reached at the end of the run")
+        yield from self._perturb_problems()
         if self.zo_optimizer == "adam":
             for flag in ("adam_beta1", "adam_beta2"):
                 if not 0 <= getattr(self, flag) < 1:
                     yield f"--{flag} {getattr(self, flag)}: must be in [0, 1) for --zo_optimizer adam"
             if not self.adam_epsilon >= 0:
                 yield f"--adam_epsilon {self.adam_epsilon}: must be >= 0 for --zo_optimizer adam"
+
+    def _perturb_problems(self):
+        """``--zo_perturb out_of_place``: full-parameter ZO-SGD with one direction per step."""
+        if self.zo_perturb != "out_of_place":
+            return
+        if self.mode not in ("ft", "lp-ft"):
+            yield (f"--zo_perturb out_of_place with {self.mode} training: for full-parameter training only (the "
+                   f"small trainable sets of adapters, prefixes and heads are restored bit for bit already)")
+        if self.zo_optimizer != "sgd":
+            yield (f"--zo_perturb out_of_place with --zo_optimizer {self.zo_optimizer}: only sgd (the ZO optimizers "
+                   f"regenerate z from the in-place stream)")
+        if self.zo_num_samples != 1:
+            yield f"--zo_perturb out_of_place with {self._flag('zo_num_samples')}: one direction per step only"
 
     def _mode_problems(self):
         yield from self._prefix_problems()

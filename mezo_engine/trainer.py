@@ -7,6 +7,8 @@
   the (seed, projected gradient) pairs of ``zo.estimate`` are handed to the optimizer (``add_estimate``) and the
   Trainer's own loop applies them with ``optimizer.step()``, as after a backward. n-SPSA
   (``--zo_num_samples``, ``--zo_sample_scheduler``) draws several directions, seeded from the step's seed.
+  ``--zo_perturb out_of_place`` (full-parameter ZO-SGD, one direction): ``zo_out_of_place.fused_sgd_step``, whose
+  forward hooks form each ``W + eps z`` as its module runs, so only the update writes the weights.
   For ``regular``, the Trainer's own step.
 * ``create_optimizer``: zo gets the ZO optimizer of ``--zo_optimizer`` (``zo_optim``: SGD, momentum, Adam) over
   every parameter that may train (frozen boosters included), in model order; its LR comes from ``param_groups``,
@@ -46,7 +48,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
-from mezo_engine import distributed, lora, zo
+from mezo_engine import distributed, lora, zo, zo_out_of_place
 from mezo_engine.evaluation import EvalConfig, evaluate_sharded
 from mezo_engine.objectives import Objective, batch_weight, objective_for
 from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
@@ -125,6 +127,14 @@ def _estimate_with_loss(params, loss_fn, seeds, eps: float, cache: bool) -> tupl
     return sum(at_plus) / len(at_plus), pairs
 
 
+def _out_of_place_step(model, optimizer, loss_fn, seeds: Sequence[int], eps: float) -> zo.StepResult:
+    """``--zo_perturb out_of_place``: the one-seed ZO-SGD step with the weights written only in the update."""
+    if not isinstance(optimizer, ZOSGD) or len(seeds) != 1:
+        raise ValueError(f"--zo_perturb out_of_place: needs --zo_optimizer sgd and one direction per step (got "
+                         f"{type(optimizer).__name__}, {len(seeds)} directions)")
+    return zo_out_of_place.fused_sgd_step(model, optimizer.zo_params(), loss_fn, seeds[0], eps, optimizer.rates())
+
+
 class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
@@ -179,6 +189,9 @@ class MezoTrainer(Trainer):
         cache = sum(p.numel() for p in params) <= CACHE_FRACTION * self._total_params(model)
         seeds = zo.sample_seeds(self.args.seed, self.state.global_step, num_samples(
             self.args.zo_sample_scheduler, self.args.zo_num_samples, self.state.global_step, self.state.max_steps))
+        if self.args.zo_perturb == "out_of_place":
+            result = _out_of_place_step(model, optimizer, loss_fn, seeds, self.args.zo_eps)
+            return result.loss, [(result.seed, result.projected_grad)]
         if isinstance(optimizer, ZOSGD) and len(seeds) == 1:
             result = optimizer.fused_step(loss_fn, seeds[0], self.args.zo_eps, cache)
             return result.loss, [(result.seed, result.projected_grad)]

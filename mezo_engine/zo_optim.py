@@ -94,9 +94,11 @@ class ZOSGD(ZOOptimizer):
         """Estimate along z(seed) and update at once; the parameters' rates come from their groups."""
         if self._pending:
             raise RuntimeError("fused_step with estimates pending: call step() first, or do not add_estimate")
-        active = self._active()
-        rates = [(group["lr"], group["weight_decay"]) for group, _ in active]
-        return zo.fused_sgd_step([p for _, p in active], loss_fn, seed, eps, rates, cache)
+        return zo.fused_sgd_step(self.zo_params(), loss_fn, seed, eps, self.rates(), cache)
+
+    def rates(self) -> list[tuple[float, float]]:
+        """(lr, weight decay) of each parameter of ``zo_params()``, from its group."""
+        return [(group["lr"], group["weight_decay"]) for group, _ in self._active()]
 
     def _apply(self, active, streams) -> None:
         for group, p in active:
