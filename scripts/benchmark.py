@@ -16,7 +16,10 @@ f. batched candidate scoring (``evaluation.score_rows``) over one-row-at-a-time 
 g. the trainer's fused ZO-SGD step (``MezoTrainer.training_step`` then ``optimizer.step()``, as the Trainer's loop
    runs them, default ``--zo_optimizer sgd``) over the raw ``zo.zo_step`` call on the same batch;
 h. (info) the extra memory of the ZO momentum and ZO-Adam state (``zo_optim``) for full-parameter and LoRA
-   training: the bytes of the state tensors after one step, against the bytes of the trainable parameters.
+   training: the bytes of the state tensors after one step, against the bytes of the trainable parameters;
+i. full-parameter ``--zo_perturb out_of_place`` (``zo_out_of_place.zo_step``: hooks form W + eps z as each module
+   runs): its step over the in-place step (target <= 1.1), and its peak memory over the inference peak plus the
+   largest single weight (target <= 1).
 
 ``--masked-lm`` measures the masked-LM path of ``medium_models`` instead: on a RoBERTa config (random weights), a
 batch of SST-2-shaped prompts (64 rows of 32 to 48 tokens, one mask each, upstream's batch size), one forward of
@@ -59,7 +62,9 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("full", "lora", "xgblora")
-MEMORY_CASES = ("full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo")
+MEMORY_CASES = ("full:infer", "full:zo", "full:naive", "full:zo_oop", "lora:infer", "lora:zo")
+# The budget of the out-of-place step's peak: the inference peak plus the largest single weight (derived, not run).
+OOP_BUDGET = "full:infer_plus_largest_weight"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -370,7 +375,7 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
 
     The two steps also report how long their own two forwards took inside them (``Inner``).
     """
-    from mezo_engine import zo
+    from mezo_engine import zo, zo_out_of_place
 
     a = ctx.args
     names, params, decay, cache = trainable(model)
@@ -389,8 +394,13 @@ def zo_cases(variant: str, model, batch: dict, ctx: Context) -> dict[str, Callab
         naive_step(named, naive_clock, next(ctx.seeds), a.eps, a.lr, a.weight_decay)
         return naive_clock.take()
 
-    folded_case = {} if variant == "full" else {f"forward_folded/{variant}": folded}
-    return folded_case | {
+    def out_of_place() -> Inner:
+        zo_out_of_place.zo_step(model, params, clock, next(ctx.seeds), a.eps, a.lr, a.weight_decay, decay)
+        return clock.take()
+
+    variant_cases = {f"zo_step_oop/{variant}": out_of_place} if variant == "full" else {
+        f"forward_folded/{variant}": folded}
+    return variant_cases | {
         f"forward/{variant}": loss,
         f"zo_step/{variant}": lambda: ours(clock),
         f"zo_overhead/{variant}": lambda: ours(lambda: 0.0),
@@ -598,7 +608,7 @@ def _reset_peak_rss() -> bool:
 
 def memory_workload(variant: str, mode: str, ctx: Context):
     """The model and the function one training or inference iteration of ``variant`` runs."""
-    from mezo_engine import zo
+    from mezo_engine import zo, zo_out_of_place
 
     model = attach_variant(build_model(ctx.args.model, ctx.dtype, ctx.device, ctx.args.seed), variant, ctx.args)
     batch = make_batch(ctx.features, ctx.pad_id, ctx.device)
@@ -606,6 +616,9 @@ def memory_workload(variant: str, mode: str, ctx: Context):
     loss, a = loss_fn_for(model, batch, fold=mode == "zo" and variant != "full"), ctx.args
     if mode == "infer":
         return model, loss
+    if mode == "zo_oop":
+        return model, lambda: zo_out_of_place.zo_step(model, params, loss, next(ctx.seeds), a.eps, a.lr,
+                                                      a.weight_decay, decay)
     if mode == "naive":
         naive_loss = naive_loss_fn_for(model, make_batch(ctx.features, ctx.pad_id, ctx.device, shared=False))
         return model, lambda: naive_step(list(zip(names, params)), naive_loss, next(ctx.seeds), a.eps, a.lr,
@@ -640,6 +653,7 @@ def measure_memory_here(case: str, ctx: Context) -> dict:
         out = {"peak_bytes": _proc_status("VmHWM") if reset else process_peak, "start_bytes": start,
                "process_peak_bytes": process_peak,
                "method": "VmHWM since reset after build" if reset else "ru_maxrss (whole process)"}
+    out["largest_weight_bytes"] = max(p.numel() * p.element_size() for p in model.parameters())
     del model, fn
     _release(ctx.device)
     return out
@@ -668,10 +682,21 @@ def measure_memory(ctx: Context) -> dict[str, dict]:
     """Peak memory of every case: separate child processes on CPU (a few at a time), in this process on CUDA."""
     cases = [c for c in MEMORY_CASES if c.split(":")[0] in ctx.args.variants]
     if ctx.device.type == "cuda":
-        return {c: measure_memory_here(c, ctx) for c in tqdm(cases, desc="memory", leave=False)}
+        return with_oop_budget({c: measure_memory_here(c, ctx) for c in tqdm(cases, desc="memory", leave=False)})
     with ThreadPoolExecutor(max(1, ctx.args.mem_jobs)) as pool:
         futures = {c: pool.submit(_run_child, c, ctx.args) for c in cases}
-        return {c: f.result() for c, f in tqdm(futures.items(), desc="memory", leave=False)}
+        return with_oop_budget({c: f.result() for c, f in tqdm(futures.items(), desc="memory", leave=False)})
+
+
+def with_oop_budget(memory: dict[str, dict]) -> dict[str, dict]:
+    """``memory`` and, where inference was measured, ``OOP_BUDGET``: its peak plus the model's largest weight."""
+    infer = memory.get("full:infer")
+    if infer is None:
+        return memory
+    budget = {"peak_bytes": infer["peak_bytes"] + infer["largest_weight_bytes"],
+              "largest_weight_bytes": infer["largest_weight_bytes"],
+              "method": "derived: the full:infer peak plus the largest single weight"}
+    return {**memory, OOP_BUDGET: budget}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -732,6 +757,14 @@ def ratio_specs(variants: tuple[str, ...], candidates: int = 2, trainer_step: bo
     if "full" in variants:
         out += [Ratio("peak_memory_naive_over_inference/full", "m:full:naive", "m:full:infer", 1.0, "", 0.0,
                       "naive ZO peak memory / inference peak (full)"),
+                Ratio("zo_step_oop_over_zo_step/full", "t:zo_step_oop/full", "t:zo_step/full", 1.0, "<=", 1.1,
+                      "i: out-of-place ZO step (--zo_perturb out_of_place) / in-place ZO step (full)"),
+                Ratio("zo_step_oop_over_two_forwards/full", "t:zo_step_oop/full", "t:forward/full", 2.0, "", 0.0,
+                      "out-of-place ZO step / 2 forwards (full)"),
+                Ratio("peak_memory_oop_over_budget/full", "m:full:zo_oop", f"m:{OOP_BUDGET}", 1.0, "<=", 1.0,
+                      "i: out-of-place ZO peak memory / (inference peak + largest single weight) (full)"),
+                Ratio("peak_memory_oop_over_inference/full", "m:full:zo_oop", "m:full:infer", 1.0, "", 0.0,
+                      "out-of-place ZO peak memory / inference peak (full)"),
                 Ratio("eval_batched_speedup", "t:eval_single", "t:eval_batched", 1.0, ">=", 3.0,
                       "f: one row at a time (upstream's forward) / batched shared-prefix evaluation time"),
                 Ratio("eval_batched_speedup_trimmed", "t:eval_single_trimmed", "t:eval_batched", 1.0, "", 0.0,

@@ -24,12 +24,15 @@ TIME_KEYS = [f"{kind}/{v}" for v in VARIANTS for kind in ("forward", "zo_step", 
                                                            "trainer_step")]
 TIME_KEYS += ["eval_batched", "eval_single", "eval_single_trimmed", "merge/xgblora"] + [f"ref/{v}" for v in VARIANTS]
 TIME_KEYS += ["forward_folded/lora", "forward_folded/xgblora", "forward_plain/lora", "forward_plain/xgblora"]
-MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "lora:infer", "lora:zo"]
+TIME_KEYS += ["zo_step_oop/full", "zo_step_oop_forwards/full"]  # --zo_perturb out_of_place
+MEMORY_KEYS = ["full:infer", "full:zo", "full:naive", "full:zo_oop", "full:infer_plus_largest_weight", "lora:infer",
+               "lora:zo"]
 TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_ours/{v}" for v in VARIANTS] + [
     "peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora", "merge_over_forward/xgblora",
     "eval_batched_speedup"] + [f"zo_step_over_ref/{v}" for v in VARIANTS] + [
     "folded_forward_over_plain/lora", "folded_forward_over_plain/xgblora"] + [
-    f"trainer_step_over_zo_step/{v}" for v in VARIANTS]
+    f"trainer_step_over_zo_step/{v}" for v in VARIANTS] + [
+    "zo_step_oop_over_zo_step/full", "peak_memory_oop_over_budget/full"]
 
 
 def _load_script():
@@ -91,6 +94,21 @@ def test_quick_ratios_are_quotients_of_stored_values(quick_result):
             assert all(i <= o for i, o in zip(inner, outer))
     for key in TARGETED:
         assert result["ratios"][key]["target"] and isinstance(result["ratios"][key]["pass"], bool), key
+
+
+@pytest.mark.slow
+def test_quick_out_of_place_rows(quick_result):
+    """i: the out-of-place step's time is its own (its two forwards timed inside it), and its memory budget is the
+    inference peak plus the tiny config's largest weight: the 260 x 32 float32 embedding (or LM head)."""
+    result, stdout = quick_result
+    times, memory = result["times"], result["memory"]
+    inner, outer = times["zo_step_oop_forwards/full"]["samples"], times["zo_step_oop/full"]["samples"]
+    assert all(i <= o for i, o in zip(inner, outer))
+    budget = memory["full:infer_plus_largest_weight"]
+    assert budget["largest_weight_bytes"] == 260 * 32 * 4
+    assert budget["peak_bytes"] == memory["full:infer"]["peak_bytes"] + budget["largest_weight_bytes"]
+    assert "i: out-of-place ZO step (--zo_perturb out_of_place) / in-place ZO step (full) | " in stdout
+    assert result["ratios"]["zo_step_oop_over_zo_step/full"]["target"] == "<= 1.1"
 
 
 @pytest.mark.slow
