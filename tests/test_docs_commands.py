@@ -49,6 +49,7 @@ SKIPPED = {
     "export ": ("sets the shell's environment; nothing to parse", 1),
     "bash scripts/slurm_local_cluster.sh": ("starts or stops SLURM daemons: needs root", 2),
     "torchrun --standalone": ("the launcher the drivers use for NUM_GPU > 1, named without run.py", 1),
+    "bash scripts/gpu_check.sh": ("needs a CUDA GPU; tests/test_gpu_check.py covers its flags and CPU refusal", 2),
 }
 DRIVERS = {"mezo.sh", "finetune.sh", "icl.sh", "finetune_fsdp.sh"}
 # Environment variables a command may set that no driver script reads.
