@@ -531,7 +531,10 @@ class _FoldHooks:
 
     def before(self, module: nn.Module, inputs) -> None:
         self.original = module.weight.data
-        module.weight.data = torch.add(self.original, self.layer.get_delta_weight(self.adapter))
+        # PEFT keeps half-precision models' adapters in float32: the sum is formed at the wider of the two dtypes
+        # and rounded once to W's dtype, so the layer's matmul sees the dtype it was built for.
+        delta = self.layer.get_delta_weight(self.adapter)
+        module.weight.data = torch.add(self.original, delta).to(self.original.dtype)
 
     def after(self, module: nn.Module, inputs, output) -> None:
         module.weight.data = self.original

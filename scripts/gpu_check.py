@@ -97,7 +97,8 @@ def _version(package: str) -> str:
 
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """``cmd`` from the repository root with PYTHONPATH at it; a timeout comes back as return code 124."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the repository first, then what the caller had (e.g. carried wheels: bitsandbytes on the GPU machine)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired as err:

@@ -190,6 +190,29 @@ def test_folded_adapter_forward_equals_peft_and_restores_the_base(kind):
     assert [p.requires_grad for p in model.parameters()] == flags  # PEFT's re-enable would unfreeze boosters
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_folded_adapters_keep_a_half_precision_models_dtype(dtype):
+    """PEFT keeps the adapters of a float16/bfloat16 model in float32; the folded weight W + s B A must still be
+    in W's dtype (a float32 weight meets half-precision activations in the matmul and raises, as it did on a GPU
+    in bf16). The folded output equals PEFT's within a few ulps of the half-precision logits (PEFT adds s B A x
+    after the matmul, folding before it: each rounds W x + s B A x once more; logits ~1, ulp 2^-7 in bf16)."""
+    model = lora.attach_lora(make_model("llama").to(dtype), r=4, alpha=8).eval()
+    for _, layer in lora.lora_layers(model):
+        torch.nn.init.normal_(lora._lora_AB(layer)[1], std=0.5)
+    base = lora.lora_layers(model)[0][1].get_base_layer()
+    seen = []
+    # registered before folding, so it runs before the fold's own post-hook gives W back: it sees the folded weight
+    base.register_forward_hook(lambda module, inputs, output: seen.append(module.weight.dtype))
+    ids = torch.randint(4, 200, (2, 8))
+    with torch.no_grad():
+        peft_logits = model(input_ids=ids).logits.float()
+        with lora.folded_adapters(model):
+            folded = model(input_ids=ids).logits.float()
+    assert seen[-1] == dtype and base.weight.dtype == dtype
+    ulp = torch.finfo(dtype).eps * max(1.0, float(peft_logits.abs().max()))
+    assert (folded - peft_logits).abs().max() <= 8 * ulp
+
+
 def test_folded_adapters_give_back_the_base_weight_when_a_forward_raises():
     model = lora.attach_lora(make_model("llama"), r=2, alpha=4).eval()
     for _, layer in lora.lora_layers(model):
