@@ -243,12 +243,12 @@ def _run_py(model_dir: Path, data_dir: Path, out: Path, *flags: str, budget_s: f
                  "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
                  "--train_as_classification", "--disable_tqdm", "True", "--report_to", "none", *flags], budget_s)
     if proc.returncode != 0:
-        return False, [f"`run.py {' '.join(flags)}`: exit {proc.returncode}", *_tail(proc.stderr)]
+        return False, [f"`run.py ... {' '.join(flags)}`: exit {proc.returncode}", *_tail(proc.stderr)]
     result = json.loads(out.read_text())
     train, used = result.get("train", {}), result.get("resources", {})
     ok = train.get("global_step") == int(flags[flags.index("--max_steps") + 1]) and bool(
         used.get("cuda_max_allocated_mib"))
-    return ok, [f"`run.py {' '.join(flags)}`: accuracy {result['eval'].get('accuracy')}, steps "
+    return ok, [f"`run.py ... {' '.join(flags)}`: accuracy {result['eval'].get('accuracy')}, steps "
                 f"{train.get('global_step')}, CUDA peak {used.get('cuda_max_allocated_mib')} MiB"]
 
 
