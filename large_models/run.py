@@ -29,8 +29,8 @@ from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.objectives import objective_for
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine import runner
-from mezo_engine.runner import (RunStopped, exit_stopped, finish, model_placement, run_output_dir, start_ranks,
-                                stopped_run)
+from mezo_engine.runner import (RunStopped, end_ranks, exit_stopped, finish, model_placement, run_output_dir,
+                                start_ranks, stopped_run)
 from mezo_engine.trainer import MezoTrainer
 
 logger = logging.getLogger("run")
@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
         exit_stopped(stop)
+    finally:
+        end_ranks()
 
 
 if __name__ == "__main__":

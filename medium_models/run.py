@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
         exit_stopped(stop)
+    finally:
+        runner.end_ranks()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,14 @@ def start_ranks(args) -> None:
         logger.info("rank %s of %d on %s", os.environ.get("RANK"), launched_world_size(), args.device)
 
 
+def end_ranks() -> None:
+    """Leave the process group, if this process joined one. A gloo or NCCL group still alive at interpreter exit
+    can abort the process after its result is written ("terminate called without an active exception", exit -6),
+    which torchrun then reports as the job's failure."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def model_placement(args) -> str:
     """Where the model goes (``placement.placement``): split over the devices unless ``--no_auto_device``, one
     device per rank under torchrun, the CPU for FSDP (which places the shards) or without CUDA."""
