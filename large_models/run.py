@@ -16,17 +16,17 @@ from pathlib import Path
 from transformers import set_seed
 
 from large_models.arguments import Arguments, default_config, parse_args
+from large_models.pipeline import dev_evaluator, eval_config, objective_for, probe
 from large_models.tasks import DataError, get_task, per_example_demo_seeds
 from mezo_engine import distributed
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.data import TrainCollator, count_cut, prompt_feature, training_feature
-from mezo_engine.evaluation import EvalConfig, evaluate_sharded
+from mezo_engine.evaluation import evaluate_sharded
 from mezo_engine.head import HeadError
 from mezo_engine.linear_probe import ProbeError
 from mezo_engine.models import ModelError, load_model_and_tokenizer, position_limit
 from mezo_engine.modes import prepare_head, sample_batches
-from mezo_engine.objectives import objective_for
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine import runner
 from mezo_engine.runner import (RunStopped, end_ranks, exit_stopped, finish, model_placement, run_output_dir,
@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
     """``runner.result_path`` with this app's defaults: ``<result_dir>/<task>-<model>-<tag>-<hash>.json``."""
-    return runner.result_path(args, set_seed_, many_sets, default_config(), REPO_ROOT)
+    return runner.result_path(args, args.task_name, set_seed_, many_sets, default_config(), REPO_ROOT)
 
 
 def cap_max_length(args: Arguments, model) -> None:
@@ -64,11 +64,6 @@ def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samp
             logger.warning("%d %s prompt(s) are longer than --max_length %d tokens and lose their left end", n,
                            split, args.max_length)
     return cut
-
-
-def eval_config(args: Arguments) -> EvalConfig:
-    """Evaluation settings (batching, generation, --scoring, --sfc / --icl_sfc) of the run."""
-    return EvalConfig.from_args(args)
 
 
 def one_demo_set_per_example(args: Arguments) -> bool:
@@ -145,9 +140,10 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
 
     def batches():  # drawn only by a mode that needs them (LoRA-GA's gradient estimate)
         return sample_batches(features, collator, args.per_device_train_batch_size, args.lora_ga_batches, args.seed)
-    return runner.make_trainer(args, model, objective_for(args, tokenizer, task), batches, task.metric, dev_samples,
+    return runner.make_trainer(args, model, objective_for(args, tokenizer, task),
+                               dev_evaluator(args, tokenizer, task, dev_samples), batches, task.metric,
                                train_dataset=features, eval_dataset=dev_samples or None, data_collator=collator,
-                               processing_class=tokenizer, task=task, eval_config=eval_config(args))
+                               processing_class=tokenizer)
 
 
 def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[MezoTrainer, dict, str]:
@@ -184,7 +180,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
               "world_size": distributed.world_size()}
     start = time.time()
     result["status"] = "completed"
-    if head_summary := prepare_head(args, task, model, tokenizer, train_samples):
+    if head_summary := prepare_head(args, model, probe(args, task, model, tokenizer, train_samples)):
         result["head"] = head_summary
     trainer = None
     if args.trainer != "none":

@@ -25,7 +25,7 @@ from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.head import HeadError
 from mezo_engine.models import ModelError, auto_class_of, load_model_and_tokenizer
-from mezo_engine.modes import sample_batches
+from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine.runner import RunStopped, exit_stopped, finish, model_placement, run_output_dir, stopped_run
 from mezo_engine.tasks import DataError
@@ -87,11 +87,10 @@ def build_trainer(args: Arguments, model, tokenizer, prompting: Prompting, featu
 
     def dev_metrics(trained) -> dict:
         return evaluate(args, trained, features["dev"], collator, prompting.label_ids)[0]
-    return runner.make_trainer(args, model, LabelLoss(prompting.label_ids, prompting.causal), batches,
-                               args.task.metric, features["dev"], train_dataset=features["train"],
-                               eval_dataset=features["dev"] or None, data_collator=collator,
-                               processing_class=tokenizer, task=args.task,
-                               evaluator=dev_metrics)
+    return runner.make_trainer(args, model, LabelLoss(prompting.label_ids, prompting.causal),
+                               dev_metrics if features["dev"] else None, batches, args.task.metric,
+                               train_dataset=features["train"], eval_dataset=features["dev"] or None,
+                               data_collator=collator, processing_class=tokenizer)
 
 
 def run_one(args: Arguments, splits: dict, path: Path) -> dict:
@@ -109,6 +108,8 @@ def run_one(args: Arguments, splits: dict, path: Path) -> dict:
               "data_seed": args.split_seed, "num_train": len(splits["train"]), "num_dev": len(splits["dev"]),
               "num_eval": len(splits["test"]), "prompt": prompting.summary(), "status": "completed"}
     start, trainer = time.time(), None
+    if head_summary := prepare_head(args, model):  # --untie_emb (--linear_probing is refused here)
+        result["head"] = head_summary
     if args.trainer != "none":
         trainer = build_trainer(args, model, tokenizer, prompting, features, collator)
         trainer, result["train"], result["status"] = runner.train(args, trainer)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
     try:
-        path = runner.result_path(args, None, False, default_config(), REPO_ROOT)
+        path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT)
         args.output_dir = run_output_dir(args, path, False)
         check_result_path(path, args.overwrite)  # before any data or model is loaded, so a bad path costs nothing
         return run_one(args, load_splits(args), path)

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalConfig:
+    """How candidates are scored and answers generated. The app fills it from its own flags (``large_models``:
+    ``pipeline.eval_config``); the engine reads no flag of its own here."""
+
     batch_size: int = 8
     max_length: int = 2048
     max_new_tokens: int = 50
@@ -42,15 +45,6 @@ class EvalConfig:
     progress: bool = True
     scoring: str = "shared"  # or "rows": see scoring.py
     calibration: str = "none"  # "sfc" (calibration prompt alone) or "icl_sfc" (after the demonstrations)
-
-    @classmethod
-    def from_args(cls, args) -> "EvalConfig":
-        """The evaluation settings of a run's ``Arguments`` (``--sfc`` / ``--icl_sfc`` become ``calibration``)."""
-        calibration = "sfc" if args.sfc else "icl_sfc" if args.icl_sfc else "none"
-        return cls(batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
-                   max_new_tokens=args.max_new_tokens, sampling=args.sampling, temperature=args.temperature,
-                   num_beams=args.num_beams, top_k=args.top_k, top_p=args.top_p, eos_token=args.eos_token,
-                   progress=not args.disable_tqdm, scoring=args.scoring, calibration=calibration)
 
 
 def _batches(order: Sequence[int], size: int):

@@ -12,9 +12,9 @@ MeZO's names (``--lora``, ``--xgblora``, ...) and ``Arguments.mode`` turns them 
 | ``prefix`` | ``--prefix_tuning`` | prefix keys/values of every attention layer        | real-activation init                |
 | ``head``  | ``--head_tuning`` | the LM head (the tied embedding weight unless ``--untie_emb``) |                             |
 
-``--linear_probing`` is not a mode of its own but a start: ``prepare_head`` fits the probe and writes it into the
-untied head before training; the run's mode is then ``lp`` (the probe alone, ``--trainer none``) or
-``lp-<mode>`` (training continues from it in ``<mode>``).
+``--linear_probing`` is not a mode of its own but a start: ``prepare_head`` unties the head and calls the app's
+probe, which fits it and writes it into the head before training; the run's mode is then ``lp`` (the probe alone,
+``--trainer none``) or ``lp-<mode>`` (training continues from it in ``<mode>``).
 
 Each mode is a small class; the base class is full-parameter training, and a mode overrides only what differs.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from mezo_engine import head, linear_probe, lora, prefix
+from mezo_engine import head, lora, prefix
 from mezo_engine.trainer import BoostingCallback, PartialMergeCallback
 
 logger = logging.getLogger(__name__)
@@ -209,17 +209,18 @@ def mode_for(args) -> Mode:
     return MODES["ft" if name == "lp" else name.removeprefix("lp-")](args)
 
 
-def prepare_head(args, task, model, tokenizer, train_samples) -> dict:
+def prepare_head(args, model, probe: Callable[[], dict] | None = None) -> dict:
     """Before any training: ``--untie_emb``, and ``--linear_probing`` (which unties first: the probe writes the
-    label words' rows of the head, which must not move their input embeddings). Returns what the result JSON
-    records under ``head`` (empty when neither is set)."""
+    label words' rows of the head, which must not move their input embeddings). ``probe()`` is the app's fit of
+    the probe (``large_models.pipeline.probe``: it knows the prompts and answers); it returns the probe's summary.
+    Returns what the result JSON records under ``head`` (empty when neither flag is set)."""
     summary = {}
+    if args.linear_probing and probe is None:
+        raise ValueError("--linear_probing: this app gives no probe to fit (large_models/run.py does)")
     if args.untie_emb or args.linear_probing:
         summary["untied"] = head.untie_embeddings(model)
     if args.linear_probing:
-        summary["linear_probe"] = linear_probe.linear_probe(
-            model, tokenizer, task, train_samples, args.lp_early_stopping, args.per_device_eval_batch_size,
-            args.max_length)
+        summary["linear_probe"] = probe()
         logger.info("linear probe: train accuracy %.4f, C %.4g", summary["linear_probe"]["train_accuracy"],
                     summary["linear_probe"]["C"])
     return summary

@@ -1,8 +1,8 @@
 """Training objectives: what a step minimises, as a function ``(model, batch) -> scalar tensor``.
 
 The trainer is handed one objective (``MezoTrainer(objective=...)``) and calls it from ``compute_loss``; the
-zo step calls it twice per step under the perturbed weights. ``objective_for`` is the one place that picks it
-from the run's arguments, and the batch (``data.TrainCollator``) carries what the objective needs:
+zo step calls it twice per step under the perturbed weights. The app picks it from its own flags
+(``large_models.pipeline.objective_for``), and the batch (``data.TrainCollator``) carries what the objective needs:
 
 * ``AnswerLoss`` (differentiable; ``scoring.batch_loss``): cross-entropy over the candidates
   (``--train_as_classification``), the LM loss on the answer tokens (``--only_train_option``, the default), or
@@ -72,12 +72,3 @@ def batch_weight(objective: Objective, batch: dict) -> float:
     weight = getattr(objective, "weight", None)
     return float(weight(batch)) if weight is not None else 1.0
 
-
-def objective_for(args, tokenizer, task) -> Objective:
-    """The objective ``args`` ask for: ``F1Objective`` with ``--non_diff`` (generation tasks, checked when the
-    arguments were parsed), else ``AnswerLoss`` with ``--train_as_classification`` / ``--only_train_option``."""
-    if args.non_diff:
-        if task is not None and not task.generation:  # parse_args refuses it; this guards programmatic use
-            raise ValueError(f"--non_diff: task {task.name} has no generated answer to score")
-        return F1Objective(tokenizer, EvalConfig.from_args(args))
-    return AnswerLoss(args.train_as_classification, args.only_train_option)

@@ -2,7 +2,7 @@
 with resume and stop signals, the training summary, saving, publishing the result, and stopped runs.
 
 An app (``large_models/run.py``, ``medium_models/run.py``) parses its arguments, loads its data and model, builds a
-``MezoTrainer`` with ``make_trainer`` (its objective, features, collator and dev evaluation), calls ``train`` and
+``MezoTrainer`` with ``make_trainer`` (its objective, dev evaluator, features and collator), calls ``train`` and
 evaluates; the result JSON has the same layout and conventions in both apps (``status``, ``train``, ``eval``,
 ``dev``, ``config``, ``resources``).
 """
@@ -30,16 +30,17 @@ from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer,
 logger = logging.getLogger("run")
 
 
-def result_path(args, set_seed_: int | None, many_sets: bool, defaults: dict, repo_root: Path) -> Path:
+def result_path(args, task_name: str, set_seed_: int | None, many_sets: bool, defaults: dict,
+                repo_root: Path) -> Path:
     """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
-    ``<result_dir>/<task>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that changes the
-    result and differs from its value in ``defaults`` (see results.NOT_IN_HASH). Call it before anything rewrites
-    ``args``."""
+    ``<result_dir>/<task_name>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that
+    changes the result and differs from its value in ``defaults`` (see results.NOT_IN_HASH). ``task_name``: the
+    app's task flag. Call it before anything rewrites ``args``."""
     if args.result_file:
         path = Path(args.result_file)
         return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
     digest = config_hash(args.to_dict(), args.keep_best_model, defaults)
-    name = run_name(args.task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
+    name = run_name(task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
     return Path(args.result_dir or repo_root / "result") / f"{name}.json"
 
 
@@ -84,11 +85,13 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
 
 
-def make_trainer(args, model, objective, batches: Callable[[], list], metric: str, dev_samples, **trainer_kwargs):
+def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
+                 **trainer_kwargs):
     """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
-    MezoTrainer with ``objective`` and the run's callbacks. ``batches()``: a few collated training batches, drawn
-    only by a mode that needs them (LoRA-GA); ``trainer_kwargs``: the datasets, collator, tokenizer, task and dev
-    evaluation the app gives the Trainer."""
+    MezoTrainer with the app's ``objective`` and dev ``evaluator`` (None: no dev set) and the run's callbacks.
+    ``batches()``: a few collated training batches, drawn only by a mode that needs them (LoRA-GA); ``metric``: the
+    dev metric the best model follows; ``trainer_kwargs``: the datasets, collator and tokenizer the app gives the
+    Trainer."""
     mode = mode_for(args)
     try:
         model = mode.prepare(model, objective, batches)
@@ -96,11 +99,11 @@ def make_trainer(args, model, objective, batches: Callable[[], list], metric: st
         raise ArgumentError(str(err)) from err
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
-    if not dev_samples and args.eval_strategy != IntervalStrategy.NO:
+    if evaluator is None and args.eval_strategy != IntervalStrategy.NO:
         logger.warning("no dev examples: evaluation during training is off")
         args.eval_strategy = IntervalStrategy.NO
     return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm),
-                       dev_samples=dev_samples, mode=mode, objective=objective, comm=comm, **trainer_kwargs)
+                       objective=objective, evaluator=evaluator, mode=mode, comm=comm, **trainer_kwargs)
 
 
 def _callback(trainer, cls):

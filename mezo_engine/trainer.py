@@ -1,7 +1,8 @@
 """`transformers.Trainer` for MeZO and regular training, connected only through documented override points.
 
-* ``compute_loss``: the objective the trainer was given (``objectives.objective_for`` by default: the
-  candidate-classification or answer-token LM loss, or with ``--non_diff`` minus the F1 of generated answers).
+* ``compute_loss``: the objective the app gave the trainer (``large_models``: ``pipeline.objective_for``, the
+  candidate-classification or answer-token LM loss, or with ``--non_diff`` minus the F1 of generated answers;
+  ``medium_models``: the label words' loss at the mask).
 * ``training_step``: for ``--trainer zo`` the zeroth-order step: perturb, two forwards per direction, restore; no
   backward, no gradients. One-seed ZO-SGD (the default) updates in the same pass (``ZOSGD.fused_step``); otherwise
   the (seed, projected gradient) pairs of ``zo.estimate`` are handed to the optimizer (``add_estimate``) and the
@@ -16,10 +17,10 @@
   the mode's parameters (``modes.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those
   of boosters frozen in the current iteration).
 * ``create_scheduler``: optional ReLoRA-style LR restart after each merge.
-* ``evaluate``: the task metric on the dev samples (candidate scoring / generation), not the eval loss; under
-  torchrun each rank scores its share of the samples and the predictions are gathered
-  (``evaluation.evaluate_sharded``), so every rank sees the same metric. An app with its own scoring hands the
-  trainer an ``evaluator(model) -> {metric: value}`` instead (``medium_models``: label words at the mask).
+* ``evaluate``: the task metric on the dev samples, not the eval loss: the ``evaluator(model) -> {metric: value}``
+  the app hands the trainer (``large_models``: ``pipeline.dev_evaluator``, candidate scoring / generation, under
+  torchrun each rank scoring its share of the samples, gathered by ``evaluation.evaluate_sharded`` so that every
+  rank sees the same metric; ``medium_models``: label words at the mask).
 
 Data-parallel (``torchrun --nproc_per_node N``): each rank gets ``--per_device_train_batch_size`` examples of the
 global batch from the Trainer's sharded data loader. For zo the loss closure averages the ranks' losses weighted
@@ -49,8 +50,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
 from mezo_engine import distributed, lora, zo, zo_out_of_place
-from mezo_engine.evaluation import EvalConfig, evaluate_sharded
-from mezo_engine.objectives import Objective, batch_weight, objective_for
+from mezo_engine.objectives import Objective, batch_weight
 from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_samples
 from mezo_engine.zo_optim import ZOSGD, ZOAdam, ZOOptimizer, ZOSGDMomentum
 
@@ -138,22 +138,17 @@ def _out_of_place_step(model, optimizer, loss_fn, seeds: Sequence[int], eps: flo
 class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
-    def __init__(self, *args, task=None, dev_samples: Sequence = (), eval_config: EvalConfig | None = None,
-                 mode=None, objective: Objective | None = None, comm: distributed.CommCounter | None = None,
-                 evaluator: Callable[[torch.nn.Module], dict[str, float]] | None = None, **kwargs):
-        """``mode``: the run's ``modes.Mode`` (which parameters the regular optimizer covers); ``objective(model,
-        batch) -> loss``: the training loss (default: ``objectives.objective_for`` as the arguments say);
-        ``comm``: counts the bytes of the zo loss all-reduces across ranks; ``evaluator(model) -> {metric: value}``:
-        the dev evaluation (default: ``task``'s metric on ``dev_samples`` by candidate scoring or generation)."""
+    def __init__(self, *args, objective: Objective, evaluator: Callable[[torch.nn.Module], dict[str, float]] | None,
+                 mode=None, comm: distributed.CommCounter | None = None, **kwargs):
+        """``objective(model, batch) -> loss``: the training loss; ``evaluator(model) -> {metric: value}``: the dev
+        evaluation (None: the run has no dev set, ``evaluate`` returns nothing). Both come from the app, which
+        knows its prompts and flags; the trainer builds neither. ``mode``: the run's ``modes.Mode`` (which
+        parameters the regular optimizer covers); ``comm``: counts the bytes of the zo loss all-reduces across
+        ranks."""
         super().__init__(*args, **kwargs)
-        self.evaluator = evaluator
+        self.objective, self.evaluator = objective, evaluator
         self.comm = comm if comm is not None else distributed.CommCounter()
-        self.task = task
-        self.dev_samples = list(dev_samples)
-        self.eval_config = eval_config or EvalConfig()
         self.mode = mode
-        # (model, batch) -> loss; default: the one the arguments ask for (objectives.objective_for)
-        self.objective = objective or objective_for(self.args, self.processing_class, task)
         self._total: int | None = None
         self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
 
@@ -257,20 +252,12 @@ class MezoTrainer(Trainer):
 
     # ---- evaluation on the dev samples -------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        if not self.dev_samples:
+        if self.evaluator is None:
             return {}
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._dev_metrics().items()}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(self.model).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-
-    def _dev_metrics(self) -> dict[str, float]:
-        if self.evaluator is not None:
-            return self.evaluator(self.model)
-        result = evaluate_sharded(self.model, self.processing_class, self.task, self.dev_samples, (),
-                                  self.eval_config, shard=not self.is_fsdp_enabled)
-        return {self.task.metric: result[self.task.metric]}
 
 
 def projected_stats(values: Sequence[float]) -> dict[str, float]:

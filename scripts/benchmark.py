@@ -417,6 +417,7 @@ def zo_trainer(model, ctx: Context):
 
     from large_models.arguments import Arguments
     from mezo_engine.data import TrainCollator
+    from mezo_engine.objectives import AnswerLoss
     from mezo_engine.trainer import MezoTrainer
 
     a = ctx.args
@@ -425,8 +426,8 @@ def zo_trainer(model, ctx: Context):
              "--lr_scheduler_type", "constant", "--report_to", "none", "--disable_tqdm", "True",
              "--output_dir", tempfile.gettempdir(), *(["--use_cpu", "True"] if ctx.device.type == "cpu" else [])]
     (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses(args=flags)
-    trainer = MezoTrainer(model=model, args=args, train_dataset=ctx.features,
-                          data_collator=TrainCollator(ctx.pad_id))
+    trainer = MezoTrainer(model=model, args=args, train_dataset=ctx.features, data_collator=TrainCollator(ctx.pad_id),
+                          objective=AnswerLoss(as_classification=True), evaluator=None)
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     return trainer
 

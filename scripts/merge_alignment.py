@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser, set_seed
 
 from large_models.arguments import Arguments
+from large_models.pipeline import objective_for
 from large_models.run import cap_max_length, train_pool, training_features, training_shares_prompts
 from large_models.tasks import get_task
 from mezo_engine import alignment, lora
@@ -28,7 +29,6 @@ from mezo_engine.checkpoint import RUN_STATE
 from mezo_engine.data import TrainCollator
 from mezo_engine.models import load_model_and_tokenizer
 from mezo_engine.modes import mode_for
-from mezo_engine.objectives import objective_for
 
 COLUMNS = ["merge", "delta_norm", "grad_norm", "cosine", "best_cosine", "random_cosine", "loss_before",
            "loss_after", "predicted_change"]

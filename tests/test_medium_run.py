@@ -53,6 +53,20 @@ def test_zo_xgblora_run_merges_every_kappa_steps_and_keeps_the_best_dev_model(ro
     assert result["dev"]["accuracy"] == written["dev"]["accuracy"]
 
 
+def test_untie_emb_gives_the_head_tuned_decoder_its_own_weight(roberta_dir, data_dir, tmp_path):
+    """--untie_emb is applied, not just accepted: without it head tuning trains the tied input embeddings, with it
+    the decoder's own copy (and the result records the untying)."""
+    trained = {}
+    for extra in ([], ["--untie_emb"]):
+        result = run.main(["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),
+                           "--model_name", str(roberta_dir), "--trainer", "zo", "--head_tuning", "--max_steps", "1",
+                           "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--disable_tqdm", "True",
+                           "--result_file", str(tmp_path / f"r{len(extra)}.json"), *extra])
+        trained[bool(extra)] = (result.get("head"), sorted(result["train"]["trainable"]))
+    assert trained[False] == (None, ["lm_head.bias", "roberta.embeddings.word_embeddings.weight"])
+    assert trained[True] == ({"untied": True}, ["lm_head.bias", "lm_head.decoder.weight"])
+
+
 @pytest.mark.slow
 def test_drivers_run_zo_and_regular_and_write_results_the_sweep_tools_read(roberta_dir, data_dir, tmp_path):
     env = {"MODEL": str(roberta_dir), "DATA_DIR": str(data_dir), "K": "4", "SEED": "42", "BS": "4", "STEP": "2",

@@ -8,10 +8,11 @@ from transformers import HfArgumentParser
 
 from large_models import run
 from large_models.arguments import ArgumentError, Arguments, parse_args
+from large_models.pipeline import objective_for
 from mezo_engine.data import TrainCollator, encode_prompt, prompt_feature, training_feature
 from mezo_engine.evaluation import EvalConfig, generate_batch
 from mezo_engine.metrics import normalize_answer
-from mezo_engine.objectives import AnswerLoss, F1Objective, objective_for
+from mezo_engine.objectives import AnswerLoss, F1Objective
 from mezo_engine.scoring import batch_loss
 from large_models.tasks import Sample, get_task
 from mezo_engine.trainer import MezoTrainer
@@ -121,12 +122,15 @@ def test_trainer_uses_the_objective_it_is_given(tokenizer):
     def objective(m, b):
         seen.append(b)
         return torch.tensor(7.5)
-    given = MezoTrainer(model=model, args=args, processing_class=tokenizer, task=task, objective=objective)
+    given = MezoTrainer(model=model, args=args, processing_class=tokenizer, objective=objective, evaluator=None)
     assert given.compute_loss(model, batch).item() == 7.5 and seen == [batch]
-    default = MezoTrainer(model=model, args=args, processing_class=tokenizer, task=task)
+    with pytest.raises(TypeError, match="objective"):  # no default built from the arguments: the app gives it
+        MezoTrainer(model=model, args=args, processing_class=tokenizer, evaluator=None)
+    app = MezoTrainer(model=model, args=args, processing_class=tokenizer, objective=objective_for(args, tokenizer, task),
+                      evaluator=None)
     with torch.no_grad():
         want = batch_loss(model, batch, as_classification=True).item()
-        assert default.compute_loss(model, batch).item() == want  # the same ops on the same batch: bit-equal
+        assert app.compute_loss(model, batch).item() == want  # the same ops on the same batch: bit-equal
     assert want != pytest.approx(batch_loss(model, batch, as_classification=False).item(), abs=1e-3)
 
 

@@ -16,6 +16,7 @@ import torch
 from transformers import HfArgumentParser
 
 from large_models.arguments import ArgumentError, Arguments, parse_args
+from large_models.pipeline import objective_for
 from large_models.tasks import Sample, get_task
 from mezo_engine import zo, zo_out_of_place as oop
 from mezo_engine.data import TrainCollator, training_feature
@@ -197,7 +198,8 @@ def _trainer_setup(*flags: str):
     args = parse_args(["--trainer", "zo", "--num_train", "3", "--output_dir", "/tmp/x", "--train_as_classification",
                        "--report_to", "none", "--learning_rate", "1e-2", "--use_cpu", "True", *flags])
     model = make_model("opt")
-    trainer = MezoTrainer(model=model, args=args, processing_class=tokenizer, task=task)
+    trainer = MezoTrainer(model=model, args=args, processing_class=tokenizer,
+                          objective=objective_for(args, tokenizer, task), evaluator=None)
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     return trainer, model, batch
 
