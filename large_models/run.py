@@ -31,6 +31,7 @@ from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine import runner
 from mezo_engine.runner import (RunStopped, end_ranks, exit_stopped, finish, model_placement, run_output_dir,
                                 start_ranks, stopped_run)
+from mezo_engine.status import Status
 from mezo_engine.trainer import MezoTrainer
 
 logger = logging.getLogger("run")
@@ -146,7 +147,7 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
                                processing_class=tokenizer)
 
 
-def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[MezoTrainer, dict, str]:
+def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[MezoTrainer, dict, Status]:
     """Fine-tune ``model`` on ``train_samples`` (``runner.train``): the trainer, the summary and the status."""
     return runner.train(args, build_trainer(args, task, model, tokenizer, train_samples, dev_samples))
 
@@ -179,14 +180,15 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
               "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples),
               "world_size": distributed.world_size()}
     start = time.time()
-    result["status"] = "completed"
+    status = Status.completed()
+    result["status"] = status.format()
     if head_summary := prepare_head(args, model, probe(args, task, model, tokenizer, train_samples)):
         result["head"] = head_summary
     trainer = None
     if args.trainer != "none":
-        trainer, result["train"], result["status"] = train(args, task, model, tokenizer, train_samples, dev_samples)
-        model = trainer.model
-    if result["status"] != "completed":
+        trainer, result["train"], status = train(args, task, model, tokenizer, train_samples, dev_samples)
+        model, result["status"] = trainer.model, status.format()
+    if not status.is_completed:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     cfg, shard = eval_config(args), not args.fsdp  # FSDP's forwards must run in step on every rank: no sharding
     if not args.no_eval:

@@ -28,6 +28,7 @@ from mezo_engine.models import ModelError, auto_class_of, load_model_and_tokeniz
 from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine.runner import RunStopped, exit_stopped, finish, model_placement, run_output_dir, stopped_run
+from mezo_engine.status import Status
 from mezo_engine.tasks import DataError
 
 logger = logging.getLogger("run")
@@ -106,15 +107,15 @@ def run_one(args: Arguments, splits: dict, path: Path) -> dict:
     result = {"task": args.task_name, "model": args.model_name, "model_kind": "causal" if causal else "masked",
               "trainer": args.trainer, "mode": args.mode, "tag": args.tag, "num_k": args.num_k,
               "data_seed": args.split_seed, "num_train": len(splits["train"]), "num_dev": len(splits["dev"]),
-              "num_eval": len(splits["test"]), "prompt": prompting.summary(), "status": "completed"}
-    start, trainer = time.time(), None
+              "num_eval": len(splits["test"]), "prompt": prompting.summary(), "status": Status.completed().format()}
+    start, trainer, status = time.time(), None, Status.completed()
     if head_summary := prepare_head(args, model):  # --untie_emb (--linear_probing is refused here)
         result["head"] = head_summary
     if args.trainer != "none":
         trainer = build_trainer(args, model, tokenizer, prompting, features, collator)
-        trainer, result["train"], result["status"] = runner.train(args, trainer)
-        model = trainer.model
-    if result["status"] != "completed":
+        trainer, result["train"], status = runner.train(args, trainer)
+        model, result["status"] = trainer.model, status.format()
+    if not status.is_completed:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     if not args.no_eval:
         result["eval"], predicted = evaluate(args, model, features["test"], collator, prompting.label_ids)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mezo_engine.status import Status
+
 # Settings that do not change what a run computes: where things are written, how progress is logged or shown,
 # resuming and checkpointing, evaluation speed. They are left out of the name's hash, so that re-running or
 # resuming a job (perhaps with a new --output_dir, --logging_steps or eval batch size) keeps its name.
@@ -137,8 +139,8 @@ def completed_status(path: Path) -> str | None:
         return "it exists and is not a result JSON"
     if not isinstance(data, dict):
         return "it exists and is not a result JSON"
-    status = data.get("status", "completed")
-    return f"it holds a {status} result" if status == "completed" else None
+    status = Status.parse(data.get("status"))
+    return f"it holds a {status} result" if status.is_completed else None
 
 
 def _check_parent(path: Path) -> None:

@@ -25,6 +25,7 @@ from mezo_engine.checkpoint import RESUMABLE_EXIT, RunStateCallback, StopOnSigna
 from mezo_engine.modes import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
 from mezo_engine.results import config_hash, publish_result, run_name
+from mezo_engine.status import Status
 from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters
 
 logger = logging.getLogger("run")
@@ -110,28 +111,27 @@ def _callback(trainer, cls):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
 
 
-def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, str]:
+def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     """Fine-tune with ``trainer`` (resuming if asked); returns the trainer (``trainer.model`` is the trained model),
-    a summary for the result JSON and the status: ``completed``, ``interrupted at step N`` or ``diverged at step
-    N``."""
+    a summary for the result JSON and the status: completed, interrupted at step N or diverged at step N."""
     checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if checkpoint:
         _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
-    status, summary = "completed", {}
+    status, summary = Status.completed(), {}
     first_step, started = checkpoint_step(checkpoint), time.time()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
         summary = {"train_loss": output.training_loss, "global_step": output.global_step}
     except DivergenceError as err:
         logger.error("%s", err)
-        status, summary["error"] = f"diverged at step {err.step}", str(err)
+        status, summary["error"] = Status.diverged(err.step), str(err)
     finally:
         stopper.restore_handlers()
     summary.update(resources.training_speed(time.time() - started, first_step, trainer.state.global_step))
-    if stopper.stopped and status == "completed":
-        status = f"interrupted at step {stopper.stopped[1]}"
+    if stopper.stopped and status.is_completed:
+        status = Status.interrupted(stopper.stopped[1])
         summary["signal"] = stopper.stopped[0]
     return trainer, train_summary(trainer, summary), status
 

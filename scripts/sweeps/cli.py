@@ -10,6 +10,8 @@ import logging
 import sys
 from collections import Counter
 
+from mezo_engine.status import Kind, Status
+
 from .load import load_sweep
 from .local import LocalQueue, SlotError, detect_gpus, make_slots
 from .slurm import SlurmOptionError, executor_parameters, slurm_options, submit, wait
@@ -80,7 +82,7 @@ def report(outcomes: dict[str, str]) -> int:
     """Print each outcome; exit status 1 if any run failed, stopped early or did not start."""
     for name, outcome in outcomes.items():
         print(f"{name}: {outcome}")
-    bad = [o for o in outcomes.values() if not o.startswith(("completed", "diverged"))]
+    bad = [o for o in outcomes.values() if Status.parse(o).kind not in (Kind.COMPLETED, Kind.DIVERGED)]
     print(f"{len(outcomes)} runs: {len(outcomes) - len(bad)} finished (completed or diverged), {len(bad)} not")
     return 1 if bad else 0
 

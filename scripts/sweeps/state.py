@@ -1,7 +1,8 @@
 """Where a point stands, read from its result file, and what a (re-)run does with it.
 
 run.py writes ``status``: ``completed``, ``interrupted at step N`` or ``diverged at step N`` (a result without a
-status is an older completed one). A sweep skips completed points, runs missing and interrupted ones again (the
+status is an older completed one), read here with the runner's own type (``mezo_engine.status``, standard library
+only). A sweep skips completed points, runs missing and interrupted ones again (the
 drivers' ``RESUME=auto`` continues from the latest checkpoint), never retries a diverged one (it would diverge
 again from the same checkpoint; change its settings instead), and refuses a result file that is not a result JSON,
 which run.py would refuse to replace too.
@@ -13,9 +14,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# kind -> what a sweep does with the point
-ACTIONS = {"completed": "skip", "diverged": "no retry", "unreadable": "refuse",
-           "interrupted": "resume", "missing": "run", "other": "run"}
+from mezo_engine.status import Kind, Status
+
+# kind -> what a sweep does with the point: a run's status (``mezo_engine.status.Kind``), or its file's state
+ACTIONS = {Kind.COMPLETED.value: "skip", Kind.DIVERGED.value: "no retry", "unreadable": "refuse",
+           Kind.INTERRUPTED.value: "resume", "missing": "run", Kind.OTHER.value: "run"}
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,5 @@ def read_state(result_file: Path, output_dir: Path | None = None) -> State:
     data = read_result(result_file)
     if data is None:
         return State("unreadable", f"{result_file} is not a result JSON; move or delete it to run this point")
-    status = str(data.get("status", "completed"))
-    for kind in ("completed", "diverged", "interrupted"):
-        if status.startswith(kind):
-            return State(kind, status)
-    return State("other", status)
+    status = Status.parse(data.get("status"))
+    return State(status.kind.value, status.format())

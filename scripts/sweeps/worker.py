@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mezo_engine.status import Kind, Status
+
 from .spec import Point, Sweep
 from .state import read_state
 
@@ -61,9 +63,9 @@ def make_launch(sweep: Sweep, point: Point) -> Launch:
 def outcome(launch: Launch, returncode: int) -> str:
     """What a finished run left: ``completed``, ``interrupted ...``, ``diverged ...`` or ``failed ...``."""
     state = launch.state()
-    if returncode == 0 and state.kind == "completed":
-        return "completed"
-    if state.kind in ("interrupted", "diverged"):
+    if returncode == 0 and state.kind == Kind.COMPLETED.value:
+        return Status.completed().format()
+    if state.kind in (Kind.INTERRUPTED.value, Kind.DIVERGED.value):
         return state.detail
     hint = " (interrupted: re-run the sweep to resume)" if returncode == RESUMABLE_EXIT else ""
     return f"failed: exit status {returncode}{hint}; log {launch.log_file}"

@@ -1,0 +1,73 @@
+"""A run's status, one type for the runner that decides it, the result checks and the sweeps that read it.
+
+The result JSON's ``status`` is a string: ``completed``, ``interrupted at step N`` (a stop signal; the run resumes
+from its checkpoint) or ``diverged at step N`` (a non-finite loss, projected gradient or merge). A result without
+a status is an older completed one. ``Status.parse`` reads any such string by its first word, as the sweeps always
+have (anything else is kind ``other``), and ``format`` gives back exactly the string it was read from or made as,
+so that committed results and the sweeps' files read as before.
+
+Standard library only: ``scripts/sweeps`` imports it without torch or transformers (``mezo_engine/__init__.py``
+imports nothing).
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+
+class Kind(enum.Enum):
+    """What a status says about the run, and so what a sweep does with it (``scripts/sweeps/state.py``)."""
+
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    DIVERGED = "diverged"
+    OTHER = "other"
+
+
+_STEP = re.compile(r" at step (\d+)\b")
+
+
+@dataclass(frozen=True)
+class Status:
+    """One status; make it with ``completed()``, ``interrupted(step)``, ``diverged(step)`` or ``parse(text)``."""
+
+    kind: Kind = field(metadata={"help": "Completed, interrupted, diverged, or other (an unknown string)."})
+    text: str = field(metadata={"help": "The string as the result JSON holds it."})
+
+    @classmethod
+    def completed(cls) -> Status:
+        return cls(Kind.COMPLETED, Kind.COMPLETED.value)
+
+    @classmethod
+    def interrupted(cls, step: int) -> Status:
+        """Stopped by a signal after the 1-based ``step``."""
+        return cls(Kind.INTERRUPTED, f"{Kind.INTERRUPTED.value} at step {step}")
+
+    @classmethod
+    def diverged(cls, step: int) -> Status:
+        """A non-finite value at the 1-based ``step``."""
+        return cls(Kind.DIVERGED, f"{Kind.DIVERGED.value} at step {step}")
+
+    @classmethod
+    def parse(cls, text: object) -> Status:
+        """The status of a result JSON's ``status`` value (None or absent: an older completed result)."""
+        text = Kind.COMPLETED.value if text is None else str(text)
+        kind = next((k for k in Kind if k is not Kind.OTHER and text.startswith(k.value)), Kind.OTHER)
+        return cls(kind, text)
+
+    def format(self) -> str:
+        """The string the result JSON holds."""
+        return self.text
+
+    __str__ = format
+
+    @property
+    def step(self) -> int | None:
+        """The step an interrupted or diverged run stopped at (None when the text names none)."""
+        match = _STEP.search(self.text)
+        return int(match[1]) if match else None
+
+    @property
+    def is_completed(self) -> bool:
+        return self.kind is Kind.COMPLETED
