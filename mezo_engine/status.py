@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
 
 
 class Kind(enum.Enum):
@@ -28,44 +27,45 @@ class Kind(enum.Enum):
 _STEP = re.compile(r" at step (\d+)\b")
 
 
-@dataclass(frozen=True)
-class Status:
-    """One status; make it with ``completed()``, ``interrupted(step)``, ``diverged(step)`` or ``parse(text)``."""
+class Status(str):
+    """One status: the string the result JSON holds, with its ``kind`` and ``step``. It is a ``str`` itself, so it
+    is written, compared and hashed as that string (``status == "completed"`` holds, as before there was a type);
+    make it with ``completed()``, ``interrupted(step)``, ``diverged(step)`` or ``parse(text)``."""
 
-    kind: Kind = field(metadata={"help": "Completed, interrupted, diverged, or other (an unknown string)."})
-    text: str = field(metadata={"help": "The string as the result JSON holds it."})
+    __slots__ = ()
 
     @classmethod
     def completed(cls) -> Status:
-        return cls(Kind.COMPLETED, Kind.COMPLETED.value)
+        return cls(Kind.COMPLETED.value)
 
     @classmethod
     def interrupted(cls, step: int) -> Status:
         """Stopped by a signal after the 1-based ``step``."""
-        return cls(Kind.INTERRUPTED, f"{Kind.INTERRUPTED.value} at step {step}")
+        return cls(f"{Kind.INTERRUPTED.value} at step {step}")
 
     @classmethod
     def diverged(cls, step: int) -> Status:
         """A non-finite value at the 1-based ``step``."""
-        return cls(Kind.DIVERGED, f"{Kind.DIVERGED.value} at step {step}")
+        return cls(f"{Kind.DIVERGED.value} at step {step}")
 
     @classmethod
     def parse(cls, text: object) -> Status:
         """The status of a result JSON's ``status`` value (None or absent: an older completed result)."""
-        text = Kind.COMPLETED.value if text is None else str(text)
-        kind = next((k for k in Kind if k is not Kind.OTHER and text.startswith(k.value)), Kind.OTHER)
-        return cls(kind, text)
+        return cls(Kind.COMPLETED.value if text is None else str(text))
 
     def format(self) -> str:
-        """The string the result JSON holds."""
-        return self.text
+        """The string the result JSON holds (a plain ``str``)."""
+        return str(self)
 
-    __str__ = format
+    @property
+    def kind(self) -> Kind:
+        """By the first word, as the sweeps always read it; an unknown string is ``Kind.OTHER``."""
+        return next((k for k in Kind if k is not Kind.OTHER and self.startswith(k.value)), Kind.OTHER)
 
     @property
     def step(self) -> int | None:
         """The step an interrupted or diverged run stopped at (None when the text names none)."""
-        match = _STEP.search(self.text)
+        match = _STEP.search(self)
         return int(match[1]) if match else None
 
     @property

@@ -16,6 +16,7 @@ def test_the_runner_s_statuses_are_today_s_strings():
     assert str(Status.interrupted(40)) == "interrupted at step 40"
     assert Status.diverged(7).format() == "diverged at step 7"
     assert (Status.diverged(7).kind, Status.diverged(7).step) == (Kind.DIVERGED, 7)
+    assert Status.completed() == "completed" and type(Status.completed().format()) is str  # a string, as before
 
 
 @pytest.mark.parametrize("text, kind, step", [
@@ -26,7 +27,7 @@ def test_the_runner_s_statuses_are_today_s_strings():
 def test_parse_reads_the_first_word_and_formats_back_the_same_string(text, kind, step):
     status = Status.parse(text)
     assert (status.kind, status.step, status.format()) == (kind, step, text)
-    assert Status.parse(text) == status  # a value: equal strings, equal statuses
+    assert Status.parse(text) == status == text  # a value: equal strings, equal statuses
 
 
 def test_a_result_without_status_is_an_older_completed_one():
