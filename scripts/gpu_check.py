@@ -227,10 +227,9 @@ def check_benchmark(name: str, budget_s: float) -> Check:
 
 def _save_config_model(path: Path, name: str) -> Path:
     """A model built from ``name``'s config (random weights, fp16) and the tests' byte tokenizer, as a HF dir."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
+    from bench.workload import build_model
     from tests.tiny import make_tokenizer
-    benchmark.build_model(name, torch.float16, torch.device("cpu"), 0).save_pretrained(path)
+    build_model(name, torch.float16, torch.device("cpu"), 0).save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
 

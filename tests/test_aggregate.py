@@ -5,8 +5,8 @@ import statistics
 
 import pytest
 
-from scripts.sweeps import aggregate
-from scripts.sweeps.load import load_sweep
+from sweeps import aggregate
+from sweeps.load import load_sweep
 from tests.sweep_fixtures import result_json, write_result, write_sweep
 
 BODY = '[fixed]\nTASK = "SST2"\n[grid]\nMODE = ["lora", "xgblora"]\nLR = ["1e-4"]\nSEED = [0, 1, 2]\n'

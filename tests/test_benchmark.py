@@ -1,9 +1,9 @@
-"""scripts/benchmark.py: the quick mode end to end (JSON complete, ratios consistent), and its upstream-style step.
+"""scripts/benchmark.py and its package scripts/bench: the quick mode end to end (JSON complete, ratios
+consistent), its upstream-style step, and that its steps cover the parameters the trainer's step perturbs.
 
 No timing assertions: only that every measurement exists, is positive and finite, and that each ratio is the
 stated quotient of the stored numbers.
 """
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,6 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmark
+from bench import masked_lm, step, suite, upstream, workload
+from bench.report import ratio_specs
+from mezo_engine import lora
+from mezo_engine.evaluation import score_features
+from mezo_engine.trainer import zo_optimizer
+from mezo_engine.zo_params import zo_params
 from tests.tiny import float64_norms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,14 +40,6 @@ TARGETED = [f"zo_step_over_two_forwards/{v}" for v in VARIANTS] + [f"naive_over_
     "folded_forward_over_plain/lora", "folded_forward_over_plain/xgblora"] + [
     f"trainer_step_over_zo_step/{v}" for v in VARIANTS] + [
     "zo_step_oop_over_zo_step/full", "peak_memory_oop_over_budget/full"]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through the module's entry
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -133,51 +132,52 @@ def test_quick_prints_table_and_meta(quick_result):
     assert len(result["table"]) >= len(TARGETED)
 
 
-def _tiny_setup(bench):
+def _resolved(*flags: str):
+    """The benchmark's settings for ``--quick --device cpu`` and ``flags``, resolved as the script resolves them."""
+    args = benchmark.parse_args(["--quick", "--device", "cpu", *flags])
+    device, dtype = suite.resolve(args)
+    return args, device, dtype
+
+
+def _tiny_setup():
     """The tiny benchmark model in float64 (RMSNorm too), for the equivalences below: the two sides run other
     layouts and kernels, which in float32 round by a few ulps of losses and scores near 5 (4.8e-7 each). float64
     rounds 2^-29 = 1.9e-9 times finer, ~1e-15, so F64_ATOL = 1e-11 (rel 1e-12 on losses near 1) leaves a margin of
     1000 while a wrong position or answer token changes them by orders of magnitude more."""
-    args = bench.parse_args(["--quick", "--device", "cpu", "--examples", "3"])
-    device, dtype = bench.resolve(args)
-    ctx = bench.make_context(args, device, dtype)
-    model = float64_norms(bench.build_model("tiny", torch.float64, device, seed=0))
-    return ctx, model, bench.make_batch(ctx.features, ctx.pad_id, device, shared=False)
+    args, device, dtype = _resolved("--examples", "3")
+    ctx = workload.make_context(args, device, dtype)
+    model = float64_norms(workload.build_model("tiny", torch.float64, device, seed=0))
+    return ctx, model, workload.make_batch(ctx.features, ctx.pad_id, device, shared=False)
 
 
 def test_naive_loss_equals_the_trainer_loss():
     """Upstream's loss on its rows equals the trainer's loss on both layouts (rows, and the shared prefix)."""
-    bench = _load_script()
-    ctx, model, batch = _tiny_setup(bench)
-    shared = bench.make_batch(ctx.features, ctx.pad_id, torch.device("cpu"))
+    ctx, model, batch = _tiny_setup()
+    shared = workload.make_batch(ctx.features, ctx.pad_id, torch.device("cpu"))
     assert "prompt_ids" in shared and "input_ids" not in shared
-    naive = bench.naive_loss_fn_for(model, batch)()
-    assert naive == pytest.approx(bench.loss_fn_for(model, batch)(), rel=1e-12)
-    assert naive == pytest.approx(bench.loss_fn_for(model, shared)(), rel=1e-12)
+    naive = upstream.naive_loss_fn_for(model, batch)()
+    assert naive == pytest.approx(workload.loss_fn_for(model, batch)(), rel=1e-12)
+    assert naive == pytest.approx(workload.loss_fn_for(model, shared)(), rel=1e-12)
 
 
 def test_naive_step_with_zero_lr_restores_the_parameters():
     """Upstream's out-of-place p + eps z - 2 eps z + eps z rounds three times at |p| + eps |z| <= 1.01 (the norm
     weights are 1): <= 1.5 float64 ulps of 1 = 3.3e-16 per entry, far inside 1e-14; a step that moved the
     parameters (lr 0 ignored, or z redrawn with another seed) would move them by ~eps |z| ~ 1e-3."""
-    bench = _load_script()
-    ctx, model, batch = _tiny_setup(bench)
+    ctx, model, batch = _tiny_setup()
     named = [(n, p) for n, p in model.named_parameters()]
     before = [p.detach().clone() for _, p in named]
-    bench.naive_step(named, bench.naive_loss_fn_for(model, batch), seed=3, eps=1e-3, lr=0.0, wd=0.0)
+    upstream.naive_step(named, upstream.naive_loss_fn_for(model, batch), seed=3, eps=1e-3, lr=0.0, wd=0.0)
     for (name, p), p0 in zip(named, before):
         torch.testing.assert_close(p.detach(), p0, rtol=0, atol=1e-14, msg=name)
 
 
 def test_upstream_row_scores_equal_the_batched_scores():
     """The "one row at a time" baseline scores the same examples as the batched shared-prefix evaluation."""
-    from mezo_engine.evaluation import score_features
-
-    bench = _load_script()
-    ctx, model, _ = _tiny_setup(bench)
+    ctx, model, _ = _tiny_setup()
     rows = [r for f in ctx.features for r in f.rows]
     lens = [n for f in ctx.features for n in f.option_lens]
-    single = bench.upstream_row_scores(model, rows, lens, torch.device("cpu"))
+    single = upstream.upstream_row_scores(model, rows, lens, torch.device("cpu"))
     batched = [s for per in score_features(model, ctx.features, ctx.pad_id, batch_size=2) for s in per]
     assert len(single) == len(rows) == 2 * len(ctx.features)
     assert single == pytest.approx(batched, abs=F64_ATOL)
@@ -185,26 +185,50 @@ def test_upstream_row_scores_equal_the_batched_scores():
 
 def test_benchmark_adapters_are_live():
     """The timed adapters have B != 0 (as after a step), so the folded forward really folds."""
-    from mezo_engine import lora
-
-    bench = _load_script()
-    args = bench.parse_args(["--quick", "--device", "cpu"])
-    bench.resolve(args)
-    model = bench.attach_variant(bench.build_model("tiny", torch.float32, torch.device("cpu"), 0), "lora", args)
+    args, device, _ = _resolved()
+    model = workload.attach_variant(workload.build_model("tiny", torch.float32, device, 0), "lora", args)
     layers = lora.lora_layers(model)
-    assert layers and all(lora._lora_AB(layer)[1].abs().min() > 0 for _, layer in layers)
+    assert layers and all(layer.lora_B[a].weight.abs().min() > 0 for _, layer in layers for a in layer.active_adapters)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_benchmark_steps_the_parameters_the_trainer_steps(variant):
+    """What the benchmark's steps perturb, in z's order, with which weight decay and cache choice, is what the
+    trainer's ZO optimizer perturbs (the trainer the benchmark times for g.), weight decay on."""
+    args, device, dtype = _resolved("--weight-decay", "0.1")
+    ctx = workload.make_context(args, device, dtype)
+    model = workload.variant_model(variant, ctx)
+    zp, optimizer = zo_params(model), zo_optimizer(step.zo_trainer(model, ctx).optimizer)
+    assert [id(p) for p in zp.params] == [id(p) for p in optimizer.zo_params()]
+    assert zp.decay == [wd > 0 for _, wd in optimizer.rates()] and any(zp.decay)
+    assert all(zp.decay) == (variant != "full")  # norms take no decay; adapters are all decayed
+    assert zp.cache == (variant != "full")
+
+
+def test_ratio_specs_keep_the_table_order():
+    """The case modules' ratios, assembled in the order the table has always printed them."""
+    keys = [r.key for r in ratio_specs(VARIANTS, 2, trainer_step=True)]
+    assert keys[:7] == [f"{k}/full" for k in ("zo_step_over_two_forwards", "zo_step_over_its_forwards",
+                                               "zo_overhead_over_two_forwards", "naive_over_ours",
+                                               "naive_forward_over_forward", "naive_step_over_its_forwards",
+                                               "trainer_step_over_zo_step")]
+    assert keys[21:24] == [f"zo_step_over_ref/{v}" for v in VARIANTS]
+    assert keys[28:] == ["peak_memory_zo_over_inference/full", "peak_memory_zo_over_inference/lora",
+                         "peak_memory_naive_over_inference/full", "zo_step_oop_over_zo_step/full",
+                         "zo_step_oop_over_two_forwards/full", "peak_memory_oop_over_budget/full",
+                         "peak_memory_oop_over_inference/full", "eval_batched_speedup", "eval_batched_speedup_trimmed",
+                         "real_trainer_step_over_ref/xgblora", "merge_over_forward/xgblora"]
 
 
 def test_masked_lm_ratio_is_the_step_over_two_forwards(tmp_path):
     """--masked-lm: one row per variant whose ratio is its stored step time over twice its forward time; the
     batch is one mask per row with the label words at the mask (medium_models' loss)."""
-    bench = _load_script()
-    result = bench.main(["--masked-lm", "--quick", "--device", "cpu", "--repeats", "1", "--warmup", "0",
-                         "--examples", "4", "--out", str(tmp_path / "m.json")])
-    assert [r["variant"] for r in result["masked_lm"]] == list(bench.VARIANTS)
+    result = benchmark.main(["--masked-lm", "--quick", "--device", "cpu", "--repeats", "1", "--warmup", "0",
+                             "--examples", "4", "--out", str(tmp_path / "m.json")])
+    assert [r["variant"] for r in result["masked_lm"]] == list(workload.VARIANTS)
     for row in result["masked_lm"]:
         # The script stores unrounded times, so the ratio is their quotient to the last bit of a float64 division.
         assert row["step / 2 forwards"] == row["zo_step_s"] / (2 * row["forward_s"])
-    batch, label_ids = bench.masked_lm_batch(vocab=100, rows=4, seed=0)
+    batch, label_ids = masked_lm.masked_lm_batch(vocab=100, rows=4, seed=0)
     assert (batch["input_ids"][torch.arange(4), batch["position"]] == 99).all() and label_ids == [50, 51]
     assert json.loads((tmp_path / "m.json").read_text())["meta"]["model"] == "tiny-roberta"

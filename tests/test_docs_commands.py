@@ -318,7 +318,7 @@ def test_driver_commands_pass_their_checks_and_give_run_py_flags_that_parse(tmp_
 
 
 def test_sweep_commands_parse_and_dry_run_the_sweep_files_that_exist(capsys):
-    from scripts.sweeps import cli
+    from sweeps import cli
     problems = []
     for c in commands_of("sweep"):
         args = c.argv[2:]

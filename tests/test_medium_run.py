@@ -11,8 +11,8 @@ import pytest
 
 from medium_models import run
 from medium_models.tasks import TASKS
-from scripts.sweeps.aggregate import metric_value
-from scripts.sweeps.state import read_state
+from sweeps.aggregate import metric_value
+from sweeps.state import read_state
 from tests.lmbff_fixtures import write_kshot
 from tests.tiny import save_tiny_mlm
 

@@ -2,9 +2,9 @@
 merge marks and bars the results hold."""
 import pytest
 
-from scripts.sweeps import plots
-from scripts.sweeps.aggregate import build_table
-from scripts.sweeps.load import load_sweep
+from sweeps import plots
+from sweeps.aggregate import build_table
+from sweeps.load import load_sweep
 from tests.sweep_fixtures import result_json, write_result, write_sweep
 
 BODY = '[grid]\nMODE = ["lora", "xgblora"]\nSEED = [0, 1]\n'

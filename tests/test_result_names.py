@@ -44,9 +44,9 @@ import torch
 from large_models import run
 from large_models.arguments import parse_args
 from mezo_engine.runner import run_output_dir
-from scripts.sweeps.load import load_sweep
-from scripts.sweeps.spec import Point, Sweep
-from scripts.sweeps.worker import make_launch
+from sweeps.load import load_sweep
+from sweeps.spec import Point, Sweep
+from sweeps.worker import make_launch
 
 REPO = Path(__file__).resolve().parent.parent
 STUDY = REPO / "docs" / "study"

@@ -36,7 +36,9 @@ def test_a_result_without_status_is_an_older_completed_one():
 
 
 def test_the_sweeps_import_it_without_torch():
-    code = ("import sys; import scripts.sweeps.cli, scripts.sweeps.aggregate, scripts.sweeps.state; "
+    # as `python scripts/sweep.py` imports them: scripts/ first on the path, the repository (mezo_engine) after it
+    code = (f"import sys; sys.path[:0] = [{str(REPO / 'scripts')!r}, {str(REPO)!r}]; "
+            "import sweeps.cli, sweeps.aggregate, sweeps.state; "
             "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -2,8 +2,8 @@
 the ablations against the reference's seeds, and the figures."""
 import pytest
 
-from scripts.sweeps import study
-from scripts.sweeps.load import load_sweep
+from sweeps import study
+from sweeps.load import load_sweep
 from tests.sweep_fixtures import result_json, write_result, write_sweep
 
 

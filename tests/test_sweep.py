@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from scripts.sweeps import cli
-from scripts.sweeps.load import load_sweep
-from scripts.sweeps.local import SlotError, make_slots
-from scripts.sweeps.slurm import SlurmOptionError, executor_parameters, slurm_options, time_minutes
-from scripts.sweeps.spec import SweepError
-from scripts.sweeps.state import read_state
+from sweeps import cli
+from sweeps.load import load_sweep
+from sweeps.local import SlotError, make_slots
+from sweeps.slurm import SlurmOptionError, executor_parameters, slurm_options, time_minutes
+from sweeps.spec import SweepError
+from sweeps.state import read_state
 from tests.sweep_fixtures import write_result, write_sweep
 
 REPO = Path(__file__).resolve().parent.parent

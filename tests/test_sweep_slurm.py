@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.sweeps.load import load_sweep
-from scripts.sweeps.state import read_state
+from sweeps.load import load_sweep
+from sweeps.state import read_state
 from tests.sweep_fixtures import write_sweep
 
 REPO = Path(__file__).resolve().parent.parent
