@@ -11,15 +11,13 @@ SEED=${SEED:-0}
 TRAIN=${TRAIN:-1000}
 EVAL=${EVAL:-1000}
 EPOCH=${EPOCH:-5}
-XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
-XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
 SAVE_STEPS=${SAVE_STEPS:-500}
 RESUME=${RESUME:-auto}
 FSDP=${FSDP:-0}
 
 check_task
-mode_args
-LR=${LR:-$FT_LR}
+mode_args finetune
+LR=${LR:-$DEFAULT_LR}
 task_args
 data_args
 launcher

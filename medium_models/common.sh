@@ -1,5 +1,5 @@
 # Shared by medium_models/mezo.sh and finetune.sh (sourced, not run): the LM-BFF tasks, the k-shot folder, the
-# per-mode learning rates of MeZO's medium-model runs; MODE -> flags, die, print_config from mezo_engine/drivers.sh.
+# mode's flags and learning rates (mode_args), die, print_config from mezo_engine/drivers.sh.
 
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../mezo_engine/drivers.sh"
 
@@ -17,19 +17,10 @@ check_data() {
         "<TASK>/<K>-<SEED>/ (LM-BFF's k-shot layout), e.g. DATA_DIR=../shared/data/LM-BFF/k-shot-1k-test"
 }
 
-# The modes' default learning rates here (LR and EPS, if set, win): upstream's medium-model README runs MeZO
-# full-parameter at 1e-6 (EPS 1e-3), MeZO + LoRA at 1e-4, Adam at 1e-5 and Adam + LoRA at 1e-4; XGBLoRA's boosters
-# take LoRA's. Prefix tuning and linear probing are not built for masked LMs (run.py says so).
-medium_lr() {
-    case "$MODE" in
-        lora|xgblora) ZO_LR=1e-4; FT_LR=1e-4 ;;
-        prefix) ;;
-        *) ZO_LR=1e-6; FT_LR=1e-5 ;;
-    esac
-}
-
-# The defaults both drivers share (upstream's env vars), the input checks, the mode's flags and learning rates,
-# and the run.py flags both pass (RUN_ARGS). The driver sets BS, STEP and EVAL_STEP first.
+# setup DRIVER (medium-mezo, medium-finetune): the defaults both drivers share (upstream's env vars), the input
+# checks, the mode's flags and default LR / EPS (mode_args: upstream's medium-model README runs MeZO full-parameter at
+# 1e-6, MeZO + LoRA at 1e-4, Adam at 1e-5, Adam + LoRA at 1e-4; XGBLoRA's boosters take LoRA's), and the run.py flags
+# both pass (RUN_ARGS). The driver sets BS, STEP and EVAL_STEP first.
 setup() {
     TASK=${TASK:-SST-2}
     K=${K:-16}
@@ -38,14 +29,11 @@ setup() {
     MODEL=${MODEL:-roberta-large}
     MODE=${MODE:-ft}
     DATA_DIR=${DATA_DIR:-$HERE/data/k-shot-1k-test}
-    XGBLORA_STEPS=${XGBLORA_STEPS:-1000}
-    XGBLORA_LAYERS=${XGBLORA_LAYERS:-0}
     SAVE_STEPS=${SAVE_STEPS:-$EVAL_STEP}
     RESUME=${RESUME:-auto}
     check_task
     check_data
-    mode_args
-    medium_lr
+    mode_args "$1"
     RUN_ARGS=(--model_name "$MODEL" --task_name "$TASK" --num_k "$K" --seed "$SEED" --data_dir "$DATA_DIR"
               --weight_decay "$WD" --per_device_train_batch_size "$BS" --max_steps "$STEP" --logging_steps 10
               --eval_strategy steps --eval_steps "$EVAL_STEP" --load_best_model_at_end

@@ -8,8 +8,8 @@ source "$HERE/common.sh"
 BS=${BS:-8}
 STEP=${STEP:-1000}
 EVAL_STEP=${EVAL_STEP:-100}
-setup
-LR=${LR:-$FT_LR}
+setup medium-finetune
+LR=${LR:-$DEFAULT_LR}
 TAG=k$K-$MODE_TAG-$STEP-$BS-$LR-$WD-$SEED
 
 print_config "TASK=$TASK K=$K SEED=$SEED MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR WD=$WD STEP=$STEP" \

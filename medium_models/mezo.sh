@@ -8,9 +8,9 @@ source "$HERE/common.sh"
 BS=${BS:-64}
 STEP=${STEP:-100000}
 EVAL_STEP=${EVAL_STEP:-10000}
-setup
-LR=${LR:-$ZO_LR}
-EPS=${EPS:-$ZO_EPS}
+setup medium-mezo
+LR=${LR:-$DEFAULT_LR}
+EPS=${EPS:-$DEFAULT_EPS}
 TAG=k$K-mezo-$MODE_TAG-$STEP-$BS-$LR-$EPS-$WD-$SEED
 
 print_config "TASK=$TASK K=$K SEED=$SEED MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS WD=$WD STEP=$STEP" \

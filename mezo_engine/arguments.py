@@ -18,18 +18,16 @@ from typing import Literal
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from mezo_engine import methods, registry, zo_methods
+from mezo_engine.zo_methods import spsa
 
 
-# Training modes (``modes.MODES``) and the MeZO flag that selects each; no flag: full-parameter (``ft``).
-MODE_FLAGS = {"lora": "lora", "xgblora": "xgblora", "prefix": "prefix_tuning", "head": "head_tuning"}
-# What a mode flag would leave untouched under --trainer none (the refusal's reason).
-UNTRAINED = {"lora": "an adapter changes nothing until it is trained",
-             "xgblora": "an adapter changes nothing until it is trained",
-             "prefix": "nothing would train the prefix", "head": "nothing would train the head"}
+
 # Upstream MeZO's names (medium_models) -> ours; run.py accepts both.
 ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
-# Flags only --trainer zo reads: a non-default value with another trainer would be silently ignored.
-ZO_OPTIMIZER_FLAGS = ("zo_optimizer", "zo_momentum", "zo_num_samples", "zo_sample_scheduler", "zo_perturb")
+# Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
+# silently ignored.
+ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb")
 
 
 class ArgumentError(ValueError):
@@ -43,7 +41,10 @@ def launched_world_size() -> int:
 
 
 @dataclass
-class EngineArguments(TrainingArguments):
+class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
+    """The shared flags: these, TrainingArguments' and each method's flag dataclass (``methods.FLAGS``,
+    ``zo_methods.FLAGS``), in one flat namespace."""
+
     # ---- results -------------------------------------------------------------------------------------------
     result_file: str | None = field(default=None, metadata={
         "help": "Where to write the result JSON (default: <result_dir>/<task>-<model>-<tag>-<config hash>.json)."})
@@ -81,73 +82,19 @@ class EngineArguments(TrainingArguments):
                 "drop it after, so the weights change only in the update (float64, rounded once to the dtype); z is "
                 "drawn per parameter (another stream than in_place). Full-parameter ZO-SGD with one direction only "
                 "(docs/zo_precision.md)."})
-    # ---- prefix tuning (MeZO's names and defaults) -----------------------------------------------------------
-    prefix_tuning: bool = field(default=False, metadata={
-        "help": "Prefix tuning: train --num_prefix key/value vectors in front of every attention layer; nothing else "
-                "trains. MeZO's advice: zo LR 1e-2 or 1e-3 with --zo_eps 1e-1; regular training LR 1e-2."})
-    num_prefix: int = field(default=5, metadata={"help": "Prefix tuning: number of prefix positions."})
-    no_reparam: bool = field(default=True, metadata={
-        "help": "Prefix tuning: train the prefix keys and values directly (MeZO's default). --no_reparam False: "
-                "compute them with per-layer MLPs from shared embeddings (the reparameterisation trick)."})
-    prefix_init_by_real_act: bool = field(default=True, metadata={
-        "help": "Prefix tuning: start the prefix from the keys and values the model computes for --num_prefix "
-                "random vocabulary tokens (drawn with --seed); False: standard normal. Needs --no_reparam."})
-    # ---- LM head: head tuning, linear probing --------------------------------------------------------------
-    head_tuning: bool = field(default=False, metadata={
-        "help": "Train only the LM head (--trainer zo or regular; MeZO's flag, default off). If the head is tied "
-                "to the input embeddings (OPT, GPT-2, SmolLM2, ...) and --untie_emb is not given, the shared weight "
-                "trains, so the input embeddings change too (as upstream; with regular training its gradient "
-                "comes from the head's use alone)."})
-    untie_emb: bool = field(default=False, metadata={
-        "help": "Give the LM head its own copy of the tied input embedding weight (MeZO's flag, default off); a "
-                "saved model keeps them apart."})
-    linear_probing: bool = field(default=False, metadata={
-        "help": "Linear probing (MeZO's flag, default off): fit a logistic regression (LogisticRegressionCV) from "
-                "the LM head's input to each gold answer token of the training examples and write it into those "
-                "tokens' rows of the head, untied first (automatically). --trainer none: the probe is all the "
-                "training; zo or regular: training starts from it (upstream MeZO stopped after the probe). "
-                "Not for generation tasks."})
-    lp_early_stopping: bool = field(default=False, metadata={
-        "help": "Linear probing with tol 0.01 and at most 1000 iterations instead of 1e-4 and 5000 (MeZO's flag, "
-                "default off)."})
-    zo_optimizer: Literal["sgd", "momentum", "adam"] = field(default="sgd", metadata={
-        "help": "zo update rule (zo_optim.py): sgd = MeZO's ZO-SGD (no state; one seed: the fused step); "
-                "momentum = ZO-SGD with momentum --zo_momentum (one extra buffer the size of the trainable "
-                "parameters); adam = MeZO-Adam with --adam_beta1 --adam_beta2 --adam_epsilon (two buffers). "
-                "Upstream: large_models trains ZO-SGD only; medium_models' --optimizer sgd|adam (default adam) "
-                "with --zero_order_use_trainer_optim."})
-    zo_momentum: float = field(default=0.9, metadata={
-        "help": "Momentum of --zo_optimizer momentum (upstream medium_models' README: --momentum, not in its code)."})
-    zo_num_samples: int = field(default=1, metadata={
-        "help": "n-SPSA: directions per step, their projected gradients averaged (1/n), as upstream "
-                "--zero_order_sample (default 1); with --zo_sample_scheduler linear the number reached at the end."})
-    zo_sample_scheduler: Literal["constant", "linear"] = field(default="constant", metadata={
-        "help": "Directions per step: constant = --zo_num_samples; linear = max(1, int(step / max_steps * n)) "
-                "for the 0-based step, as upstream --zero_order_sample_scheduler (whose default, none, is 1)."})
+    zo_optimizer: str = field(default="sgd", metadata={
+        "help": "The ZO method (zo_methods/: sgd, momentum, adam, and any registered): sgd = MeZO's ZO-SGD (no "
+                "state; one seed: the fused step); momentum = ZO-SGD with momentum --zo_momentum (one extra buffer "
+                "the size of the trainable parameters); adam = MeZO-Adam with --adam_beta1 --adam_beta2 "
+                "--adam_epsilon (two buffers). Upstream: large_models trains ZO-SGD only; medium_models' "
+                "--optimizer sgd|adam (default adam) with --zero_order_use_trainer_optim."})
     zero_order_sample: int | None = field(default=None, metadata={"help": "Alias of --zo_num_samples (upstream name)."})
     zero_order_sample_scheduler: Literal["constant", "linear"] | None = field(default=None, metadata={
         "help": "Alias of --zo_sample_scheduler (upstream name)."})
-    # ---- LoRA / XGBLoRA ------------------------------------------------------------------------------------
-    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all parameters."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=16, metadata={"help": "LoRA alpha (scale alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] | None = field(default=None, metadata={
-        "help": "Module names to adapt (default: the attention query and value projections)."})
-    lora_init: Literal["default", "lora_ga"] = field(default="default", metadata={
-        "help": "default: A Kaiming-uniform, B zero; lora_ga: from the top singular vectors of an estimated gradient."})
-    lora_ga_batches: int = field(default=4, metadata={"help": "Batches used to estimate the gradient for --lora_init lora_ga."})
-    lora_merge_every: int = field(default=0, metadata={"help": "Plain LoRA: partial merge every N steps (0: never)."})
-    lora_merge_alpha: float = field(default=0.5, metadata={"help": "Fraction of the adapter moved into the base weight per partial merge."})
-    xgblora: bool = field(default=False, metadata={"help": "XGBLoRA: gradient-boosted rank-1 LoRA boosters."})
-    xgblora_rank: int = field(default=1, metadata={"help": "Rank of each booster."})
-    xgblora_steps_per_iteration: int = field(default=0, metadata={
-        "help": "kappa: optimizer steps per booster before it is merged (0: merge every --xgblora_merge_frequency epochs)."})
-    xgblora_merge_frequency: int = field(default=1, metadata={"help": "Epochs between merges when kappa is 0."})
-    xgblora_num_layers: int = field(default=0, metadata={"help": "Ls: blocks drawn per iteration (0: all blocks)."})
-    xgblora_merge_scale: float = field(default=1.0, metadata={"help": "eta: W <- W + eta * (alpha/r) * B A at each merge."})
-    xgblora_restart_warmup_steps: int = field(default=0, metadata={
-        "help": "Regular training: linear LR warm-up after each merge (ReLoRA's jagged schedule; 0: off)."})
+    # ---- the training mode ---------------------------------------------------------------------------------
+    method: str | None = field(default=None, metadata={
+        "help": "A registered training mode without a flag of its own (methods.METHODS; the built-in modes are "
+                "selected by MeZO's flags: --lora, --xgblora, --prefix_tuning, --head_tuning; none: ft)."})
     # ---- output --------------------------------------------------------------------------------------------
     save_model: bool = field(default=False, metadata={"help": "Save the trained model (merged) and adapters to output_dir."})
     no_eval: bool = field(default=False, metadata={"help": "Skip the final evaluation."})
@@ -181,8 +128,7 @@ class EngineArguments(TrainingArguments):
         self.load_best_model_at_end = False
         if self.trainer == "zo":
             self.max_grad_norm = 0.0  # zo has no gradients to clip; also keeps a meaningless grad_norm out of logs
-        if self.trainer == "regular" and self.xgblora and self.xgblora_num_layers:
-            self.ddp_find_unused_parameters = True  # DDP must expect no gradient for the frozen boosters
+        methods.resolve(self)
         if launched_world_size() > 1 and not torch.cuda.is_available():
             self.use_cpu = True  # accelerate runs torchrun's ranks on the CPU (gloo) only when told so
         super().__post_init__()
@@ -199,10 +145,11 @@ class EngineArguments(TrainingArguments):
     # -- derived --------------------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
-        """The training mode's name (``modes.MODES``) from MeZO's mode flags (``ft`` when none is given);
-        with ``--linear_probing``: ``lp`` for the probe alone, ``lp-<mode>`` for training that starts from it."""
-        chosen = [name for name, flag in MODE_FLAGS.items() if getattr(self, flag)]
-        base = chosen[0] if chosen else "ft"
+        """The training mode's name (``registry.ADAPTERS``) from MeZO's mode flags or ``--method`` (``ft`` when
+        none is given); with ``--linear_probing``: ``lp`` for the probe alone, ``lp-<mode>`` for training that
+        starts from it."""
+        chosen = [spec.name for spec in registry.ADAPTERS.values() if spec.flag and getattr(self, spec.flag)]
+        base = chosen[0] if chosen else self.method or registry.BASE
         if not self.linear_probing:
             return base
         return "lp" if self.trainer == "none" else f"lp-{base}"
@@ -254,20 +201,12 @@ class EngineArguments(TrainingArguments):
             given = [f for f in ("load_float16", "load_bfloat16", "load_float64") if getattr(self, f)]
             yield f"--{' and --'.join(given)}: choose one"
         yield from self._int8_problems()
-        for flag in ("lora_r", "xgblora_rank", "xgblora_merge_frequency"):
-            if getattr(self, flag) < 1:
-                yield f"--{flag} {getattr(self, flag)}: must be >= 1"
-        for flag in ("xgblora_steps_per_iteration", "xgblora_num_layers", "lora_merge_every",
-                     "xgblora_restart_warmup_steps"):
-            if getattr(self, flag) < 0:
-                yield f"--{flag} {getattr(self, flag)}: must be >= 0"
         for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, flag) < 1:
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
         yield from self._zo_problems()
         yield from self._mode_problems()
-        yield from self._head_problems()
         yield from self._task_problems()
 
     def _task_problems(self):
@@ -275,24 +214,30 @@ class EngineArguments(TrainingArguments):
         return iter(())
 
     def _int8_problems(self):
+        """8-bit base weights: on CUDA, and under training only beside a mode that leaves the base frozen (the
+        modes that merge into it say so in their own checks)."""
         if not self.load_int8:
             return
         if not torch.cuda.is_available():
             yield ("--load_int8: needs CUDA (bitsandbytes' 8-bit layers have no CPU path); drop it on this machine, "
                    "or use --load_bfloat16 / --load_float16 on a GPU")
-        if self.trainer != "none" and not (self.lora or self.prefix_tuning):
-            yield (f"--load_int8 with --trainer {self.trainer} and no --lora/--prefix_tuning: training would change "
+        frozen = [registry.adapter(n) for n, m in methods.METHODS.items() if getattr(m.mode, "frozen_base", False)]
+        if self.trainer != "none" and not any(self._selects(spec) for spec in frozen):
+            given = "/".join(" ".join(spec.selection()) for spec in frozen)
+            yield (f"--load_int8 with --trainer {self.trainer} and no {given}: training would change "
                    "the 8-bit base weights themselves; train an adapter (--lora) or evaluate only (--trainer none)")
-        if self.xgblora or self.lora_merge_every:
-            flag = "--xgblora" if self.xgblora else f"--lora_merge_every {self.lora_merge_every}"
-            yield f"--load_int8 with {flag}: merges write into the base weights, which cannot be 8-bit"
+
+    def _selects(self, spec: registry.AdapterSpec) -> bool:
+        """Whether the flags select ``spec``'s mode (its own flag, or ``--method``)."""
+        return bool(getattr(self, spec.flag)) if spec.flag else self.method == spec.name
 
     def _training_problems(self):
         if self.trainer == "none":
-            for mode, flag in MODE_FLAGS.items():
-                if getattr(self, flag):
-                    yield (f"--{flag} with --trainer none: {UNTRAINED[mode]}; use --trainer zo or regular, "
-                           f"or drop --{flag}")
+            for spec in registry.ADAPTERS.values():
+                if spec.selection() and self._selects(spec):
+                    given = " ".join(spec.selection())
+                    yield (f"{given} with --trainer none: {spec.untrained}; use --trainer zo or regular, "
+                           f"or drop {given}")
             return
         if self.max_steps == 0 or self.max_steps < -1:
             yield (f"--max_steps {self.max_steps} with --trainer {self.trainer}: must be >= 1 "
@@ -308,28 +253,30 @@ class EngineArguments(TrainingArguments):
         return f"--{self.aliases_given.get(flag, flag)} {getattr(self, flag)}"
 
     def _zo_problems(self):
-        if self.zo_num_samples < 1:
-            yield f"{self._flag('zo_num_samples')}: must be >= 1"
-        if not 0 <= self.zo_momentum < 1:
-            yield f"--zo_momentum {self.zo_momentum}: must be in [0, 1)"
-        if self.trainer != "zo":
-            for flag in ZO_OPTIMIZER_FLAGS:
-                if not self._is_default(flag):
-                    yield (f"{self._flag(flag)} with --trainer {self.trainer}: only --trainer zo uses it; "
-                           f"drop it or use --trainer zo")
+        """The ZO step's flags and the ZO methods' (each method checks its own: ``zo_methods.method_problems``)."""
+        yield from spsa.problems(self, self._flag)
+        if self.zo_optimizer not in zo_methods.ZO_METHODS:
+            yield f"--zo_optimizer {self.zo_optimizer}: unknown; known: {', '.join(zo_methods.ZO_METHODS)}"
             return
-        if self.zo_optimizer != "momentum" and not self._is_default("zo_momentum"):
-            yield f"--zo_momentum {self.zo_momentum}: only --zo_optimizer momentum uses it (not {self.zo_optimizer})"
-        if self.zo_sample_scheduler == "linear" and self.zo_num_samples == 1:
-            yield (f"{self._flag('zo_sample_scheduler')} with --zo_num_samples 1: every step would take one "
-                   f"direction; give --zo_num_samples > 1, the number reached at the end of the run")
+        yield from zo_methods.method_problems(self)
+        if self.trainer != "zo":
+            yield from self._zo_flags_unused()
+            return
+        for name, flags in zo_methods.method_flags().items():
+            for flag in flags:
+                if name != self.zo_optimizer and not self._is_default(flag):
+                    yield (f"--{flag} {getattr(self, flag)}: only --zo_optimizer {name} uses it "
+                           f"(not {self.zo_optimizer})")
+        yield from spsa.zo_problems(self, self._flag)
         yield from self._perturb_problems()
-        if self.zo_optimizer == "adam":
-            for flag in ("adam_beta1", "adam_beta2"):
-                if not 0 <= getattr(self, flag) < 1:
-                    yield f"--{flag} {getattr(self, flag)}: must be in [0, 1) for --zo_optimizer adam"
-            if not self.adam_epsilon >= 0:
-                yield f"--adam_epsilon {self.adam_epsilon}: must be >= 0 for --zo_optimizer adam"
+
+    def _zo_flags_unused(self):
+        """Flags only --trainer zo reads, given with another trainer."""
+        own = [flag for flags in zo_methods.method_flags().values() for flag in flags]
+        for flag in ("zo_optimizer", *own, *ZO_STEP_FLAGS):
+            if not self._is_default(flag):
+                yield (f"{self._flag(flag)} with --trainer {self.trainer}: only --trainer zo uses it; "
+                       f"drop it or use --trainer zo")
 
     def _perturb_problems(self):
         """``--zo_perturb out_of_place``: full-parameter ZO-SGD with one direction per step."""
@@ -338,48 +285,37 @@ class EngineArguments(TrainingArguments):
         if self.mode not in ("ft", "lp-ft"):
             yield (f"--zo_perturb out_of_place with {self.mode} training: for full-parameter training only (the "
                    f"small trainable sets of adapters, prefixes and heads are restored bit for bit already)")
-        if self.zo_optimizer != "sgd":
-            yield (f"--zo_perturb out_of_place with --zo_optimizer {self.zo_optimizer}: only sgd (the ZO optimizers "
-                   f"regenerate z from the in-place stream)")
+        if not zo_methods.ZO_METHODS[self.zo_optimizer].out_of_place:
+            able = ", ".join(name for name, cls in zo_methods.ZO_METHODS.items() if cls.out_of_place)
+            yield (f"--zo_perturb out_of_place with --zo_optimizer {self.zo_optimizer}: only {able} (the ZO "
+                   f"optimizers regenerate z from the in-place stream)")
         if self.zo_num_samples != 1:
             yield f"--zo_perturb out_of_place with {self._flag('zo_num_samples')}: one direction per step only"
 
     def _mode_problems(self):
-        yield from self._prefix_problems()
-        if self.lora and self.xgblora:
-            yield "--lora and --xgblora: choose one (--xgblora trains rank --xgblora_rank boosters)"
+        """The choice of mode; each mode's own checks (``methods.problems``); merges; distributed training."""
+        yield from self._method_problems()
+        yield from methods.problems(self)
         if not self.merge_warn_ratio >= 0:
             yield f"--merge_warn_ratio {self.merge_warn_ratio}: must be >= 0 (0: never warn)"
-        if not self.xgblora_merge_scale > 0:
-            yield f"--xgblora_merge_scale {self.xgblora_merge_scale}: must be > 0"
-        if not 0 < self.lora_merge_alpha <= 1:
-            yield f"--lora_merge_alpha {self.lora_merge_alpha}: must be in (0, 1]"
-        if self.lora_merge_every and not self.lora:
-            yield f"--lora_merge_every {self.lora_merge_every}: needs --lora"
-        if self.lora_init == "lora_ga" and self.mode not in ("lora", "xgblora"):
-            yield "--lora_init lora_ga: needs --lora or --xgblora"
-        if self.lora_init == "lora_ga" and self.trainer == "zo":
-            yield ("--lora_init lora_ga with --trainer zo: LoRA-GA needs backprop gradients, which would cost "
-                   "training memory; use --trainer regular, or --lora_init default with zo")
-        if self.lora_init == "lora_ga" and self.xgblora and self.xgblora_merge_scale != 1.0:
-            yield (f"--xgblora_merge_scale {self.xgblora_merge_scale} with --lora_init lora_ga: a LoRA-GA booster "
-                   "starts non-zero, so only eta = 1 merges it without a jump; use 1.0")
-        if self.xgblora_restart_warmup_steps and self.trainer != "regular":
-            yield f"--xgblora_restart_warmup_steps {self.xgblora_restart_warmup_steps}: only for --trainer regular"
-        if self.xgblora_restart_warmup_steps and not (self.xgblora and self.xgblora_steps_per_iteration):
-            yield "--xgblora_restart_warmup_steps: needs --xgblora with --xgblora_steps_per_iteration > 0"
         if self.trainer == "zo" and self.gradient_accumulation_steps != 1:
             yield f"--gradient_accumulation_steps {self.gradient_accumulation_steps}: --trainer zo takes 1"
-        yield from self._distributed_problems()
-
-    def _distributed_problems(self):
-        """FSDP (backprop, full-parameter, CUDA); XGBLoRA's frozen boosters under DDP."""
         yield from self._fsdp_problems()
-        if (self.trainer == "regular" and self.xgblora and self.xgblora_num_layers
-                and self.ddp_find_unused_parameters is False):
-            yield (f"--ddp_find_unused_parameters False with --xgblora_num_layers {self.xgblora_num_layers}: the "
-                   f"boosters of the blocks not drawn are frozen and get no gradient, which DDP must look for; "
-                   f"drop the flag (or set it True)")
+
+    def _method_problems(self):
+        """``--method``: a registered mode without a flag of its own, and no mode flag beside it."""
+        if self.method is None:
+            return
+        spec = registry.ADAPTERS.get(self.method)
+        if spec is None or self.method not in methods.METHODS:
+            yield f"--method {self.method}: unknown; known: {', '.join(methods.METHODS)}"
+        elif spec.flag:
+            yield f"--method {self.method}: select it with --{spec.flag} (its own flag)"
+        elif not spec.selection():
+            yield f"--method {self.method}: the mode of a run that selects none; drop --method"
+        flagged = [f"--{s.flag}" for s in registry.ADAPTERS.values() if s.flag and getattr(self, s.flag)]
+        if flagged:
+            yield f"--method {self.method} and {' '.join(flagged)}: choose one training mode"
 
     def _fsdp_problems(self):
         if not self.fsdp:
@@ -388,35 +324,15 @@ class EngineArguments(TrainingArguments):
             yield (f"--fsdp with --trainer {self.trainer}: FSDP shards the model for backprop training; a ZO step "
                    f"needs the whole model on every rank (use plain torchrun for data-parallel zo)")
         if self.mode != "ft":
-            yield (f"--fsdp with {self.mode} training: only full-parameter training (no --lora, --xgblora, "
-                   f"--prefix_tuning, --head_tuning, --linear_probing) is supported with FSDP here")
+            others = [" ".join(s.selection()) for s in registry.ADAPTERS.values() if s.selection()]
+            yield (f"--fsdp with {self.mode} training: only full-parameter training (no {', '.join(others)}, "
+                   f"--linear_probing) is supported with FSDP here")
         if self.load_best_model_at_end:
             yield ("--fsdp with --load_best_model_at_end: the in-memory best dev snapshot does not handle sharded "
                    "parameters; drop --load_best_model_at_end (finetune_fsdp.sh does)")
         if not torch.cuda.is_available():
             yield ("--fsdp without CUDA: accelerate runs FSDP on GPUs only (on the CPU it would silently train "
                    "with plain DDP); drop --fsdp on this machine")
-
-    def _prefix_problems(self):
-        if not self.prefix_tuning:
-            return
-        for flag in ("xgblora", "lora"):
-            if getattr(self, flag):
-                yield (f"--prefix_tuning: cannot be combined with --{flag}; one training mode at a time "
-                       f"(drop --prefix_tuning or --{flag})")
-        if self.num_prefix < 1:
-            yield f"--num_prefix {self.num_prefix}: must be >= 1"
-        if self.prefix_init_by_real_act and not self.no_reparam:
-            yield ("--prefix_init_by_real_act with --no_reparam False: real activations set the prefix keys and "
-                   "values directly, which the reparameterisation computes instead; pass --no_reparam, or "
-                   "--prefix_init_by_real_act False")
-
-    def _head_problems(self):
-        for flag in ("lora", "xgblora", "prefix_tuning"):
-            if self.head_tuning and getattr(self, flag):
-                yield f"--head_tuning and --{flag}: choose one (--head_tuning trains the LM head alone)"
-        if self.lp_early_stopping and not self.linear_probing:
-            yield "--lp_early_stopping: needs --linear_probing"
 
 
 @functools.cache

@@ -3,22 +3,17 @@
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
 
-# MODE -> its flags in MODE_ARGS and its part of the tag in MODE_TAG (the XGBLoRA kappa is in it), and the mode's
-# default learning rates and eps: ZO_LR / ZO_EPS for mezo.sh, FT_LR for finetune.sh (LR and EPS, if set, win).
-# Prefix tuning takes MeZO's advice: MeZO LR 1e-3 (or 1e-2) with EPS 1e-1; regular training LR 1e-2.
+ENGINE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# mode_args DRIVER (mezo, finetune, medium-mezo, medium-finetune): MODE -> its run.py flags in MODE_ARGS, its part of
+# the tag in MODE_TAG (the XGBLoRA kappa is in it) and the driver's default learning rate and eps in DEFAULT_LR /
+# DEFAULT_EPS (LR and EPS, if set, win). All of it comes from the methods' registry (mezo_engine/registry.py: the
+# standard library only, run with python3 rather than the run's python, which tests stand in for), which reads the mode's own variables (LORA_R, LORA_ALPHA, XGBLORA_RANK, XGBLORA_STEPS, XGBLORA_LAYERS,
+# NUM_PREFIX) and knows their defaults.
 mode_args() {
-    ZO_LR=1e-5; ZO_EPS=1e-3; FT_LR=1e-5
-    case "$MODE" in
-        ft) MODE_ARGS=(); MODE_TAG=ft ;;
-        lora) MODE_ARGS=(--lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-16}"); MODE_TAG=lora ;;
-        xgblora) MODE_ARGS=(--xgblora --xgblora_rank "${XGBLORA_RANK:-1}" --lora_alpha "${LORA_ALPHA:-16}"
-                            --xgblora_steps_per_iteration "$XGBLORA_STEPS" --xgblora_num_layers "$XGBLORA_LAYERS")
-                 MODE_TAG=xgblora-k$XGBLORA_STEPS ;;
-        prefix) MODE_ARGS=(--prefix_tuning --num_prefix "${NUM_PREFIX:-5}" --no_reparam --prefix_init_by_real_act)
-                MODE_TAG=prefix; ZO_LR=1e-3; ZO_EPS=1e-1; FT_LR=1e-2 ;;
-        head) MODE_ARGS=(--head_tuning); MODE_TAG=head ;;
-        *) die "MODE=$MODE unknown; known: ft lora xgblora prefix head" ;;
-    esac
+    local resolved
+    resolved=$(python3 "$ENGINE_DIR/registry.py" driver "$MODE" "$1" 2>&1) || die "$resolved"
+    eval "$resolved"
     lp_args
 }
 

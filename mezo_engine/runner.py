@@ -22,11 +22,11 @@ from transformers.trainer_utils import IntervalStrategy
 from mezo_engine import distributed, resources
 from mezo_engine.arguments import ArgumentError, launched_world_size
 from mezo_engine.checkpoint import RESUMABLE_EXIT, RunStateCallback, StopOnSignal, resolve_resume
-from mezo_engine.modes import Mode, ModeError, mode_for
+from mezo_engine.methods import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
 from mezo_engine.results import config_hash, publish_result, run_name
 from mezo_engine.status import Status
-from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer, mutable_parameters
+from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer
 
 logger = logging.getLogger("run")
 
@@ -81,7 +81,7 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduce under torchrun."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
-        stateful["best"] = BestModelCallback(f"eval_{metric}")
+        stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
     run_state.stateful = stateful
     return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
 
@@ -150,20 +150,21 @@ def train_summary(trainer, summary: dict) -> dict:
     summary.update(trainer.mode.summary(stateful))
     if "best" in stateful:
         summary["best_dev"] = {"value": stateful["best"].best, "step": stateful["best"].best_step}
-    summary["ranks"] = distributed.gather(rank_checksums(trainer.model, summary))
+    summary["ranks"] = distributed.gather(rank_checksums(trainer.model, trainer.mode, summary))
     summary["collectives"] = {"calls": trainer.comm.calls, "bytes": trainer.comm.bytes}
     return summary
 
 
-def rank_checksums(model, summary: dict) -> dict:
-    """This rank's sha256 of the parameters training can change (``trainer.mutable_parameters``: trainable ones,
+def rank_checksums(model, mode: Mode, summary: dict) -> dict:
+    """This rank's sha256 of the parameters training can change (``mode.mutable_parameters``: trainable ones,
     adapters, merged-into base weights) and of its training record (mode summary, logged losses). Gathered from
     every rank into the result, so that equal digests show the ranks ended bit-identical."""
     record = {k: v for k, v in summary.items() if k not in ("log_history", "ranks", "collectives", "train_s",
                                                             "steps_per_s")}  # timings differ between ranks
     record["losses"] = [h["loss"] for h in summary.get("log_history", []) if "loss" in h]
     text = json.dumps(record, sort_keys=True, default=str)
-    return {"rank": distributed.rank(), "params_sha256": distributed.tensors_sha256(mutable_parameters(model).items()),
+    digest = distributed.tensors_sha256(mode.mutable_parameters(model).items())
+    return {"rank": distributed.rank(), "params_sha256": digest,
             "record_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 

@@ -15,7 +15,7 @@ and the same list always give the same z.
 Two ways to use it:
 
 * ``estimate``: the SPSA estimate alone, for one or several seeds (n-SPSA); returns ``(seed, projected_grad)``
-  pairs and leaves the parameters as they were. ZO optimizers (``zo_optim``) regenerate z from the seeds and
+  pairs and leaves the parameters as they were. ZO optimizers (``zo_methods``) regenerate z from the seeds and
   update with their own rule.
 * ``fused_sgd_step`` / ``zo_step``: one whole ZO-SGD step in the fewest passes over the parameters, the default.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -63,18 +64,38 @@ def generators(params: Sequence[torch.Tensor], seed: int) -> dict:
     return {p.device: make_generator(p.device, seed) for p in params}
 
 
-def draw_z(params: Sequence[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """The perturbation direction for ``params`` under ``seed``: one standard-normal tensor per parameter."""
-    gens = generators(params, seed)
-    return [next_z(p, gens) for p in params]
+class DirectionSampler(Protocol):
+    """Where z comes from: ``generators(params, seed)`` once per direction, then ``next_z(p, gens)`` for each
+    parameter in list order; the same seed and list give the same z every time (nothing is stored). A new
+    distribution (Rademacher, low-rank ``U V^T``, a masked one) is one class with these two methods."""
+
+    def generators(self, params: Sequence[torch.Tensor], seed: int) -> dict: ...
+
+    def next_z(self, param: torch.Tensor, gens: dict) -> torch.Tensor: ...
+
+
+class GaussianSampler:
+    """z ~ N(0, I), one generator per device (MeZO's directions; ``generators`` and ``next_z`` above)."""
+
+    generators = staticmethod(generators)
+    next_z = staticmethod(next_z)
+
+
+GAUSSIAN = GaussianSampler()
+
+
+def draw_z(params: Sequence[torch.Tensor], seed: int, sampler: DirectionSampler = GAUSSIAN) -> list[torch.Tensor]:
+    """The perturbation direction for ``params`` under ``seed``: one tensor per parameter (standard normal)."""
+    gens = sampler.generators(params, seed)
+    return [sampler.next_z(p, gens) for p in params]
 
 
 @torch.no_grad()
-def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float) -> None:
+def perturb_(params: Sequence[torch.Tensor], seed: int, scale: float, sampler: DirectionSampler = GAUSSIAN) -> None:
     """In place: theta += scale * z(seed). z is regenerated, never stored."""
-    gens = generators(params, seed)
+    gens = sampler.generators(params, seed)
     for p in params:
-        p.add_(next_z(p, gens), alpha=scale)
+        p.add_(sampler.next_z(p, gens), alpha=scale)
 
 
 def projected_grad(loss_pos: float, loss_neg: float, eps: float) -> float:
@@ -97,11 +118,12 @@ def sgd_update_(param: torch.Tensor, z: torch.Tensor, grad: float, lr: float, we
 
 
 @torch.no_grad()
-def restore_and_update_(params: Sequence[torch.Tensor], seed: int, eps: float, grad: float, rates: Rates) -> None:
+def restore_and_update_(params: Sequence[torch.Tensor], seed: int, eps: float, grad: float, rates: Rates,
+                        sampler: DirectionSampler = GAUSSIAN) -> None:
     """From theta - eps*z: restore to theta and apply the update, regenerating z once per parameter."""
-    gens = generators(params, seed)
+    gens = sampler.generators(params, seed)
     for p, (lr, wd) in zip(params, rates):
-        z = next_z(p, gens)
+        z = sampler.next_z(p, gens)
         p.add_(z, alpha=eps)
         sgd_update_(p, z, grad, lr, wd)
 
@@ -118,29 +140,29 @@ def _two_sided(params, original, z, eps: float, loss_fn: Callable[[], float]) ->
 
 
 def estimate(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seeds: Sequence[int], eps: float,
-             cache: bool = False) -> list[tuple[int, float]]:
+             cache: bool = False, sampler: DirectionSampler = GAUSSIAN) -> list[tuple[int, float]]:
     """The SPSA estimate along z(seed) for each seed: ``[(seed, projected_grad), ...]``; ``params`` end as they began
     (bit for bit with ``cache``, within a few ulps per seed without). ``loss_fn`` runs a forward pass and returns
     the loss; it is called twice per seed, at +eps then at -eps, seed after seed."""
     if cache:
-        return _estimate_cached(params, loss_fn, seeds, eps)
+        return _estimate_cached(params, loss_fn, seeds, eps, sampler)
     out = []
     for seed in seeds:
-        perturb_(params, seed, eps)
+        perturb_(params, seed, eps, sampler)
         loss_pos = loss_fn()
-        perturb_(params, seed, -2.0 * eps)
+        perturb_(params, seed, -2.0 * eps, sampler)
         loss_neg = loss_fn()
-        perturb_(params, seed, eps)
+        perturb_(params, seed, eps, sampler)
         out.append((int(seed), projected_grad(loss_pos, loss_neg, eps)))
     return out
 
 
 @torch.no_grad()
-def _estimate_cached(params, loss_fn, seeds, eps) -> list[tuple[int, float]]:
+def _estimate_cached(params, loss_fn, seeds, eps, sampler: DirectionSampler) -> list[tuple[int, float]]:
     original = [p.detach().clone() for p in params]
     out = []
     for seed in seeds:
-        loss_pos, loss_neg = _two_sided(params, original, draw_z(params, seed), eps, loss_fn)
+        loss_pos, loss_neg = _two_sided(params, original, draw_z(params, seed, sampler), eps, loss_fn)
         out.append((int(seed), projected_grad(loss_pos, loss_neg, eps)))
     for p, p0 in zip(params, original):
         p.copy_(p0)
@@ -148,24 +170,24 @@ def _estimate_cached(params, loss_fn, seeds, eps) -> list[tuple[int, float]]:
 
 
 def fused_sgd_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int, eps: float,
-                   rates: Rates, cache: bool = False) -> StepResult:
+                   rates: Rates, cache: bool = False, sampler: DirectionSampler = GAUSSIAN) -> StepResult:
     """One whole ZO-SGD step on ``params`` (in place) with per-parameter ``rates``: the estimate and the update in
     the fewest passes (z drawn three times without ``cache``, once with it)."""
     if cache:
-        return _fused_cached(params, loss_fn, seed, eps, rates)
-    perturb_(params, seed, eps)
+        return _fused_cached(params, loss_fn, seed, eps, rates, sampler)
+    perturb_(params, seed, eps, sampler)
     loss_pos = loss_fn()
-    perturb_(params, seed, -2.0 * eps)
+    perturb_(params, seed, -2.0 * eps, sampler)
     loss_neg = loss_fn()
     grad = projected_grad(loss_pos, loss_neg, eps)
-    restore_and_update_(params, seed, eps, grad, rates)
+    restore_and_update_(params, seed, eps, grad, rates, sampler)
     return StepResult(float(loss_pos), grad, seed)
 
 
 @torch.no_grad()
-def _fused_cached(params, loss_fn, seed, eps, rates) -> StepResult:
+def _fused_cached(params, loss_fn, seed, eps, rates, sampler: DirectionSampler) -> StepResult:
     """The same step with z drawn once and the original values kept: an exact restore in any dtype."""
-    z = draw_z(params, seed)
+    z = draw_z(params, seed, sampler)
     original = [p.detach().clone() for p in params]
     loss_pos, loss_neg = _two_sided(params, original, z, eps, loss_fn)
     for p, p0 in zip(params, original):

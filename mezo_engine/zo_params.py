@@ -3,8 +3,8 @@ their originals: the trainer's choice, as functions that a script (``scripts/ben
 
 ``MezoTrainer.create_optimizer`` gives the ZO optimizer every parameter that may train in the run's mode, in model
 order, grouped by ``trainer.zo_param_groups``; a step perturbs the optimizer's ``zo_params()`` (those that require
-grad now) and keeps z and the original values (``cache``: an exact restore) when they are at most
-``trainer.CACHE_FRACTION`` of the model. The functions below are built from those same pieces, so a benchmark
+grad now) and keeps z and the original values (``cache``: an exact restore) when the mode says so
+(``methods.Mode.caches_perturbation``: at most ``CACHE_FRACTION`` of the model). The functions below are built from those same pieces, so a benchmark
 measures the step the trainer takes rather than a copy of its rules.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mezo_engine.trainer import CACHE_FRACTION, MezoTrainer, zo_param_groups
+from mezo_engine.methods import Mode
+from mezo_engine.trainer import MezoTrainer, zo_param_groups
 from mezo_engine.zo_optim import ZOSGD
 
 
@@ -26,15 +27,16 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
 
 def zo_named_parameters(model: torch.nn.Module, mode=None) -> list[tuple[str, torch.nn.Parameter]]:
     """What the trainer's ZO optimizer holds, in model order: the trainable parameters and those ``mode``
-    (``modes.Mode``) may train later (``optimizer_parameters``: XGBLoRA's frozen boosters)."""
+    (``methods.Mode``) may train later (``optimizer_parameters``: XGBLoRA's frozen boosters)."""
     may_train = {id(p) for p in mode.optimizer_parameters(model)} if mode is not None else set()
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in may_train]
 
 
-def caches(params: Sequence[torch.Tensor], model: torch.nn.Module) -> bool:
-    """Whether the zo step over ``params`` keeps z and the originals: the set is at most ``CACHE_FRACTION`` of the
-    model (small sets, e.g. adapters, are then restored bit for bit)."""
-    return sum(p.numel() for p in params) <= CACHE_FRACTION * sum(p.numel() for p in model.parameters())
+def caches(params: Sequence[torch.Tensor], model: torch.nn.Module, mode=None) -> bool:
+    """Whether the zo step over ``params`` keeps z and the originals, by the mode's rule (``caches_perturbation``;
+    the base mode's without one): small sets, e.g. adapters, are then restored bit for bit."""
+    mode = mode if mode is not None else Mode(None)  # the base mode's rule reads no flag
+    return mode.caches_perturbation(sum(p.numel() for p in params), sum(p.numel() for p in model.parameters()))
 
 
 @dataclass(frozen=True)
@@ -54,4 +56,4 @@ def zo_params(model: torch.nn.Module, mode=None) -> ZOParams:
     params = ZOSGD(zo_param_groups(zo_named_parameters(model, mode), decay, 0.0), lr=0.0).zo_params()
     names = {id(p): n for n, p in model.named_parameters()}
     ordered = [names[id(p)] for p in params]
-    return ZOParams(ordered, params, [n in decay for n in ordered], caches(params, model))
+    return ZOParams(ordered, params, [n in decay for n in ordered], caches(params, model, mode))

@@ -28,7 +28,7 @@ from mezo_engine import alignment, lora
 from mezo_engine.checkpoint import RUN_STATE
 from mezo_engine.data import TrainCollator
 from mezo_engine.models import load_model_and_tokenizer
-from mezo_engine.modes import mode_for
+from mezo_engine.methods import mode_for
 
 COLUMNS = ["merge", "delta_norm", "grad_norm", "cosine", "best_cosine", "random_cosine", "loss_before",
            "loss_after", "predicted_change"]

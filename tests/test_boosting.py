@@ -6,7 +6,8 @@ from transformers import HfArgumentParser
 from large_models import run
 from mezo_engine import lora, runner
 from large_models.arguments import Arguments
-from mezo_engine.schedule import epoch_merge_due, jagged_factor, merge_due, num_merges
+from mezo_engine.methods.lora import merge_due
+from mezo_engine.methods.xgblora import epoch_merge_due, jagged_factor, num_merges
 from large_models.tasks import Sample, get_task
 from tests.tiny import make_model, make_tokenizer
 

@@ -201,10 +201,13 @@ def run_py_flags(argv: list[str]) -> tuple[str, list[str]]:
 # ---- the drivers --------------------------------------------------------------------------------------------
 @cache
 def driver_variables() -> set[str]:
-    """Every variable the drivers read (``$NAME`` / ``${NAME...}`` in their scripts)."""
+    """Every variable the drivers read (``$NAME`` / ``${NAME...}`` in their scripts, and the modes' variables that
+    the methods' registry reads for them)."""
+    from mezo_engine import registry
     scripts = [*REPO.glob("*.sh"), *(REPO / "large_models").glob("*.sh"), *(REPO / "medium_models").glob("*.sh"),
                REPO / "mezo_engine" / "drivers.sh"]
-    return {m for s in scripts for m in re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", s.read_text())}
+    read = {m for s in scripts for m in re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", s.read_text())}
+    return read | registry.driver_variables()
 
 
 def driver_path(command: Command) -> Path:

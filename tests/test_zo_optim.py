@@ -1,4 +1,4 @@
-"""ZO optimizers (zo_optim.py), the SPSA estimator and n-SPSA: hand computations on toys, bit-for-bit equality of
+"""ZO optimizers (zo_methods/), the SPSA estimator and n-SPSA: hand computations on toys, bit-for-bit equality of
 the fused step and the optimizer path, checkpoints of the optimizer state, and training runs on tiny models."""
 import copy
 import io
@@ -12,11 +12,11 @@ from transformers import HfArgumentParser
 from large_models import run
 from mezo_engine import lora, zo
 from large_models.arguments import ArgumentError, Arguments
-from mezo_engine.schedule import num_samples
+from mezo_engine.zo_methods.spsa import num_samples
 from mezo_engine.scoring import batch_loss
 from large_models.tasks import Sample, get_task
 from mezo_engine.trainer import DivergenceError, zo_optimizer
-from mezo_engine.zo_optim import ZOSGD, ZOAdam, ZOSGDMomentum
+from mezo_engine.zo_methods import ZOSGD, ZOAdam, ZOSGDMomentum
 from tests.tiny import make_model, make_tokenizer
 
 # ---- a closed-form toy: three parameters, L = sum a_i (theta_i - c_i)^2 + sum theta_i^3 / 3 ---------------------

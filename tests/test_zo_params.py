@@ -40,9 +40,9 @@ def _cache_of_a_trainer_step(trainer, monkeypatch) -> bool:
     """The ``cache`` the trainer's zo step passes to the fused ZO-SGD step, seen by wrapping it."""
     seen, fused = [], zo.fused_sgd_step
 
-    def recording(params, loss_fn, seed, eps, rates, cache=False):
+    def recording(params, loss_fn, seed, eps, rates, cache=False, *rest):  # rest: the direction sampler
         seen.append(cache)
-        return fused(params, loss_fn, seed, eps, rates, cache)
+        return fused(params, loss_fn, seed, eps, rates, cache, *rest)
     monkeypatch.setattr(zo, "fused_sgd_step", recording)
     trainer.training_step(trainer.model, next(iter(trainer.get_train_dataloader())))
     assert len(seen) == 1

@@ -1,0 +1,58 @@
+"""The ZO methods by name (``--zo_optimizer``): one file each, registered here.
+
+| name       | file           | update                                      | state (``state_dict()``)            |
+|------------|----------------|---------------------------------------------|-------------------------------------|
+| ``sgd``    | ``sgd.py``     | MeZO's ZO-SGD (fused step for one direction) | none                               |
+| ``momentum`` | ``momentum.py`` | heavy-ball momentum (``--zo_momentum``)  | ``momentum_buffer``                 |
+| ``adam``   | ``adam.py``    | MeZO-Adam (the Trainer's Adam betas, eps)   | ``exp_avg``, ``exp_avg_sq``, ``step`` |
+
+Each is a ``base.ZOOptimizer`` subclass: its name, its flag dataclass (``flags``, inherited by EngineArguments), its
+checks (``problems(args)``), ``from_args``, its update rule; it samples with ``sampler`` (Gaussian) and estimates
+with ``estimator`` (``spsa.TWO_POINT``: two forwards per direction, n directions by ``--zo_num_samples``). Its
+defaults for the drivers are its entry in ``registry.ZO_METHODS`` (none yet: the mode's).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mezo_engine import registry
+from mezo_engine.zo_methods.adam import ZOAdam
+from mezo_engine.zo_methods.base import ZOOptimizer
+from mezo_engine.zo_methods.momentum import ZOSGDMomentum
+from mezo_engine.zo_methods.sgd import ZOSGD
+from mezo_engine.zo_methods.spsa import SpsaFlags
+
+__all__ = ["FLAGS", "ZO_METHODS", "ZOAdam", "ZOOptimizer", "ZOSGD", "ZOSGDMomentum", "make_zo_optimizer",
+           "method_flags", "method_problems", "optimizer_class", "register"]
+
+ZO_METHODS: dict[str, type[ZOOptimizer]] = {cls.name: cls for cls in (ZOSGD, ZOSGDMomentum, ZOAdam)}
+# The estimator's and the methods' flag dataclasses, inherited by EngineArguments.
+FLAGS: tuple[type, ...] = (SpsaFlags, *(cls.flags for cls in ZO_METHODS.values() if cls.flags))
+
+
+def register(cls: type[ZOOptimizer], spec: registry.ZoSpec | None = None) -> None:
+    """Add a ZO method under ``cls.name`` (its data in ``registry.ZO_METHODS``: ``spec``, default: no defaults)."""
+    ZO_METHODS[cls.name] = cls
+    registry.register_zo(spec or registry.ZoSpec(cls.name))
+
+
+def optimizer_class(name: str) -> type[ZOOptimizer]:
+    if name not in ZO_METHODS:
+        raise ValueError(f"--zo_optimizer {name}: unknown; known: {', '.join(ZO_METHODS)}")
+    return ZO_METHODS[name]
+
+
+def make_zo_optimizer(args, groups: list[dict]) -> ZOOptimizer:
+    """The ZO optimizer of ``--zo_optimizer`` over ``groups``, built from the run's arguments."""
+    return optimizer_class(args.zo_optimizer).from_args(args, groups)
+
+
+def method_flags() -> dict[str, tuple[str, ...]]:
+    """Each method's own flag names (those of its ``flags`` dataclass)."""
+    return {name: tuple(cls.flags.__dataclass_fields__) if cls.flags else () for name, cls in ZO_METHODS.items()}
+
+
+def method_problems(args) -> Iterator[str]:
+    """Every registered method's checks."""
+    for cls in ZO_METHODS.values():
+        yield from cls.problems(args)
