@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from large_models import task_table
+from large_models.tasks import TASKS
 from mezo_engine.arguments import ArgumentError, EngineArguments, default_config_of, parse_args_into
 
 __all__ = ["ArgumentError", "Arguments", "GENERATION_TASKS", "KNOWN_TASKS", "default_config", "parse_args"]
 
-KNOWN_TASKS = ("SST2", "RTE", "CB", "BoolQ", "WSC", "WIC", "MultiRC", "Copa", "ReCoRD", "SQuAD", "DROP")
-GENERATION_TASKS = ("SQuAD", "DROP")
+KNOWN_TASKS = tuple(task_table.TASKS)
+GENERATION_TASKS = tuple(name for name, cls in TASKS.items() if cls.generation)
 
 
 @dataclass

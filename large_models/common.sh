@@ -3,25 +3,22 @@
 
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../mezo_engine/drivers.sh"
 
-known_tasks="SST2 RTE CB BoolQ WSC WIC MultiRC Copa ReCoRD SQuAD DROP"
+# The tasks and MeZO's per-task settings come from large_models/task_table.py (standard library only).
+TASK_TABLE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/task_table.py"
+known_tasks=$(python3 "$TASK_TABLE" names)
 
 check_task() {
     [ -n "${TASK:-}" ] || die "set TASK (one of: $known_tasks), e.g. TASK=SST2 bash $(basename "$0")"
     case " $known_tasks " in *" $TASK "*) ;; *) die "TASK=$TASK unknown; known: $known_tasks" ;; esac
 }
 
-# MeZO's per-task choices: CB and Copa keep 100 dev examples; Copa, ReCoRD, SQuAD and DROP train as a
-# language model on the answer, the others as classification over the candidates.
-# DEFAULT_DEV: the dev-set size when DEV is not given.
+# MeZO's per-task choices (task_table.py): CB and Copa keep 100 dev examples; Copa, ReCoRD, SQuAD and DROP train
+# as a language model on the answer, the others as classification over the candidates.
+# DEFAULT_DEV: the dev-set size when DEV is not given; TASK_ARGS: the flags of the task's training.
 task_args() {
-    case "$TASK" in
-        CB|Copa) DEFAULT_DEV=100 ;;
-        *) DEFAULT_DEV=500 ;;
-    esac
-    case "$TASK" in
-        Copa|ReCoRD|SQuAD|DROP) TASK_ARGS=() ;;
-        *) TASK_ARGS=(--train_as_classification) ;;
-    esac
+    local resolved
+    resolved=$(python3 "$TASK_TABLE" driver "$TASK" 2>&1) || die "$resolved"
+    eval "$resolved"
 }
 
 data_args() {

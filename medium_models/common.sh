@@ -3,7 +3,8 @@
 
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../mezo_engine/drivers.sh"
 
-known_tasks="SST-2 sst-5 mr cr mpqa subj trec CoLA MNLI SNLI QNLI QQP MRPC RTE"
+# LM-BFF's task names come from medium_models/task_table.py (standard library only).
+known_tasks=$(python3 "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/task_table.py" names)
 
 check_task() {
     case " $known_tasks " in *" $TASK "*) ;; *) die "TASK=$TASK unknown; known (LM-BFF's names): $known_tasks" ;; esac

@@ -505,3 +505,35 @@ def test_hub_rows_become_the_same_samples(monkeypatch):
     assert got["SQuAD"].correct_candidate == ["x", "y"] and got["SQuAD"].data["title"] == "T"
     assert got["DROP"].correct_candidate == ["3"] and got["DROP"].data["context"] == "P."
     assert get_task("DROP").template.encode(got["DROP"]) == "Passage: P.\nQuestion: Q?\nAnswer:"
+
+
+# ---- the task tables the shell drivers read ------------------------------------------------------------------
+def test_the_drivers_task_table_names_the_registered_tasks():
+    """large_models/task_table.py (standard library, read by the drivers) and the task classes agree; the driver
+    settings are MeZO's: CB and Copa keep 100 dev examples, Copa/ReCoRD/SQuAD/DROP train as a language model."""
+    from large_models import task_table
+    from large_models.tasks import TASKS
+
+    assert tuple(task_table.TASKS) == tuple(TASKS)
+    assert [n for n, s in task_table.TASKS.items() if s.default_dev != 500] == ["CB", "Copa"]
+    assert [n for n, s in task_table.TASKS.items() if not s.classification] == ["Copa", "ReCoRD", "SQuAD", "DROP"]
+    assert all(task_table.TASKS[n].classification is False for n, cls in TASKS.items() if cls.generation)
+
+
+def test_the_medium_drivers_task_table_names_the_registered_tasks():
+    from medium_models import task_table
+    from medium_models.tasks import TASKS
+
+    assert tuple(task_table.NAMES) == tuple(TASKS)
+
+
+@pytest.mark.parametrize("app", ["large_models", "medium_models"])
+def test_the_task_tables_run_by_path_without_the_project(app, tmp_path):
+    """The drivers run the tables as `python3 <app>/task_table.py`: from any folder, importing nothing heavy."""
+    import subprocess
+
+    table = Path(__file__).resolve().parent.parent / app / "task_table.py"
+    code = (f"import runpy, sys; sys.argv = [{str(table)!r}, 'names']; runpy.run_path({str(table)!r}, "
+            "run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and "SST" in proc.stdout, proc.stderr
