@@ -18,7 +18,7 @@ from transformers import set_seed
 from large_models.arguments import Arguments, default_config, parse_args
 from large_models.pipeline import dev_evaluator, eval_config, objective_for, probe
 from large_models.tasks import DataError, get_task, per_example_demo_seeds
-from mezo_engine import distributed
+from mezo_engine import distributed, run_config
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.data import TrainCollator, count_cut, prompt_feature, training_feature
@@ -43,13 +43,20 @@ def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
     return runner.result_path(args, args.task_name, set_seed_, many_sets, default_config(), REPO_ROOT)
 
 
-def cap_max_length(args: Arguments, model) -> None:
-    """Lower ``--max_length`` to the model's position limit (longer inputs would crash the embedding)."""
+def capped_max_length(args: Arguments, model) -> int:
+    """``--max_length`` lowered to the model's position limit (longer inputs would crash the embedding)."""
     limit = position_limit(model.config)
     if limit is not None and args.max_length > limit:
         logger.warning("--max_length %d is more than this model's %d positions: using %d", args.max_length, limit,
                        limit)
-        args.max_length = limit
+        return limit
+    return args.max_length
+
+
+def resolve(args: Arguments, model, output_dir: str, dev_samples: list) -> Arguments:
+    """The run's arguments for one train set (``run_config.resolve``): its output folder, evaluation during
+    training only with dev examples, ``--max_length`` capped to ``model``."""
+    return run_config.resolve(args, output_dir, bool(dev_samples), max_length=capped_max_length(args, model))
 
 
 def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples) -> dict:
@@ -159,19 +166,19 @@ def log_predictions(task, samples, predictions) -> None:
                     pred.correct_candidate, pred.predicted_candidate)
 
 
-def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | None, path: Path, output_dir: str,
+def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | None, path: Path, output_dir: str,
             demo_sets: list | None = None, split: dict | None = None) -> dict:
     """Train (if asked) and evaluate one train set. ``set_seed_`` None with ``demo_sets``: MeZO's in-context mode,
     one demonstration set per evaluation example (``demo_sets[i]`` for ``eval_samples[i]``). ``split``: how
-    ``--train_from_validation`` divided the validation split, recorded in the result."""
-    args.output_dir = output_dir
-    set_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8,
-                                                model_placement(args))
-    cap_max_length(args, model)
-    num_dev = args.num_dev or 0
+    ``--train_from_validation`` divided the validation split, recorded in the result. ``parsed``: the frozen
+    parsed arguments; the run reads their resolved copy."""
+    set_seed(parsed.seed)
+    model, tokenizer = load_model_and_tokenizer(parsed.model_name, parsed.torch_dtype, parsed.load_int8,
+                                                model_placement(parsed))
+    num_dev = parsed.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]
-    dev_samples = train_set[len(train_set) - num_dev:] if args.learns and num_dev else []
+    dev_samples = train_set[len(train_set) - num_dev:] if parsed.learns and num_dev else []
+    args = resolve(parsed, model, output_dir, dev_samples)
     result = {"task": args.task_name, "model": args.model_name, "trainer": args.trainer, "mode": args.mode,
               "tag": args.tag, "train_set_seed": set_seed_, "eval_seed": set_seed_ or 0,
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
@@ -208,7 +215,7 @@ def run_one(args: Arguments, task, train_set, eval_samples, set_seed_: int | Non
 
 def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = parse_args(argv)
+    args = run_config.freeze(parse_args(argv))
     start_ranks(args)
     try:
         seeds = train_set_seeds(args)

@@ -20,7 +20,7 @@ from transformers import set_seed
 from medium_models.arguments import Arguments, default_config, parse_args
 from medium_models.prompts import PromptError, check_causal_template, encode, label_word_ids
 from medium_models.scoring import Collator, Feature, LabelLoss, metrics, predict
-from mezo_engine import runner
+from mezo_engine import run_config, runner
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.head import HeadError
@@ -94,12 +94,14 @@ def build_trainer(args: Arguments, model, tokenizer, prompting: Prompting, featu
                                data_collator=collator, processing_class=tokenizer)
 
 
-def run_one(args: Arguments, splits: dict, path: Path) -> dict:
-    """Load the model, train (if asked), evaluate on test and dev, and write the result JSON."""
-    set_seed(args.seed)
-    auto_class = auto_class_of(args.model_name)
-    model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8,
-                                                model_placement(args), auto_class)
+def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dict:
+    """Load the model, train (if asked), evaluate on test and dev, and write the result JSON. ``parsed``: the frozen
+    parsed arguments; the run reads their resolved copy (``run_config.resolve``)."""
+    set_seed(parsed.seed)
+    auto_class = auto_class_of(parsed.model_name)
+    model, tokenizer = load_model_and_tokenizer(parsed.model_name, parsed.torch_dtype, parsed.load_int8,
+                                                model_placement(parsed), auto_class)
+    args = run_config.resolve(parsed, output_dir, bool(splits["dev"]))
     causal = auto_class.__name__ == "AutoModelForCausalLM"
     prompting = Prompting(args, tokenizer, causal)
     features = {split: [prompting.feature(s) for s in samples] for split, samples in splits.items()}
@@ -128,12 +130,11 @@ def run_one(args: Arguments, splits: dict, path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = parse_args(argv)
+    args = run_config.freeze(parse_args(argv))
     try:
         path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT)
-        args.output_dir = run_output_dir(args, path, False)
         check_result_path(path, args.overwrite)  # before any data or model is loaded, so a bad path costs nothing
-        return run_one(args, load_splits(args), path)
+        return run_one(args, load_splits(args), path, run_output_dir(args, path, False))
     except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError, HeadError,
             PromptError) as err:
         sys.exit(f"run.py: error: {err}")

@@ -4,21 +4,21 @@
 modes, outputs); each app subclasses it with its task and data flags (``large_models.arguments.Arguments``,
 ``medium_models.arguments.Arguments``) and adds its own checks in ``_task_problems``. Every check happens once, in
 ``__post_init__``; all problems are collected and raised together as one error that names each flag and its bad
-value.
+value. The settings derived from the flags are decided in ``run_config`` (the flags alone, here; those that need
+the model or the train set, once those are known), and an app freezes its arguments right after parsing.
 """
 from __future__ import annotations
 
 import functools
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from mezo_engine import methods, registry, zo_methods
+from mezo_engine import methods, registry, run_config, zo_methods
 from mezo_engine.zo_methods import spsa
 
 
@@ -120,18 +120,12 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         problems = self._copy_aliases() + list(self._problems())
         if problems:
             raise ArgumentError("invalid arguments:\n  " + "\n  ".join(problems))
-        self._resolve_half_precision()
-        self.output_dir_given = self.output_dir is not None  # else run.py derives it from the run's name
-        # The best dev model is tracked in memory (see trainer.BestModelCallback): the Trainer's own reload from a
-        # checkpoint would restore only the adapter of a PEFT model and lose every merged booster.
-        self.keep_best_model = self.load_best_model_at_end
-        self.load_best_model_at_end = False
-        if self.trainer == "zo":
-            self.max_grad_norm = 0.0  # zo has no gradients to clip; also keeps a meaningless grad_norm out of logs
-        methods.resolve(self)
-        if launched_world_size() > 1 and not torch.cuda.is_available():
-            self.use_cpu = True  # accelerate runs torchrun's ranks on the CPU (gloo) only when told so
+        run_config.derive_flags(self, launched_world_size())
         super().__post_init__()
+
+    def __setattr__(self, name, value):
+        run_config.check_settable(self, name)  # frozen after parsing (run_config.freeze)
+        super().__setattr__(name, value)
 
     def to_dict(self) -> dict:
         """The resolved flags, with ``--load_best_model_at_end`` as the user gave it (the Trainer is handed False
@@ -172,12 +166,6 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         if self.load_float64:
             return torch.float64
         return torch.float16 if self.load_float16 else torch.bfloat16 if self.load_bfloat16 else torch.float32
-
-    def _resolve_half_precision(self) -> None:
-        if self.load_float16 and not torch.cuda.is_available():
-            warnings.warn("--load_float16 without CUDA: loading in float32 instead (fp16 matmuls on CPU are slow "
-                          "and imprecise)", stacklevel=2)
-            self.load_float16 = False
 
     def _copy_aliases(self) -> list[str]:
         """Copy upstream's flag names into ours; a setting given under both names with two values is a problem."""

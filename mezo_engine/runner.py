@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import IntervalStrategy
 
 from mezo_engine import distributed, resources
 from mezo_engine.arguments import ArgumentError, launched_world_size
@@ -89,7 +88,8 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
 def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
                  **trainer_kwargs):
     """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
-    MezoTrainer with the app's ``objective`` and dev ``evaluator`` (None: no dev set) and the run's callbacks.
+    MezoTrainer with the app's ``objective`` and dev ``evaluator`` (None: no dev set; ``run_config.resolve`` then
+    turned evaluation during training off) and the run's callbacks. ``args``: the resolved run arguments.
     ``batches()``: a few collated training batches, drawn only by a mode that needs them (LoRA-GA); ``metric``: the
     dev metric the best model follows; ``trainer_kwargs``: the datasets, collator and tokenizer the app gives the
     Trainer."""
@@ -100,9 +100,6 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
         raise ArgumentError(str(err)) from err
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
-    if evaluator is None and args.eval_strategy != IntervalStrategy.NO:
-        logger.warning("no dev examples: evaluation during training is off")
-        args.eval_strategy = IntervalStrategy.NO
     return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm),
                        objective=objective, evaluator=evaluator, mode=mode, comm=comm, **trainer_kwargs)
 

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser, set_seed
 
 from large_models.arguments import Arguments
 from large_models.pipeline import objective_for
-from large_models.run import cap_max_length, train_pool, training_features, training_shares_prompts
+from large_models.run import resolve, train_pool, training_features, training_shares_prompts
 from large_models.tasks import get_task
 from mezo_engine import alignment, lora
 from mezo_engine.checkpoint import RUN_STATE
@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(args.task_name)
     (train_set,) = task.sample_train_sets(train_pool(args, task, task.load("validation", args.data_dir)),
                                           args.num_train, args.num_dev, [args.train_set_seed or 0])
-    train_samples = train_set[:len(train_set) - (args.num_dev or 0)][:a.examples]
+    num_train = len(train_set) - (args.num_dev or 0)
+    train_samples = train_set[:num_train][:a.examples]
     model, tokenizer = load_model_and_tokenizer(args.model_name, args.torch_dtype, args.load_int8)
-    cap_max_length(args, model)
+    args = resolve(args, model, args.output_dir, train_set[num_train:])
     features = training_features(args, task, tokenizer, train_samples)
     collate = TrainCollator(tokenizer.pad_token_id, shared=training_shares_prompts(args, features))
     bs = args.per_device_train_batch_size
