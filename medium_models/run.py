@@ -24,6 +24,7 @@ from mezo_engine import runner
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.head import HeadError
+from mezo_engine.metrics import warn_if_one_class
 from mezo_engine.models import ModelError, auto_class_of, load_model_and_tokenizer
 from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
@@ -77,6 +78,7 @@ def evaluate(args: Arguments, model, features: list[Feature], collator: Collator
     """The task's metrics on ``features`` and the predicted label indices."""
     predicted = predict(model, features, collator, label_ids, args.per_device_eval_batch_size,
                         progress=not args.disable_tqdm)
+    warn_if_one_class(predicted)
     return metrics([f.label for f in features], predicted, args.task.metric), predicted
 
 

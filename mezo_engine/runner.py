@@ -26,7 +26,7 @@ from mezo_engine.methods import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
 from mezo_engine.results import config_hash, publish_result, run_name
 from mezo_engine.status import Status
-from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer
+from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, MezoTrainer
 
 logger = logging.getLogger("run")
 
@@ -83,7 +83,8 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
     run_state.stateful = stateful
-    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
+    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm),
+            DivergenceCallback(args.divergence_limits)]
 
 
 def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
