@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT)
         args.output_dir = run_output_dir(args, path, False)
         check_result_path(path, args.overwrite)  # before any data or model is loaded, so a bad path costs nothing
+        runner.lock_output_dirs([args.output_dir])  # one job per output folder, before anything loads
         return run_one(args, load_splits(args), path)
     except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError, HeadError,
             PromptError) as err:
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     except RunStopped as stop:
         exit_stopped(stop)
     finally:
+        runner.release_output_dirs()
         runner.end_ranks()
 
 
