@@ -29,8 +29,8 @@ from mezo_engine.models import ModelError, load_model_and_tokenizer, position_li
 from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine import runner
-from mezo_engine.runner import (RunStopped, end_ranks, exit_stopped, finish, model_placement, run_output_dir,
-                                start_ranks, stopped_run)
+from mezo_engine.runner import (RunStopped, end_ranks, exit_stopped, finish, lock_output_dirs, model_placement,
+                                release_output_dirs, run_output_dir, start_ranks, stopped_run)
 from mezo_engine.status import Status
 from mezo_engine.trainer import MezoTrainer
 
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out_dirs = [run_output_dir(args, p, len(seeds) > 1) for p in paths]
         for path in paths:  # before any data or model is loaded, so a bad path costs nothing
             check_result_path(path, args.overwrite)
+        lock_output_dirs(out_dirs)  # one job per output folder, before anything loads
         task = get_task(args.task_name)
         valid = task.load("validation", args.data_dir)
         train = train_pool(args, task, valid)
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except RunStopped as stop:
         exit_stopped(stop)
     finally:
+        release_output_dirs()
         end_ranks()
 
 

@@ -24,6 +24,7 @@ from mezo_engine import run_config, runner
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.head import HeadError
+from mezo_engine.metrics import warn_if_one_class
 from mezo_engine.models import ModelError, auto_class_of, load_model_and_tokenizer
 from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
@@ -77,6 +78,7 @@ def evaluate(args: Arguments, model, features: list[Feature], collator: Collator
     """The task's metrics on ``features`` and the predicted label indices."""
     predicted = predict(model, features, collator, label_ids, args.per_device_eval_batch_size,
                         progress=not args.disable_tqdm)
+    warn_if_one_class(predicted)
     return metrics([f.label for f in features], predicted, args.task.metric), predicted
 
 
@@ -134,13 +136,16 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT)
         check_result_path(path, args.overwrite)  # before any data or model is loaded, so a bad path costs nothing
-        return run_one(args, load_splits(args), path, run_output_dir(args, path, False))
+        output_dir = run_output_dir(args, path, False)
+        runner.lock_output_dirs([output_dir])  # one job per output folder, before anything loads
+        return run_one(args, load_splits(args), path, output_dir)
     except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError, HeadError,
             PromptError) as err:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
         exit_stopped(stop)
     finally:
+        runner.release_output_dirs()
         runner.end_ranks()
 
 

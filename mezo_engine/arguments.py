@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from mezo_engine import methods, registry, run_config, zo_methods
+from mezo_engine import divergence, methods, registry, run_config, zo_methods
 from mezo_engine.zo_methods import spsa
 
 
@@ -106,6 +106,15 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 "--save_model) and a checkpoint, exit 75."})
     merge_warn_ratio: float = field(default=1.0, metadata={
         "help": "Warn when a merge adds a delta with |dW| above this multiple of |W| (0: never warn)."})
+    diverge_loss_ratio: float = field(default=10.0, metadata={
+        "help": "Stop as diverged when a logged training loss exceeds this multiple of the first logged loss "
+                "(0: never; docs/troubleshooting.md)."})
+    diverge_zero_grad_steps: int = field(default=20, metadata={
+        "help": "zo: stop as diverged when the projected gradient is exactly 0 for this many consecutive steps "
+                "(0: never)."})
+    diverge_grad_norm_ratio: float = field(default=1000.0, metadata={
+        "help": "regular: stop as diverged when a logged grad_norm exceeds this multiple of the first logged one "
+                "(0: never)."})
     verbose: bool = field(default=False, metadata={"help": "Print prompts and per-example predictions."})
     evaluation_strategy: str | None = field(default=None, metadata={"help": "Alias of --eval_strategy (older transformers)."})
     # ---- TrainingArguments defaults that differ for this project ------------------------------------------
@@ -286,9 +295,21 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         yield from methods.problems(self)
         if not self.merge_warn_ratio >= 0:
             yield f"--merge_warn_ratio {self.merge_warn_ratio}: must be >= 0 (0: never warn)"
+        yield from self._divergence_problems()
         if self.trainer == "zo" and self.gradient_accumulation_steps != 1:
             yield f"--gradient_accumulation_steps {self.gradient_accumulation_steps}: --trainer zo takes 1"
         yield from self._fsdp_problems()
+
+    def _divergence_problems(self):
+        """The divergence thresholds: 0 turns a check off, a negative or NaN value is a typo."""
+        for flag in ("diverge_loss_ratio", "diverge_zero_grad_steps", "diverge_grad_norm_ratio"):
+            if not getattr(self, flag) >= 0:
+                yield f"--{flag} {getattr(self, flag)}: must be >= 0 (0: never stop on it)"
+
+    @property
+    def divergence_limits(self) -> divergence.Limits:
+        """The thresholds ``trainer.DivergenceCallback`` stops a run at."""
+        return divergence.Limits(self.diverge_loss_ratio, self.diverge_zero_grad_steps, self.diverge_grad_norm_ratio)
 
     def _method_problems(self):
         """``--method``: a registered mode without a flag of its own, and no mode flag beside it."""

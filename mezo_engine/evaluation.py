@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mezo_engine import distributed
 from mezo_engine.data import collate_candidates, collate_rows, encode_candidates, encode_prompt, pad_left
-from mezo_engine.metrics import Prediction, calculate_metric
+from mezo_engine.metrics import Prediction, calculate_metric, warn_if_one_class
 from mezo_engine.scoring import candidate_logprobs, mean_option_logprob, summed_option_logprob, token_logprobs
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,14 @@ def evaluate(model, tokenizer, task, samples: Sequence, demos: Sequence = (), cf
     ``demos`` are the in-context demonstrations: one list shared by every sample, or a list of lists, one
     demonstration set per sample (MeZO's default for in-context learning).
     """
-    predictions = predict(model, tokenizer, task, samples, demos, cfg)
+    return scored(task, predict(model, tokenizer, task, samples, demos, cfg))
+
+
+def scored(task, predictions: list) -> dict:
+    """The metric of ``task`` and the ``predictions``; a classification task's one-class predictions warn once
+    (on rank 0)."""
+    if not task.generation and distributed.is_main():
+        warn_if_one_class([p.predicted_candidate for p in predictions])
     return {task.metric: calculate_metric(predictions, task.metric), "predictions": predictions}
 
 
@@ -206,5 +213,4 @@ def evaluate_sharded(model, tokenizer, task, samples: Sequence, demos: Sequence 
     per_sample = bool(demos) and isinstance(demos[0], (list, tuple))
     mine = predict(model, tokenizer, task, distributed.shard(samples),
                    distributed.shard(demo_sets_for(samples, demos)) if per_sample else demos, cfg)
-    predictions = distributed.unshard(distributed.gather(mine))
-    return {task.metric: calculate_metric(predictions, task.metric), "predictions": predictions}
+    return scored(task, distributed.unshard(distributed.gather(mine)))

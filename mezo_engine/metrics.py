@@ -6,12 +6,14 @@ evaluation script (normalise, then compare bags of tokens; take the best gold an
 """
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+logger = logging.getLogger(__name__)
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # Gold answers that mean "the question cannot be answered": only an exact (normalised) match scores.
@@ -110,3 +112,12 @@ def matthews_corrcoef(gold: Sequence[int], predicted: Sequence[int]) -> float:
     fn = sum(g == 1 and p == 0 for g, p in zip(gold, predicted))
     denominator = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
     return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def warn_if_one_class(predicted: Sequence[Any]) -> None:
+    """Log a warning when every one of two or more predicted classes is the same: a diverged run (its loss
+    saturated, every input scored alike) or a model that ignores its input, whatever its accuracy says."""
+    if len(predicted) > 1 and all(p == predicted[0] for p in predicted):
+        logger.warning("every prediction is class %r (%d of %d): the model ignores its input; a diverged run "
+                       "(docs/troubleshooting.md) or a prompt it cannot read", predicted[0], len(predicted),
+                       len(predicted))

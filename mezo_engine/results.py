@@ -36,8 +36,9 @@ NOT_IN_HASH = frozenset({
     "logging_dir", "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
     "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm", "verbose", "report_to", "run_name",
     "project", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "debug", "skip_memory_metrics",
-    # checkpoints, resume and preemption; a warning threshold
-    "merge_warn_ratio",
+    # checkpoints, resume and preemption; a warning threshold; the divergence stops (a run they do not stop ends
+    # the same whatever their value)
+    "merge_warn_ratio", "diverge_loss_ratio", "diverge_zero_grad_steps", "diverge_grad_norm_ratio",
     "resume_from_checkpoint", "save_strategy", "save_steps", "save_total_limit", "save_on_each_node",
     "save_only_model", "save_safetensors", "save_on_interrupt", "restore_callback_states_from_checkpoint",
     "ignore_data_skip", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",

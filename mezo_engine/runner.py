@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from mezo_engine import distributed, resources
+from mezo_engine import distributed, resources, run_lock
 from mezo_engine.arguments import ArgumentError, launched_world_size
 from mezo_engine.checkpoint import RESUMABLE_EXIT, RunStateCallback, StopOnSignal, resolve_resume
 from mezo_engine.methods import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
 from mezo_engine.results import config_hash, publish_result, run_name
 from mezo_engine.status import Status
-from mezo_engine.trainer import BestModelCallback, DivergenceError, MezoTrainer
+from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, MezoTrainer
 
 logger = logging.getLogger("run")
 
@@ -50,6 +50,19 @@ def run_output_dir(args, path: Path, many_sets: bool) -> str:
     if not args.output_dir_given:
         return str(path.with_suffix(""))
     return str(Path(args.output_dir) / path.stem) if many_sets else args.output_dir
+
+
+def lock_output_dirs(out_dirs: list[str]) -> None:
+    """Take the lock of each run's output folder (``run_lock``: one job per folder), on rank 0 of a torchrun job
+    only (its ``RANK``: the process group may not exist yet, and the lock must be taken before the model loads)."""
+    if os.environ.get("RANK", "0") == "0":
+        for folder in out_dirs:
+            run_lock.acquire(folder)
+
+
+def release_output_dirs() -> None:
+    """Remove this process's output-folder locks: from the apps' ``finally``, after an error or a stop too."""
+    run_lock.release_all()
 
 
 def start_ranks(args) -> None:
@@ -82,7 +95,8 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
     run_state.stateful = stateful
-    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm)]
+    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm),
+            DivergenceCallback(args.divergence_limits)]
 
 
 def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,

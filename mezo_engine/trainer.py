@@ -36,7 +36,9 @@ but the zo step runs the unwrapped model, so no DDP hook or buffer broadcast run
 regular`` uses the Trainer's own DDP.
 
 Every step checks its loss (and for zo the projected gradients) and raises ``DivergenceError`` naming the step
-when one is NaN or inf; merges refuse a non-finite delta the same way.
+when one is NaN or inf; merges refuse a non-finite delta the same way. A blow-up that stays finite (a loss far
+above its first logged value, a zo projected gradient stuck at exactly 0, a regular grad norm far above its first)
+is read from each logged entry by ``DivergenceCallback`` (``divergence.Watch``) and stops the run the same way.
 
 Boosting, partial merges (the modes' own, ``methods/xgblora.py`` and ``methods/lora.py``) and best-model tracking
 are callbacks (``on_step_end``, ``on_epoch_end``, ``on_evaluate``, ``on_train_end``), so merges always fall between
@@ -52,7 +54,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
-from mezo_engine import distributed, methods, zo
+from mezo_engine import distributed, divergence, methods, zo
 from mezo_engine.errors import DivergenceError
 from mezo_engine.objectives import Objective, batch_weight
 from mezo_engine.zo_methods import ZOOptimizer, make_zo_optimizer
@@ -266,3 +268,23 @@ class BestModelCallback(TrainerCallback):
             for name, value in self._snapshot.items():
                 params[name].copy_(value)
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stop a run whose logged numbers show a finite blow-up (``divergence.Watch``) with ``DivergenceError``, as
+    ``check_finite`` does for NaN. A resumed run first replays its restored ``log_history``, so that it keeps the
+    first logged loss and grad norm of the run as its base values."""
+
+    def __init__(self, limits: divergence.Limits):
+        self.limits = limits
+        self.watch = divergence.Watch(limits)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.watch = divergence.Watch(self.limits)
+        for entry in state.log_history:
+            self.watch.observe(entry, entry["step"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        reason = self.watch.observe(logs or {}, state.global_step)
+        if reason:
+            raise DivergenceError(state.global_step, reason)

@@ -3,9 +3,9 @@ check skipped by name, and the pieces that run on any device (ZO exactness on CP
 import importlib.util
 import re
 import subprocess
-import sys
 from pathlib import Path
 
+import gpu_check  # scripts/gpu_check.py: pytest.ini puts scripts/ on the path, as `python scripts/X.py` has it
 import pytest
 import torch
 
@@ -13,15 +13,6 @@ REPO = Path(__file__).resolve().parent.parent
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check_script", REPO / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load()
 
 
 @pytest.mark.slow
