@@ -91,6 +91,13 @@ def zo_param_groups(named: Sequence[tuple[str, torch.nn.Parameter]], decay_names
     return groups
 
 
+def zo_named_parameters(model: torch.nn.Module, mode=None) -> list[tuple[str, torch.nn.Parameter]]:
+    """What the ZO optimizer holds, in model order: the trainable parameters and those ``mode`` (``methods.Mode``)
+    may train later (``optimizer_parameters``: XGBLoRA's frozen boosters)."""
+    may_train = {id(p) for p in mode.optimizer_parameters(model)} if mode is not None else set()
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in may_train]
+
+
 def zo_optimizer(optimizer) -> ZOOptimizer:
     """The ZO optimizer itself (accelerate hands the Trainer a wrapper holding it as ``.optimizer``)."""
     inner = getattr(optimizer, "optimizer", optimizer)
@@ -189,9 +196,8 @@ class MezoTrainer(Trainer):
     def create_optimizer(self, model=None):
         model = model if model is not None else self.model
         if self.args.trainer == "zo":
-            may_train = {id(p) for p in self.mode.optimizer_parameters(model)} if self.mode else set()
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in may_train]
-            groups = zo_param_groups(named, set(self.get_decay_parameter_names(model)), self.args.weight_decay)
+            groups = zo_param_groups(zo_named_parameters(model, self.mode),
+                                     set(self.get_decay_parameter_names(model)), self.args.weight_decay)
             self.optimizer = make_zo_optimizer(self.args, groups)
             return self.optimizer
         if self.mode is None:

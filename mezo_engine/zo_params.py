@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from mezo_engine.methods import Mode
-from mezo_engine.trainer import MezoTrainer, zo_param_groups
+from mezo_engine.trainer import MezoTrainer, zo_named_parameters, zo_param_groups
+
+__all__ = ["ZOParams", "caches", "decay_parameter_names", "zo_named_parameters", "zo_params"]
 from mezo_engine.zo_optim import ZOSGD
 
 
@@ -23,13 +25,6 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
     """The names weight decay applies to, by the Trainer's own rule (``Trainer.get_decay_parameter_names``: neither
     biases nor norm weights). The rule reads only the model, so it is asked without building a trainer."""
     return set(MezoTrainer.get_decay_parameter_names(None, model))
-
-
-def zo_named_parameters(model: torch.nn.Module, mode=None) -> list[tuple[str, torch.nn.Parameter]]:
-    """What the trainer's ZO optimizer holds, in model order: the trainable parameters and those ``mode``
-    (``methods.Mode``) may train later (``optimizer_parameters``: XGBLoRA's frozen boosters)."""
-    may_train = {id(p) for p in mode.optimizer_parameters(model)} if mode is not None else set()
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad or id(p) in may_train]
 
 
 def caches(params: Sequence[torch.Tensor], model: torch.nn.Module, mode=None) -> bool:
