@@ -175,6 +175,7 @@ TRAIN = ["--trainer", "zo", "--num_train", "4"]
     (TRAIN + ["--learning_rate", "0"], "--learning_rate 0.0 with --trainer zo: must be > 0"),
     (TRAIN + ["--learning_rate=-1e-3"], "--learning_rate -0.001 with --trainer zo: must be > 0"),
     (["--load_float16", "--load_bfloat16"], "--load_float16 and --load_bfloat16: choose one"),
+    (["--load_bfloat16", "--load_float64"], "--load_bfloat16 and --load_float64: choose one"),
     (["--xgblora"], "--xgblora with --trainer none: an adapter changes nothing until it is trained"),
     (["--lora"], "--lora with --trainer none"),
     (TRAIN + ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be >= 1"),
