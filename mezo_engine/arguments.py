@@ -259,17 +259,16 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         if self.trainer != "zo":
             yield from self._zo_flags_unused()
             return
-        for name, flags in zo_methods.method_flags().items():
-            for flag in flags:
-                if name != self.zo_optimizer and not self._is_default(flag):
-                    yield (f"--{flag} {getattr(self, flag)}: only --zo_optimizer {name} uses it "
-                           f"(not {self.zo_optimizer})")
+        for flag, users in zo_methods.flag_users().items():
+            if self.zo_optimizer not in users and not self._is_default(flag):
+                yield (f"--{flag} {getattr(self, flag)}: only --zo_optimizer {' or '.join(users)} uses it "
+                       f"(not {self.zo_optimizer})")
         yield from spsa.zo_problems(self, self._flag)
         yield from self._perturb_problems()
 
     def _zo_flags_unused(self):
         """Flags only --trainer zo reads, given with another trainer."""
-        own = [flag for flags in zo_methods.method_flags().values() for flag in flags]
+        own = list(zo_methods.flag_users())
         for flag in ("zo_optimizer", *own, *ZO_STEP_FLAGS):
             if not self._is_default(flag):
                 yield (f"{self._flag(flag)} with --trainer {self.trainer}: only --trainer zo uses it; "

@@ -5,6 +5,11 @@
 | ``sgd``    | ``sgd.py``     | MeZO's ZO-SGD (fused step for one direction) | none                               |
 | ``momentum`` | ``momentum.py`` | heavy-ball momentum (``--zo_momentum``)  | ``momentum_buffer``                 |
 | ``adam``   | ``adam.py``    | MeZO-Adam (the Trainer's Adam betas, eps)   | ``exp_avg``, ``exp_avg_sq``, ``step`` |
+| ``lozo``   | ``lozo.py``    | LOZO: low-rank U V^T directions, lazy V     | ``step``, ``subspace_seed`` (matrices) |
+| ``lozo_m`` | ``lozo_m.py``  | LOZO-M: LOZO with factored momentum         | the same and ``momentum`` (m x r)   |
+| ``subzero`` | ``subzero.py`` | SubZero: U S V^T in lazy orthonormal subspaces | ``step``, ``subspace_seed`` (matrices) |
+
+(``subspace.py``: the lazily refreshed subspaces LOZO and SubZero share; ``docs/zo-methods.md``.)
 
 A method is one file, ``<name>.py``, that declares ``OPTIMIZER``, a ``base.ZOOptimizer`` subclass named ``<name>``
 (its flag dataclass ``flags``, inherited by EngineArguments; its checks ``problems(args)``; ``from_args``; its
@@ -23,8 +28,8 @@ from mezo_engine import registry
 from mezo_engine.zo_methods.base import ZOOptimizer
 from mezo_engine.zo_methods.spsa import SpsaFlags
 
-__all__ = ["FLAGS", "ZO_METHODS", "ZOOptimizer", "make_zo_optimizer", "method_flags", "method_problems",
-           "optimizer_class", "register"]
+__all__ = ["FLAGS", "ZO_METHODS", "ZOOptimizer", "flag_users", "make_zo_optimizer", "method_flags",
+           "method_problems", "optimizer_class", "register"]
 
 
 def _declared(name: str) -> type[ZOOptimizer]:
@@ -35,9 +40,16 @@ def _declared(name: str) -> type[ZOOptimizer]:
     return cls
 
 
+def _most_derived(classes: list[type]) -> tuple[type, ...]:
+    """``classes`` without repeats and without those another one extends (a method whose flags extend another's,
+    as LOZO-M's extend LOZO's, shares them: EngineArguments inherits each field once)."""
+    unique = list(dict.fromkeys(classes))
+    return tuple(c for c in unique if not any(o is not c and issubclass(o, c) for o in unique))
+
+
 ZO_METHODS: dict[str, type[ZOOptimizer]] = {name: _declared(name) for name in registry.ZO_METHODS}
 # The estimator's and the methods' flag dataclasses, inherited by EngineArguments.
-FLAGS: tuple[type, ...] = (SpsaFlags, *(cls.flags for cls in ZO_METHODS.values() if cls.flags))
+FLAGS: tuple[type, ...] = _most_derived([SpsaFlags, *(cls.flags for cls in ZO_METHODS.values() if cls.flags)])
 
 
 def register(cls: type[ZOOptimizer], spec: registry.ZoSpec | None = None) -> None:
@@ -58,8 +70,17 @@ def make_zo_optimizer(args, groups: list[dict]) -> ZOOptimizer:
 
 
 def method_flags() -> dict[str, tuple[str, ...]]:
-    """Each method's own flag names (those of its ``flags`` dataclass)."""
+    """Each method's own flag names (those of its ``flags`` dataclass, the fields it extends included)."""
     return {name: tuple(cls.flags.__dataclass_fields__) if cls.flags else () for name, cls in ZO_METHODS.items()}
+
+
+def flag_users() -> dict[str, list[str]]:
+    """Each method flag and the methods that read it, in the registry's order."""
+    users: dict[str, list[str]] = {}
+    for name, flags in method_flags().items():
+        for flag in flags:
+            users.setdefault(flag, []).append(name)
+    return users
 
 
 def method_problems(args) -> Iterator[str]:
