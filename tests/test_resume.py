@@ -25,6 +25,14 @@ MODES = {
     "zo-xgblora-adam-nspsa": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
                               "--xgblora_num_layers", "1", "--zo_optimizer", "adam", "--zo_num_samples", "3",
                               "--zo_sample_scheduler", "linear"],
+    # the low-rank methods' subspace seeds and step counts (LOZO-M: its factored momentum) travel in optimizer.pt;
+    # V or U, V are redrawn every 2 steps, so the cut at 3 falls inside an interval
+    "zo-full-lozo": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "lozo", "--lozo_interval", "2"],
+    # (XGBLoRA's merges at 2, 4, 6 restart the boosters' counts: V redrawn every step, the momentum projected)
+    "zo-xgblora-lozo_m": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
+                          "--xgblora_num_layers", "1", "--zo_optimizer", "lozo_m", "--lozo_interval", "1"],
+    "zo-lora-subzero-nspsa": ["--trainer", "zo", "--lora", "--lora_r", "2", "--zo_optimizer", "subzero",
+                              "--subzero_rank", "2", "--subzero_interval", "2", "--zo_num_samples", "2"],
     "regular-xgblora-lora_ga": ["--trainer", "regular", "--xgblora", "--xgblora_steps_per_iteration", "2",
                                 "--lora_init", "lora_ga", "--lora_ga_batches", "1"],
     "regular-lora-partial": ["--trainer", "regular", "--lora", "--lora_r", "2", "--lora_merge_every", "2"],
