@@ -146,6 +146,30 @@ def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path,
     assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "half/out/model") > WRONG_BATCH
 
 
+LOW_RANK = {"lozo_m": ["--zo_optimizer", "lozo_m", "--lozo_interval", "2"],
+            "subzero": ["--zo_optimizer", "subzero", "--subzero_rank", "2", "--subzero_interval", "2", "--xgblora",
+                        "--xgblora_steps_per_iteration", "2"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(LOW_RANK))
+def test_low_rank_zo_methods_on_two_ranks_are_the_one_process_run(tmp_path, tiny_opt_dir, data_dir, method):
+    """LOZO-M (full-parameter) and SubZero (XGBLoRA): every rank draws the same subspaces from the step seeds and
+    keeps the same state, so 2 ranks x 4 examples are one process x 8. A LOZO direction's entries are sums of r
+    products of two Gaussians, |z| < r * 6 * 6 before the 1/r of the estimate, so a step moves a parameter by at
+    most lr * |dg| * 36 = 3.6e-11 (|dg| <= 1e-10, the module docstring), LOZO-M's momentum being an average of such
+    steps; over 4 steps 1.4e-10, within 10 * PARAM_ATOL."""
+    zo = ["--trainer", "zo", "--train_as_classification", "--max_steps", "4", "--learning_rate", "1e-2",
+          "--zo_eps", "1e-2", "--save_model", "--load_float64", *LOW_RANK[method]]
+    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "two", *zo,
+                                             "--per_device_train_batch_size", "4"))
+    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "one", *zo,
+                                           "--per_device_train_batch_size", "8"))
+    _assert_ranks_identical(two)
+    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
+    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < 10 * PARAM_ATOL
+
+
 @pytest.mark.slow
 def test_zo_copa_lm_loss_weights_ranks_by_answer_tokens(tmp_path, tiny_opt_dir, data_dir):
     """Copa's LM loss on the answer tokens, full-parameter: the ranks' answers have different lengths, and the
