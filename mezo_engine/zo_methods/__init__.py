@@ -7,7 +7,7 @@
 | ``adam``   | ``adam.py``    | MeZO-Adam (the Trainer's Adam betas, eps)   | ``exp_avg``, ``exp_avg_sq``, ``step`` |
 | ``lozo``   | ``lozo.py``    | LOZO: low-rank U V^T directions, lazy V     | ``step``, ``subspace_seed`` (matrices) |
 | ``lozo_m`` | ``lozo_m.py``  | LOZO-M: LOZO with factored momentum         | the same and ``momentum`` (m x r)   |
-| ``subzero`` | ``subzero.py`` | SubZero: U S V^T in lazy orthonormal subspaces | ``step``, ``subspace_seed`` (matrices) |
+| ``subzero`` | ``subzero.py`` | SubZero: U S V^T, lazy orthonormal U, V   | ``step``, ``subspace_seed`` (matrices) |
 
 (``subspace.py``: the lazily refreshed subspaces LOZO and SubZero share; ``docs/zo-methods.md``.)
 
