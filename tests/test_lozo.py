@@ -9,7 +9,10 @@ import math
 import pytest
 import torch
 
+from transformers import HfArgumentParser
+
 from large_models import run
+from large_models.arguments import ArgumentError, Arguments, parse_args
 from mezo_engine import zo
 from mezo_engine.methods.xgblora import reset_optimizer_state
 from mezo_engine.zo_methods import subspace
@@ -193,6 +196,24 @@ def test_forwards_and_memory_of_the_state():
     _run_steps(opt, loss_fn, range(1))
     # momentum: m x r per matrix, the vector's own size; LOZO keeps no tensor beyond the step count
     assert [tuple(opt.state[p]["momentum"].shape) for p in params] == [(6, 3), (4, 3), (5,)]
+
+
+# ---- flags ----------------------------------------------------------------------------------------------------
+def _problems(*flags) -> str:
+    with pytest.raises(ArgumentError) as err:
+        HfArgumentParser(Arguments).parse_args_into_dataclasses(args=["--trainer", "zo", "--num_train", "4", *flags])
+    return str(err.value)
+
+
+def test_flags_default_to_the_papers_values_and_lozo_m_reads_lozo_s():
+    args = parse_args(["--trainer", "zo", "--num_train", "4", "--zo_optimizer", "lozo_m", "--lozo_rank", "4"])
+    assert (args.lozo_rank, args.lozo_interval, args.lozo_momentum) == (4, 50, 0.9)
+    assert "--lozo_rank 4: only --zo_optimizer lozo or lozo_m uses it (not sgd)" in _problems("--lozo_rank", "4")
+    assert ("--lozo_momentum 0.5: only --zo_optimizer lozo_m uses it (not lozo)"
+            in _problems("--zo_optimizer", "lozo", "--lozo_momentum", "0.5"))
+    assert "--lozo_momentum 1.0: must be in [0, 1)" in _problems("--zo_optimizer", "lozo_m", "--lozo_momentum", "1")
+    message = _problems("--zo_optimizer", "lozo_m", "--lozo_interval", "0")
+    assert message.count("--lozo_interval 0: must be >= 1") == 1  # checked once, by LOZO, for both methods
 
 
 # ---- through run.py ------------------------------------------------------------------------------------------
