@@ -86,8 +86,9 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         "help": "The ZO method (zo_methods/: sgd, momentum, adam, and any registered): sgd = MeZO's ZO-SGD (no "
                 "state; one seed: the fused step); momentum = ZO-SGD with momentum --zo_momentum (one extra buffer "
                 "the size of the trainable parameters); adam = MeZO-Adam with --adam_beta1 --adam_beta2 "
-                "--adam_epsilon (two buffers). Upstream: large_models trains ZO-SGD only; medium_models' "
-                "--optimizer sgd|adam (default adam) with --zero_order_use_trainer_optim."})
+                "--adam_epsilon (two buffers); lozo, lozo_m, subzero = low-rank directions in lazily refreshed "
+                "per-matrix subspaces (docs/zo-methods.md). Upstream: large_models trains ZO-SGD only; "
+                "medium_models' --optimizer sgd|adam (default adam) with --zero_order_use_trainer_optim."})
     zero_order_sample: int | None = field(default=None, metadata={"help": "Alias of --zo_num_samples (upstream name)."})
     zero_order_sample_scheduler: Literal["constant", "linear"] | None = field(default=None, metadata={
         "help": "Alias of --zo_sample_scheduler (upstream name)."})
