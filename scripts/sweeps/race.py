@@ -45,12 +45,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .load import _args, _driver, _settings
-from .spec import REPO, Point, SweepError, point_name, settings_hash
+from .load import _args, _driver, _settings, read_toml
+from .spec import REPO, Campaign, Point, SweepError, point_name, settings_hash
 from .state import read_result
 
 RACE_KEYS = {"name", "driver", "result_dir", "budget", "first_budget", "spacing", "max_extensions", "finalists",
@@ -75,13 +74,9 @@ class Method:
 
 
 @dataclass
-class Race:
-    path: Path
-    name: str
-    driver: Path
-    driver_label: str
-    result_dir: Path
-    fixed: dict[str, str]
+class Race(Campaign):
+    """A loaded race file: its methods and budgets; ``point`` names each run."""
+
     methods: list[Method]
     budget: int
     first_budget: int
@@ -115,10 +110,7 @@ class Race:
 def load_race(path: str | Path) -> Race:
     """Read and check a race file; raise SweepError listing every problem found."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise SweepError(f"race file {path}: {err}") from None
+    data = read_toml(path, "race file")
     problems = [f"unknown table [{t}]; known: {', '.join(sorted(TABLES))}" for t in data if t not in TABLES]
     head = data.get("race", {})
     problems += [f"[race] {k}: unknown key; known: {', '.join(sorted(RACE_KEYS))}" for k in head
