@@ -30,7 +30,6 @@ from pathlib import Path
 
 DRIVERS = ("mezo", "finetune", "medium-mezo", "medium-finetune")
 ZO_DRIVERS = ("mezo", "medium-mezo")  # the drivers that train with --trainer zo
-DEFAULT_ZO = "sgd"  # --zo_optimizer's default
 BASE = "ft"  # full-parameter training: the mode of a run that selects none
 ZO_BASE = "sgd"  # MeZO's ZO-SGD: the --zo_optimizer of a run that names none
 HERE = Path(__file__).resolve().parent
@@ -163,7 +162,7 @@ def adapter(name: str) -> AdapterSpec:
     return _lookup(ADAPTERS, name, "MODE")
 
 
-def defaults(mode: str, driver: str, zo: str = DEFAULT_ZO) -> Defaults:
+def defaults(mode: str, driver: str, zo: str = ZO_BASE) -> Defaults:
     """The default LR and EPS of ``driver`` for ``mode`` trained with ZO method ``zo`` (the ZO method's win)."""
     _lookup(dict.fromkeys(DRIVERS), driver, "driver")
     own = _lookup(ZO_METHODS, zo, "--zo_optimizer").defaults
@@ -185,7 +184,7 @@ def _driver_zo(driver: str, zo: str | None) -> str:
     """The ZO method a driver runs (``ZO``; unset: the default), refused for a driver that does not train with zo."""
     _lookup(dict.fromkeys(DRIVERS), driver, "driver")
     if zo is None:
-        return DEFAULT_ZO
+        return ZO_BASE
     _lookup(ZO_METHODS, zo, "ZO")
     if driver not in ZO_DRIVERS:
         raise RegistryError(f"ZO={zo}: the {driver} driver trains with backprop; ZO is for the MeZO drivers "
@@ -204,7 +203,7 @@ def driver_assignments(mode: str, driver: str, env: dict[str, str], zo: str | No
     spec, method = adapter(mode), _driver_zo(driver, zo)
     chosen = defaults(mode, driver, method)
     flags = [*spec.selection(), *(expand(a, env) for a in spec.driver_args)]
-    tag = expand(spec.tag or spec.name, env) + ("" if method == DEFAULT_ZO else f"-{method}")
+    tag = expand(spec.tag or spec.name, env) + ("" if method == ZO_BASE else f"-{method}")
     return "\n".join((_array("MODE_ARGS", flags), f"MODE_TAG={shlex.quote(tag)}",
                       _array("ZO_ARGS", ["--zo_optimizer", zo] if zo else []),
                       f"DEFAULT_LR={shlex.quote(chosen.lr)}", f"DEFAULT_EPS={shlex.quote(chosen.eps)}"))

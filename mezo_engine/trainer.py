@@ -53,6 +53,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 
 from mezo_engine import distributed, divergence, methods, zo
 from mezo_engine.errors import DivergenceError
@@ -306,8 +307,10 @@ class DivergenceCallback(TrainerCallback):
 class LedgerCallback(TrainerCallback):
     """Keeps the run's ``ledger.Ledger`` (the trainer counts the passes into the same one): times each training
     step from its start to its end (after the callbacks before this one, so merges are in and evaluation, logging
-    and saving are out), and stops the run with a checkpoint after the first step at which ``budget`` is reached,
-    before ``--max_steps``. ``reached`` is then ``(flag, step)``. Stateful (``RunStateCallback``): a resumed run
+    and saving are out), and stops the run after the first step at which ``budget`` is reached, before
+    ``--max_steps``, as the Trainer ends a run at ``--max_steps``: a dev evaluation there with a step-based eval
+    strategy (so the log has the dev metric at the budget), and a checkpoint whatever ``--save_strategy`` says (so a
+    larger budget continues from it). ``reached`` is then ``(flag, step)``. Stateful (``RunStateCallback``): a resumed run
     continues the counts; a checkpoint made before the ledger existed has none, so the counts then start at its
     step (``optional_state``). Under torchrun with ``--max_time`` the ranks agree after every step (one float64,
     counted in ``comm``), as their clocks differ; the forward count is the same on every rank."""
@@ -333,6 +336,7 @@ class LedgerCallback(TrainerCallback):
         flag = self._agreed(self.budget.reached_by(self.ledger))
         if flag:
             control.should_training_stop = control.should_save = True
+            control.should_evaluate = control.should_evaluate or evaluates_at(args, state.global_step)
             self.reached = (flag, state.global_step)
             logger.info("budget reached after step %d: %s", state.global_step, self.budget.spent(self.ledger, flag))
 
@@ -348,3 +352,9 @@ class LedgerCallback(TrainerCallback):
 
     def load_state_dict(self, state: dict) -> None:
         self.ledger.load_state_dict(state)
+
+
+def evaluates_at(args, step: int) -> bool:
+    """Whether a run that ends after ``step`` evaluates on dev there (as the Trainer's last step does: a step-based
+    eval strategy, past ``--eval_delay``)."""
+    return args.eval_strategy == IntervalStrategy.STEPS and args.eval_delay <= step

@@ -15,7 +15,7 @@ from mezo_engine import checkpoint
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.ledger import Budget, Ledger, StepClock
 from mezo_engine.results import ResultPathError, check_result_path, config_hash, write_result
-from mezo_engine.zo_methods import ZOSGD
+from mezo_engine.zo_methods.sgd import ZOSGD
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -172,6 +172,14 @@ def test_dev_evaluations_are_counted_apart(tmp_path, tiny_opt_dir, sst2_dir):
     assert result["ledger"]["dev_evaluations"] == 2 and result["ledger"]["forwards"] == 8
     evals = [h for h in result["train"]["log_history"] if "eval_accuracy" in h]
     assert [h["forwards"] for h in evals] == [4, 8]  # evaluation rows carry the ledger too
+
+
+def test_a_budget_stop_evaluates_on_dev_as_the_last_step_does(tmp_path, tiny_opt_dir, sst2_dir):
+    result, _ = _main(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "zo", "--max_steps", "10", "--num_dev", "2",
+                      "--eval_strategy", "steps", "--eval_steps", "2", "--max_forwards", "6")
+    evals = [(h["step"], h["forwards"]) for h in result["train"]["log_history"] if "eval_accuracy" in h]
+    assert evals == [(2, 4), (3, 6)]  # step 3 is no eval step: the stop adds it (the dev metric at the budget)
+    assert result["ledger"]["dev_evaluations"] == 2 and result["status"] == "budget reached"
 
 
 BUDGET_RUN = ["--trainer", "zo", "--load_float64", "--max_steps", "10", "--learning_rate", "1e-2"]
