@@ -133,7 +133,7 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if checkpoint:
         _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
-        check_budget_left(args, checkpoint, _callback(trainer, LedgerCallback))
+        check_budget_left(checkpoint, _callback(trainer, LedgerCallback))
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
     status, summary = Status.completed(), {}
@@ -155,7 +155,7 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     return trainer, train_summary(trainer, summary), status
 
 
-def check_budget_left(args, checkpoint: str, ledger: LedgerCallback) -> None:
+def check_budget_left(checkpoint: str, ledger: LedgerCallback) -> None:
     """Refuse to resume from a checkpoint whose restored ledger has reached this run's budget already (the Trainer
     would take one more step before the budget could stop it)."""
     flag = ledger.budget.reached_by(ledger.ledger)
