@@ -236,6 +236,7 @@ def test_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir, optimizer, mode
     assert result["config"]["zo_optimizer"] == optimizer and result["config"]["lozo_rank"] == 2
     losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert result["ledger"]["forwards"] == 3 * 2  # the ledger counts two forwards a step, as MeZO's
     before = dict(_tiny_opt(tiny_opt_dir).named_parameters())
     after = dict(_tiny_opt(tmp_path / "out" / "model").named_parameters())
     moved = {n for n, p in before.items() if not torch.equal(p, after[n])}

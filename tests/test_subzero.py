@@ -186,3 +186,4 @@ def test_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir, mode):
     assert result["config"]["zo_optimizer"] == "subzero"
     losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert result["ledger"]["forwards"] == 3 * 2  # the ledger counts two forwards a step, as MeZO's
