@@ -8,11 +8,14 @@ their autograd gradients, and the mean of many single-direction estimates with a
 """
 from __future__ import annotations
 
+import json
 import math
 
 import torch
+from transformers import AutoModelForCausalLM
 
-from mezo_engine import lora
+from large_models import run
+from mezo_engine import lora, zo
 from tests.test_zo_autograd import _batch, _live_adapters, _lm_loss, _model
 
 SHAPES = [(6, 5), (4, 7), (5,)]
@@ -90,6 +93,23 @@ def _moved(opt, params, start) -> torch.Tensor:
     return moved
 
 
+def run_steps(opt, loss_fn, steps, directions: int = 1) -> None:
+    """Whole steps (``zo_step`` then ``step()``) with the seeds of run seed 4 at each of ``steps``."""
+    for step in steps:
+        opt.zo_step(loss_fn, zo.sample_seeds(4, step, directions), 1e-3, True)
+        opt.step()
+
+
+def first_matrix_updates(opt, params, loss_fn, steps: int) -> list[torch.Tensor]:
+    """The change of ``params[0]`` in each of ``steps`` whole steps."""
+    deltas = []
+    for step in range(steps):
+        before = params[0].detach().clone()
+        run_steps(opt, loss_fn, [step])
+        deltas.append(params[0].detach() - before)
+    return deltas
+
+
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.flatten() for t in tensors])
 
@@ -109,3 +129,40 @@ def assert_mean_is(mean: torch.Tensor, singles: torch.Tensor, expected: torch.Te
     size = expected.norm().item()
     assert 4 * standard_error < 0.5 * size, (standard_error, size)  # the test could see a factor 2
     assert (mean - expected).norm().item() < 4 * standard_error, ((mean - expected).norm().item(), standard_error)
+
+
+def assert_mean_estimate(problem, make_optimizer, projected, directions: int, eps: float) -> None:
+    """On ``problem()`` (params, loss_fn, gradient), the mean of ``directions`` single-direction estimates of
+    ``make_optimizer(params)`` is ``projected(opt, params, gradient)``, within ``assert_mean_is``'s tolerance."""
+    params, loss_fn, gradient = problem()
+    opt = make_optimizer(params)
+    mean, singles = mean_and_single_updates(opt, loss_fn, list(range(directions)), eps)
+    assert_mean_is(mean, singles, projected(opt, params, gradient()))
+
+
+def train_tiny(tmp_path, model_dir, data_dir, *flags) -> dict:
+    """Three zo steps of run.py on the tiny OPT with ``flags``, the model saved to ``out/model``; the result,
+    checked for three finite logged losses and two forwards a step in its ledger (as MeZO's)."""
+    out = tmp_path / "result.json"
+    run.main(["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(data_dir),
+              "--result_file", str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True",
+              "--num_train", "8", "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "3",
+              "--per_device_train_batch_size", "4", "--train_as_classification", "--trainer", "zo",
+              "--learning_rate", "1e-2", "--logging_steps", "1", "--save_model", "--report_to", "none", *flags])
+    result = json.loads(out.read_text())
+    losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert result["ledger"]["forwards"] == 3 * 2
+    return result
+
+
+def assert_trained_tensors(model_dir, tmp_path, adapters: bool) -> None:
+    """After ``train_tiny``: full-parameter training moved every tensor; merged adapters only the adapted q and v
+    projections."""
+    before = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
+    after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model").named_parameters())
+    moved = {n for n, p in before.items() if not torch.equal(p, after[n])}
+    if adapters:
+        assert moved and all(".q_proj." in n or ".v_proj." in n for n in moved), moved
+    else:
+        assert moved == set(before)

@@ -120,6 +120,20 @@ def _max_param_diff(a_dir: Path, b_dir: Path) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def _two_ranks_against_one(tmp_path: Path, model_dir, data_dir, task: str, flags: list, atol: float = PARAM_ATOL):
+    """The run on 2 ranks x 4 examples under torchrun and in one process x 8 (outputs in ``two/``, ``one/``): the
+    ranks end bit-identical, the logged losses agree within a float32 ulp and the weights within ``atol``.
+    Returns both results."""
+    two = _torchrun(tmp_path / "two", _flags(model_dir, data_dir, task, tmp_path / "two", *flags,
+                                             "--per_device_train_batch_size", "4"))
+    one = _single(tmp_path / "one", _flags(model_dir, data_dir, task, tmp_path / "one", *flags,
+                                           "--per_device_train_batch_size", "8"))
+    _assert_ranks_identical(two)
+    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
+    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < atol
+    return two, one
+
+
 # ---- two ranks against one process on the same global batch -------------------------------------------------
 @pytest.mark.slow
 def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path, tiny_opt_dir, data_dir):
@@ -128,21 +142,15 @@ def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path,
     zo = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
           "--xgblora_num_layers", "1", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2",
           "--save_model", "--load_float64"]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
+    two, one = _two_ranks_against_one(tmp_path, tiny_opt_dir, data_dir, "SST2", zo)
     half = _single(tmp_path / "half", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "half", *zo,
                                              "--per_device_train_batch_size", "4"))
-    _assert_ranks_identical(two)
     assert two["train"]["collectives"] == {"calls": 4 * 3, "bytes": 4 * (2 * 16 + 8)}
     assert one["train"]["collectives"] == {"calls": 0, "bytes": 0} and one["world_size"] == 1
-    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
     assert abs(_losses(two)[0] - _losses(half)[0]) > 1e-4  # one rank's batch alone is another loss
     merges_two, merges_one = two["train"]["boosting"]["merges"], one["train"]["boosting"]["merges"]
     assert [(m["step"], m["modules"]) for m in merges_two] == [(m["step"], m["modules"]) for m in merges_one]
     assert [m["delta_norm"] for m in merges_two] == pytest.approx([m["delta_norm"] for m in merges_one], rel=MERGE_RTOL)
-    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
     assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "half/out/model") > WRONG_BATCH
 
 
@@ -161,13 +169,7 @@ def test_low_rank_zo_methods_on_two_ranks_are_the_one_process_run(tmp_path, tiny
     steps; over 4 steps 1.4e-10, within 10 * PARAM_ATOL."""
     zo = ["--trainer", "zo", "--train_as_classification", "--max_steps", "4", "--learning_rate", "1e-2",
           "--zo_eps", "1e-2", "--save_model", "--load_float64", *LOW_RANK[method]]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
-    _assert_ranks_identical(two)
-    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
-    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < 10 * PARAM_ATOL
+    _two_ranks_against_one(tmp_path, tiny_opt_dir, data_dir, "SST2", zo, atol=10 * PARAM_ATOL)
 
 
 @pytest.mark.slow
@@ -176,13 +178,7 @@ def test_zo_copa_lm_loss_weights_ranks_by_answer_tokens(tmp_path, tiny_opt_dir, 
     token-weighted average is the one-process loss of the global batch."""
     zo = ["--trainer", "zo", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model",
           "--load_float64"]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
-    _assert_ranks_identical(two)
-    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
-    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
+    two, one = _two_ranks_against_one(tmp_path, tiny_opt_dir, data_dir, "Copa", zo)
     assert two["eval"] == one["eval"] and two["eval_predictions"] == one["eval_predictions"]
 
 

@@ -3,23 +3,20 @@ autograd's gradient projected on the lazy subspace, G V V^T / r; V is kept for n
 and its projection at a change of V follow the paper's recursion; state round-trips through state_dict and a reset;
 and both train through run.py in full-parameter and LoRA mode."""
 import io
-import json
-import math
 
 import pytest
 import torch
 
 from transformers import HfArgumentParser
 
-from large_models import run
 from large_models.arguments import ArgumentError, Arguments, parse_args
 from mezo_engine import zo
 from mezo_engine.methods.xgblora import reset_optimizer_state
 from mezo_engine.zo_methods import subspace
 from mezo_engine.zo_methods.lozo import LOZO
 from mezo_engine.zo_methods.lozo_m import LOZOM
-from tests.subspace_fixtures import (assert_mean_is, flat, leaf, mean_and_single_updates, quadratic, quadratic_at,
-                                     tiny_lora)
+from tests.subspace_fixtures import (assert_mean_estimate, assert_trained_tensors, first_matrix_updates, flat, leaf,
+                                     quadratic, quadratic_at, run_steps, tiny_lora, train_tiny)
 
 
 def _projected(opt, params, grads):
@@ -31,19 +28,17 @@ def _projected(opt, params, grads):
     return flat(out)
 
 
+def _lozo(params):
+    return LOZO(params, lr=1.0, rank=2, interval=5)
+
+
 def test_mean_estimate_is_the_gradient_projected_on_v():
-    params, loss_fn, gradient = quadratic()
-    opt = LOZO(params, lr=1.0, rank=2, interval=5)
-    mean, singles = mean_and_single_updates(opt, loss_fn, list(range(2000)), 1e-3)
-    assert_mean_is(mean, singles, _projected(opt, params, gradient()))
+    assert_mean_estimate(quadratic, _lozo, _projected, directions=2000, eps=1e-3)
 
 
 @pytest.mark.slow
 def test_mean_estimate_on_a_tiny_model_is_the_gradient_projected_on_v():
-    params, loss_fn, gradient = tiny_lora()
-    opt = LOZO(params, lr=1.0, rank=2, interval=5)
-    mean, singles = mean_and_single_updates(opt, loss_fn, list(range(1500)), 1e-5)
-    assert_mean_is(mean, singles, _projected(opt, params, gradient()))
+    assert_mean_estimate(tiny_lora, _lozo, _projected, directions=1500, eps=1e-5)
 
 
 def test_one_estimate_on_a_tiny_model_is_the_derivative_along_u_v_transpose():
@@ -73,13 +68,7 @@ def test_v_is_kept_for_interval_steps_then_redrawn():
     """Every update of a matrix within an interval lies in one r-dimensional row space (that of V), the first
     update after it does not; the interval's updates differ (U is fresh each step)."""
     params, loss_fn, _ = quadratic()
-    opt = LOZO(params, lr=0.1, rank=2, interval=3)
-    deltas = []
-    for step in range(4):
-        before = params[0].detach().clone()
-        opt.zo_step(loss_fn, zo.sample_seeds(5, step, 1), 1e-3, True)
-        opt.step()
-        deltas.append(params[0].detach() - before)
+    deltas = first_matrix_updates(LOZO(params, lr=0.1, rank=2, interval=3), params, loss_fn, 4)
     rows = _row_space(deltas[0], 2)
     residual = [(d - d @ rows).norm().item() / d.norm().item() for d in deltas]
     assert max(residual[:3]) < 1e-12 < 0.1 < residual[3], residual
@@ -141,26 +130,20 @@ def test_lozo_m_without_momentum_is_lozo():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def _run_steps(opt, loss_fn, steps):
-    for step in steps:
-        opt.zo_step(loss_fn, zo.sample_seeds(4, step, 1), 1e-3, True)
-        opt.step()
-
-
 @pytest.mark.parametrize("cls", [LOZO, LOZOM])
 def test_state_dict_round_trip_continues_identically(cls):
     """Three steps (V redrawn at step 2), a checkpoint, three more (a change at step 4): a fresh optimizer loaded
     from the checkpoint ends bit for bit where the uninterrupted one does; one without it does not."""
     params, loss_fn, _ = quadratic()
     opt = cls(params, lr=0.05, interval=2)
-    _run_steps(opt, loss_fn, range(3))
+    run_steps(opt, loss_fn, range(3))
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     copies = {name: [leaf(p) for p in params] for name in ("loaded", "cold")}
     loaded, cold = cls(copies["loaded"], lr=0.05, interval=2), cls(copies["cold"], lr=0.05, interval=2)
     loaded.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     for o, ps in ((opt, params), (loaded, copies["loaded"]), (cold, copies["cold"])):
-        _run_steps(o, quadratic_at(ps)[0], range(3, 6))
+        run_steps(o, quadratic_at(ps)[0], range(3, 6))
     assert all(torch.equal(a, b) for a, b in zip(params, copies["loaded"]))
     assert not torch.equal(params[0], copies["cold"][0])
 
@@ -170,13 +153,13 @@ def test_after_a_reset_a_matrix_starts_as_a_fresh_optimizer():
     and LOZO-M's momentum starts from zero, exactly as a new optimizer's first step would."""
     params, loss_fn, _ = quadratic()
     opt = LOZOM(params, lr=0.05, interval=4)
-    _run_steps(opt, loss_fn, range(2))
+    run_steps(opt, loss_fn, range(2))
     reset_optimizer_state(opt, params)
     assert all(int(opt.state[p]["step"]) == 0 and not opt.state[p]["momentum"].any() for p in params[:2])
     twins = [leaf(p) for p in params]
     fresh = LOZOM(twins, lr=0.05, interval=4)
-    _run_steps(opt, loss_fn, [7])
-    _run_steps(fresh, quadratic_at(twins)[0], [7])
+    run_steps(opt, loss_fn, [7])
+    run_steps(fresh, quadratic_at(twins)[0], [7])
     assert all(torch.equal(a, b) for a, b in zip(params, twins))
     assert opt.state[params[0]]["subspace_seed"] == subspace.subspace_seed(zo.sample_seeds(4, 7, 1)[0], 0)
 
@@ -193,7 +176,7 @@ def test_forwards_and_memory_of_the_state():
     params, loss_fn, _ = quadratic()
     opt = LOZOM(params, lr=0.1, rank=3)
     assert opt.forwards_per_step(4) == 8
-    _run_steps(opt, loss_fn, range(1))
+    run_steps(opt, loss_fn, range(1))
     # momentum: m x r per matrix, the vector's own size; LOZO keeps no tensor beyond the step count
     assert [tuple(opt.state[p]["momentum"].shape) for p in params] == [(6, 3), (4, 3), (5,)]
 
@@ -217,30 +200,9 @@ def test_flags_default_to_the_papers_values_and_lozo_m_reads_lozo_s():
 
 
 # ---- through run.py ------------------------------------------------------------------------------------------
-def _tiny_opt(path):
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(path)
-
-
 @pytest.mark.parametrize("optimizer", ["lozo", "lozo_m"])
 @pytest.mark.parametrize("mode", [[], ["--lora"]])
 def test_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir, optimizer, mode):
-    out = tmp_path / "result.json"
-    run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(sst2_dir),
-              "--result_file", str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True",
-              "--num_train", "8", "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "3",
-              "--per_device_train_batch_size", "4", "--train_as_classification", "--trainer", "zo",
-              "--zo_optimizer", optimizer, "--lozo_interval", "2", "--learning_rate", "1e-2", "--logging_steps", "1",
-              "--save_model", "--report_to", "none", *mode])
-    result = json.loads(out.read_text())
+    result = train_tiny(tmp_path, tiny_opt_dir, sst2_dir, "--zo_optimizer", optimizer, "--lozo_interval", "2", *mode)
     assert result["config"]["zo_optimizer"] == optimizer and result["config"]["lozo_rank"] == 2
-    losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
-    assert result["ledger"]["forwards"] == 3 * 2  # the ledger counts two forwards a step, as MeZO's
-    before = dict(_tiny_opt(tiny_opt_dir).named_parameters())
-    after = dict(_tiny_opt(tmp_path / "out" / "model").named_parameters())
-    moved = {n for n, p in before.items() if not torch.equal(p, after[n])}
-    if mode:  # the merged adapters move only the adapted q/v projections
-        assert moved and all(".q_proj." in n or ".v_proj." in n for n in moved)
-    else:
-        assert moved == set(before)
+    assert_trained_tensors(tiny_opt_dir, tmp_path, adapters=bool(mode))

@@ -3,13 +3,9 @@ subspace, the mean of many estimates is autograd's gradient projected on it, (m 
 projection averages to G over subspaces; the subspace is kept for its interval; the fused one-direction step is the
 optimizer path; state round-trips; adapters are viewed nearly square; training runs through run.py."""
 import io
-import json
-import math
 
 import pytest
 import torch
-
-from large_models import run
 from transformers import HfArgumentParser
 
 from large_models.arguments import ArgumentError, Arguments, parse_args
@@ -17,8 +13,9 @@ from mezo_engine import zo
 from mezo_engine.methods.xgblora import reset_optimizer_state
 from mezo_engine.zo_methods import subspace
 from mezo_engine.zo_methods.subzero import SubZero
-from tests.subspace_fixtures import (assert_mean_is, flat, leaf, mean_and_single_updates, quadratic, quadratic_at,
-                                     tiny_lora)
+from tests.subspace_fixtures import (assert_mean_estimate, assert_mean_is, assert_trained_tensors,
+                                     first_matrix_updates, flat, leaf, quadratic, quadratic_at, run_steps, tiny_lora,
+                                     train_tiny)
 
 
 def _projected(opt, params, grads):
@@ -34,19 +31,15 @@ def _projected(opt, params, grads):
 
 
 def test_mean_estimate_is_the_gradient_projected_on_the_subspace():
-    params, loss_fn, gradient = quadratic()
-    opt = SubZero(params, lr=1.0, rank=2, interval=5)
-    mean, singles = mean_and_single_updates(opt, loss_fn, list(range(2000)), 1e-3)
-    assert_mean_is(mean, singles, _projected(opt, params, gradient()))
+    assert_mean_estimate(quadratic, lambda params: SubZero(params, lr=1.0, rank=2, interval=5), _projected,
+                         directions=2000, eps=1e-3)
 
 
 @pytest.mark.slow
 def test_mean_estimate_on_a_tiny_model_is_the_gradient_projected_on_the_subspace():
     """LoRA factors viewed nearly square (A 2x32 as 8x8), rank 3."""
-    params, loss_fn, gradient = tiny_lora()
-    opt = SubZero(params, lr=1.0, rank=3, interval=5, reshape=True)
-    mean, singles = mean_and_single_updates(opt, loss_fn, list(range(1500)), 1e-5)
-    assert_mean_is(mean, singles, _projected(opt, params, gradient()))
+    assert_mean_estimate(tiny_lora, lambda params: SubZero(params, lr=1.0, rank=3, interval=5, reshape=True),
+                         _projected, directions=1500, eps=1e-5)
 
 
 def test_over_subspaces_the_projection_averages_to_the_gradient():
@@ -101,13 +94,7 @@ def test_subspace_is_kept_for_interval_steps_then_redrawn():
     """Within an interval every update of a matrix has the same column and row spaces (U's and V's), the first
     update after it does not."""
     params, loss_fn, _ = quadratic()
-    opt = SubZero(params, lr=0.1, rank=2, interval=3)
-    deltas = []
-    for step in range(4):
-        before = params[0].detach().clone()
-        opt.zo_step(loss_fn, zo.sample_seeds(5, step, 1), 1e-3, True)
-        opt.step()
-        deltas.append(params[0].detach() - before)
+    deltas = first_matrix_updates(SubZero(params, lr=0.1, rank=2, interval=3), params, loss_fn, 4)
     u, _, vh = torch.linalg.svd(deltas[0])
     cols, rows = u[:, :2] @ u[:, :2].T, vh[:2].T @ vh[:2]
     residual = [((d - cols @ d).norm() + (d - d @ rows).norm()).item() / d.norm().item() for d in deltas]
@@ -130,16 +117,10 @@ def test_fused_step_equals_the_optimizer_path(cache):
         torch.testing.assert_close(x, y, rtol=0, atol=0 if cache else 1e-14)  # no cache: a few ulps of restore
 
 
-def _run_steps(opt, loss_fn, steps):
-    for step in steps:
-        opt.zo_step(loss_fn, zo.sample_seeds(4, step, 2), 1e-3, True)
-        opt.step()
-
-
 def test_state_dict_round_trip_continues_identically():
     params, loss_fn, _ = quadratic()
     opt = SubZero(params, lr=0.05, rank=2, interval=2)
-    _run_steps(opt, loss_fn, range(3))
+    run_steps(opt, loss_fn, range(3), directions=2)
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     copies = {name: [leaf(p) for p in params] for name in ("loaded", "cold")}
@@ -147,7 +128,7 @@ def test_state_dict_round_trip_continues_identically():
     loaded.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     cold = SubZero(copies["cold"], lr=0.05, rank=2, interval=2)
     for o, ps in ((opt, params), (loaded, copies["loaded"]), (cold, copies["cold"])):
-        _run_steps(o, quadratic_at(ps)[0], range(3, 6))
+        run_steps(o, quadratic_at(ps)[0], range(3, 6), directions=2)
     assert all(torch.equal(a, b) for a, b in zip(params, copies["loaded"]))
     assert not torch.equal(params[0], copies["cold"][0])
 
@@ -155,10 +136,10 @@ def test_state_dict_round_trip_continues_identically():
 def test_after_a_reset_the_next_step_draws_a_new_subspace():
     params, loss_fn, _ = quadratic()
     opt = SubZero(params, lr=0.05, rank=2, interval=10)
-    _run_steps(opt, loss_fn, range(2))
+    run_steps(opt, loss_fn, range(2))
     kept = opt.state[params[0]]["subspace_seed"]
     reset_optimizer_state(opt, params)
-    _run_steps(opt, loss_fn, [2])
+    run_steps(opt, loss_fn, [2])
     assert int(opt.state[params[0]]["step"]) == 1 and opt.state[params[0]]["subspace_seed"] != kept
 
 
@@ -175,15 +156,7 @@ def test_flags_default_to_the_papers_values_and_bad_ones_are_named():
 
 @pytest.mark.parametrize("mode", [[], ["--lora"]])
 def test_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir, mode):
-    out = tmp_path / "result.json"
-    run.main(["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(sst2_dir),
-              "--result_file", str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True",
-              "--num_train", "8", "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "3",
-              "--per_device_train_batch_size", "4", "--train_as_classification", "--trainer", "zo",
-              "--zo_optimizer", "subzero", "--subzero_rank", "4", "--subzero_interval", "2", "--learning_rate", "1e-2",
-              "--logging_steps", "1", "--save_model", "--report_to", "none", *mode])
-    result = json.loads(out.read_text())
-    assert result["config"]["zo_optimizer"] == "subzero"
-    losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
-    assert result["ledger"]["forwards"] == 3 * 2  # the ledger counts two forwards a step, as MeZO's
+    result = train_tiny(tmp_path, tiny_opt_dir, sst2_dir, "--zo_optimizer", "subzero", "--subzero_rank", "4",
+                        "--subzero_interval", "2", *mode)
+    assert result["config"]["zo_optimizer"] == "subzero" and result["config"]["subzero_rank"] == 4
+    assert_trained_tensors(tiny_opt_dir, tmp_path, adapters=bool(mode))
