@@ -29,8 +29,12 @@ class SparseMezoFlags:
 
 def magnitude_threshold(param: torch.Tensor, sparsity: float) -> torch.Tensor:
     """h: the ceil((1 - sparsity) * n)-th smallest |entry| of ``param`` (a 0-d tensor, float32 or wider), so
-    that |w| <= h keeps that many entries (more only on ties)."""
-    magnitudes = param.detach().abs().flatten().to(torch.promote_types(param.dtype, torch.float32))
+    that |w| <= h keeps that many entries (more only on ties); sparsity 0: inf, every entry now and later (the
+    largest entry as h would leave out the weights that later grow past it)."""
+    dtype = torch.promote_types(param.dtype, torch.float32)
+    if sparsity == 0:
+        return torch.tensor(math.inf, dtype=dtype, device=param.device)
+    magnitudes = param.detach().abs().flatten().to(dtype)
     k = max(1, math.ceil((1.0 - sparsity) * magnitudes.numel()))
     return torch.kthvalue(magnitudes, k).values
 
