@@ -138,3 +138,16 @@ def test_hizoo_trains_through_run_py_and_reports_its_hessian_memory(tmp_path, ti
     assert result["config"]["zo_optimizer"] == "hizoo" and train["global_step"] == 2
     assert train["optimizer_state_bytes"] == 4 * train["trainable_parameters"] > 0
     assert all(math.isfinite(h["loss"]) for h in train["log_history"] if "loss" in h)
+
+
+def test_a_checkpoint_keeps_the_float32_hessian_of_a_bf16_parameter():
+    """torch's load_state_dict casts floating state to the parameter's dtype; D - 1 comes back in float32."""
+    theta = torch.tensor([0.3, -0.5, 0.8], dtype=torch.bfloat16, requires_grad=True)
+    opt = HiZOO([theta], lr=0.1, smooth=0.5)
+    for seed in (1, 2):
+        opt.zo_step(lambda: float(quadratic(theta.detach().double())), [seed], 1e-1, cache=True)
+    saved = opt.state[theta][STATE]
+    fresh = HiZOO([theta], lr=0.1, smooth=0.5)
+    fresh.load_state_dict(opt.state_dict())
+    assert saved.dtype == torch.float32 and torch.equal(fresh.state[theta][STATE], saved)
+    assert not torch.equal(saved, saved.bfloat16().float())  # bf16 would have rounded it

@@ -137,3 +137,4 @@ def test_sparse_mezo_with_lora_is_refused_by_name(tmp_path, tiny_opt_dir, sst2_d
         _run(tmp_path, tiny_opt_dir, sst2_dir, "--lora")
     assert "--zo_optimizer sparse_mezo with lora training: full-parameter or head" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
+

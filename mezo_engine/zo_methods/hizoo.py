@@ -112,6 +112,10 @@ class HiZOO(ZOOptimizer):
         """L(theta) once, then the two-point pair: 3 for HiZOO's one direction."""
         return 1 + 2 * num_directions
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, with D - 1 kept in its own dtype (float32 for a bf16 parameter)."""
+        self._load_keeping_dtype(state_dict, (STATE,))
+
     def add_estimate(self, pairs) -> None:
         raise TypeError("hizoo updates inside zo_step (its Hessian needs the loss at theta, which a (seed, "
                         "projected gradient) pair does not carry); call zo_step")

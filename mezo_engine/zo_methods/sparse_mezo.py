@@ -28,9 +28,10 @@ class SparseMezoFlags:
 
 
 def magnitude_threshold(param: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """h: the ceil((1 - sparsity) * n)-th smallest |entry| of ``param`` (a 0-d tensor, float32 or wider), so
-    that |w| <= h keeps that many entries (more only on ties); sparsity 0: inf, every entry now and later (the
-    largest entry as h would leave out the weights that later grow past it)."""
+    """h: the ceil((1 - sparsity) * n)-th smallest |entry| of ``param`` (a 0-d tensor, float32 or wider; one of
+    the magnitudes, so exact in the parameter's dtype too), so that |w| <= h keeps that many entries (more only
+    on ties); sparsity 0: inf, every entry now and later (the largest entry as h would leave out the weights
+    that later grow past it)."""
     dtype = torch.promote_types(param.dtype, torch.float32)
     if sparsity == 0:
         return torch.tensor(math.inf, dtype=dtype, device=param.device)
