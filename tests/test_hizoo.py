@@ -1,16 +1,15 @@
 """HiZOO (zo_methods/hizoo.py) against the maths, in float64: the diagonal Hessian estimate's mean over many draws on
 a separable quadratic, one whole step against autograd, its three forwards, the reset at an XGBLoRA merge, and
 runs through run.py with full-parameter and LoRA training."""
-import json
 import math
 
 import pytest
 import torch
 
-from large_models import run
 from mezo_engine import zo
 from mezo_engine.methods.xgblora import reset_optimizer_state
 from mezo_engine.zo_methods.hizoo import STATE, HiZOO, Preconditioned, curvature, hessian_sample
+from tests.task_fixtures import run_zo_sst2
 
 # ---- a separable quadratic: f(theta) = 1/2 sum_i h_i (theta_i - c_i)^2, Hessian diag(h) ----------------------------
 H = torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64)
@@ -120,20 +119,11 @@ def test_a_merge_reset_puts_sigma_back_to_the_identity():
 
 
 # ---- through run.py ----------------------------------------------------------------------------------------------
-def _run(tmp_path, model_dir, data_dir, *flags) -> dict:
-    out = tmp_path / "result.json"
-    run.main(["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(data_dir), "--result_file",
-              str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True", "--num_train", "8",
-              "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "2", "--per_device_train_batch_size", "4",
-              "--train_as_classification", "--trainer", "zo", "--zo_optimizer", "hizoo", "--report_to", "none",
-              *flags])
-    return json.loads(out.read_text())
-
-
 @pytest.mark.parametrize("mode", [[], ["--lora", "--lora_r", "2"]], ids=["full", "lora"])
 def test_hizoo_trains_through_run_py_and_reports_its_hessian_memory(tmp_path, tiny_opt_dir, sst2_dir, mode):
     """Two steps; the Hessian state is one float32 number per trainable parameter (the tiny model is float32)."""
-    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--learning_rate", "1e-3", "--hizoo_smooth", "0.5", *mode)
+    result = run_zo_sst2(tmp_path, tiny_opt_dir, sst2_dir, "--zo_optimizer", "hizoo", "--learning_rate", "1e-3",
+                         "--hizoo_smooth", "0.5", *mode)
     train = result["train"]
     assert result["config"]["zo_optimizer"] == "hizoo" and train["global_step"] == 2
     assert train["optimizer_state_bytes"] == 4 * train["trainable_parameters"] > 0

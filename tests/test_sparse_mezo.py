@@ -2,17 +2,16 @@
 magnitudes, the mean estimate is the masked autograd gradient, no weight outside the mask is ever written (in place
 and with the cache), the mask holds through the perturbation, sparsity 0 is MeZO bit for bit, and run.py trains
 with it (full-parameter) or refuses it by name (LoRA)."""
-import json
 import math
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from large_models import run
 from mezo_engine import zo
 from mezo_engine.zo_methods.sgd import ZOSGD
 from mezo_engine.zo_methods.sparse_mezo import SparseMeZO, magnitude_threshold
+from tests.task_fixtures import run_zo_sst2
 from tests.tiny import make_model
 
 
@@ -113,19 +112,10 @@ def test_sparsity_zero_is_mezo_bit_for_bit():
 
 
 # ---- through run.py ----------------------------------------------------------------------------------------------
-def _run(tmp_path, model_dir, data_dir, *flags) -> dict:
-    out = tmp_path / "result.json"
-    run.main(["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(data_dir), "--result_file",
-              str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True", "--num_train", "8",
-              "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "2", "--per_device_train_batch_size", "4",
-              "--train_as_classification", "--trainer", "zo", "--zo_optimizer", "sparse_mezo", "--report_to", "none",
-              *flags])
-    return json.loads(out.read_text())
-
-
 def test_sparse_mezo_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir):
     """Full-parameter, two steps: its only state is one float32 threshold per trainable tensor."""
-    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--learning_rate", "1e-3", "--sparse_mezo_sparsity", "0.8")
+    result = run_zo_sst2(tmp_path, tiny_opt_dir, sst2_dir, "--zo_optimizer", "sparse_mezo", "--learning_rate",
+                         "1e-3", "--sparse_mezo_sparsity", "0.8")
     train = result["train"]
     tensors = sum(1 for p in AutoModelForCausalLM.from_pretrained(tiny_opt_dir).parameters() if p.requires_grad)
     assert result["config"]["zo_optimizer"] == "sparse_mezo" and train["global_step"] == 2
@@ -134,7 +124,7 @@ def test_sparse_mezo_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir):
 
 def test_sparse_mezo_with_lora_is_refused_by_name(tmp_path, tiny_opt_dir, sst2_dir, capsys):
     with pytest.raises(SystemExit):
-        _run(tmp_path, tiny_opt_dir, sst2_dir, "--lora")
+        run_zo_sst2(tmp_path, tiny_opt_dir, sst2_dir, "--zo_optimizer", "sparse_mezo", "--lora")
     assert "--zo_optimizer sparse_mezo with lora training: full-parameter or head" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
 
