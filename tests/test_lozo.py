@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from transformers import HfArgumentParser
+from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from large_models.arguments import ArgumentError, Arguments, parse_args
 from mezo_engine import zo
@@ -206,3 +206,7 @@ def test_trains_through_run_py(tmp_path, tiny_opt_dir, sst2_dir, optimizer, mode
     result = train_tiny(tmp_path, tiny_opt_dir, sst2_dir, "--zo_optimizer", optimizer, "--lozo_interval", "2", *mode)
     assert result["config"]["zo_optimizer"] == optimizer and result["config"]["lozo_rank"] == 2
     assert_trained_tensors(tiny_opt_dir, tmp_path, adapters=bool(mode))
+    if not mode:  # per matrix an int64 step count; LOZO-M's float32 buffers, m x 2 per matrix, the size of a vector
+        params = list(AutoModelForCausalLM.from_pretrained(tiny_opt_dir).parameters())
+        buffers = sum(p.shape[0] * 2 if p.dim() == 2 else p.numel() for p in params) if optimizer == "lozo_m" else 0
+        assert result["train"]["optimizer_state_bytes"] == 8 * sum(p.dim() == 2 for p in params) + 4 * buffers

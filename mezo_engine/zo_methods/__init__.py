@@ -8,6 +8,8 @@
 | ``lozo``   | ``lozo.py``    | LOZO: low-rank U V^T directions, lazy V     | ``step``, ``subspace_seed`` (matrices) |
 | ``lozo_m`` | ``lozo_m.py``  | LOZO-M: LOZO with factored momentum         | the same and ``momentum`` (m x r)   |
 | ``subzero`` | ``subzero.py`` | SubZero: U S V^T, lazy orthonormal U, V   | ``step``, ``subspace_seed`` (matrices) |
+| ``hizoo``  | ``hizoo.py``   | HiZOO: 3 forwards, diagonal-Hessian preconditioned SPSA | ``hessian_minus_one`` |
+| ``sparse_mezo`` | ``sparse_mezo.py`` | MeZO on the small-magnitude weights | ``threshold`` (one per tensor) |
 
 (``subspace.py``: the lazily refreshed subspaces LOZO and SubZero share; ``docs/zo-methods.md``.)
 
