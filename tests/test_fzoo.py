@@ -241,9 +241,10 @@ def test_batched_queries_refuse_what_they_cannot_vary():
 
 
 def test_mean_of_one_sided_estimates_is_the_autograd_gradient():
-    """(1/n) sum_i d_i u_i over n = 6000 Rademacher queries of one rank-1 adapter (d = 64) against autograd. Its
+    """(1/n) sum_i d_i u_i over n = 2000 Rademacher queries of one rank-1 adapter (d = 64) against autograd. Its
     error has expected squared norm about d/n |grad|^2 (each entry's variance is the other entries' squared sum),
-    relative 0.10 here; an estimate off by a factor 2 (or 1/2) is off by 1.0 (0.5)."""
+    relative ~0.18 here (0.16-0.20 over three seeds), concentrated (a sum of 64 terms); an estimate half as large
+    is off by ~0.5, twice as large by ~1.0."""
     model = _adapted("opt", rank=1, layers=1)
     for block in model.base_model.model.model.decoder.layers:
         block.activation_fn = torch.nn.GELU()  # no ReLU kink for the one-sided difference to straddle
@@ -253,7 +254,7 @@ def test_mean_of_one_sided_estimates_is_the_autograd_gradient():
         p.requires_grad_(any(p is q for q in params))
     objective, batch = AnswerLoss(True), _batch("SST2")
     grad = torch.cat([g.flatten() for g in torch.autograd.grad(objective(model, batch), params)])
-    eps, n, seeds = 1e-5, 6000, zo.spread_seeds(17, 6000)
+    eps, n, seeds = 1e-5, 2000, zo.spread_seeds(17, 2000)
     base = batched_queries.query_losses(model, objective, batch, params, [[torch.zeros_like(p) for p in params]])[0]
     total = torch.zeros_like(grad)
     for chunk in range(0, n, 500):
@@ -262,7 +263,7 @@ def test_mean_of_one_sided_estimates_is_the_autograd_gradient():
         d = one_sided(base, batched_queries.query_losses(model, objective, batch, params, moves), eps)
         total += sum(di * u for di, u in zip(d, us))
     error = ((total / n - grad).norm() / grad.norm()).item()
-    assert grad.numel() == 64 and grad.norm() > 1e-3 and error < 0.25, error
+    assert grad.numel() == 64 and grad.norm() > 1e-3 and error < 0.3, error
 
 
 # ---- the optimizer on a model: batched and sequential agree -------------------------------------------------------

@@ -25,6 +25,10 @@ MODES = {
     "zo-xgblora-adam-nspsa": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
                               "--xgblora_num_layers", "1", "--zo_optimizer", "adam", "--zo_num_samples", "3",
                               "--zo_sample_scheduler", "linear"],
+    # FZOO keeps no state: its query directions follow the step count; batched queries (adapters), in turn (full)
+    "zo-xgblora-fzoo": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
+                        "--xgblora_num_layers", "1", "--zo_optimizer", "fzoo", "--fzoo_num_queries", "3"],
+    "zo-full-fzoo": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "fzoo", "--fzoo_num_queries", "3"],
     "regular-xgblora-lora_ga": ["--trainer", "regular", "--xgblora", "--xgblora_steps_per_iteration", "2",
                                 "--lora_init", "lora_ga", "--lora_ga_batches", "1"],
     "regular-lora-partial": ["--trainer", "regular", "--lora", "--lora_r", "2", "--lora_merge_every", "2"],
