@@ -18,7 +18,7 @@ from mezo_engine import batched_queries, lora, zo
 from mezo_engine.batched_queries import StepLosses
 from mezo_engine.data import TrainCollator, training_feature
 from mezo_engine.evaluation import EvalConfig, generate_batch
-from mezo_engine.objectives import AnswerLoss
+from mezo_engine.objectives import AnswerLoss, F1Objective
 from mezo_engine.zo_methods.fzoo import FZOO, normalised, one_sided
 from tests.tiny import make_mlm, make_model, make_tokenizer
 
@@ -211,10 +211,12 @@ def test_batched_queries_of_a_masked_lm_label_loss():
 
 def test_batched_generation_follows_each_copys_adapter():
     """Greedy generation (the F1 objective's forwards, a KV cache over several steps) of two copies in one batch
-    gives each copy the answers of its own adapter values."""
+    gives each copy the answers of its own adapter values, and F1Objective's copies_loss scores each copy's
+    answers: the gold answers are copy 0's own, so copy 0 scores F1 = 1 and copy 1, with other answers, less."""
     model, tokenizer = _adapted("opt", seed=3), make_tokenizer()
     params = lora.trainable_lora_parameters(model)
-    ids, mask = _batch("SST2", shared=False)["input_ids"][:2], _batch("SST2", shared=False)["attention_mask"][:2]
+    rows = _batch("SST2", shared=False)
+    ids, mask = rows["input_ids"][:2], rows["attention_mask"][:2]
     cfg, moves = EvalConfig(max_new_tokens=4), _moves(params, 2, scale=3.0)
     with torch.no_grad(), batched_queries.per_copy_adapters(model, params, moves):
         both = generate_batch(model, tokenizer, ids.repeat(2, 1), mask.repeat(2, 1), cfg)
@@ -226,7 +228,11 @@ def test_batched_generation_follows_each_copys_adapter():
             alone += generate_batch(model, tokenizer, ids, mask, cfg)
             for p, m in zip(params, move):
                 p.sub_(m)
-    assert both == alone and both[:2] != both[2:]
+    assert both == alone and both[:2] != both[2:] and all(both[:2])
+    objective = F1Objective(tokenizer, cfg)
+    batch = {"input_ids": ids, "attention_mask": mask, "gold": [[answer] for answer in alone[:2]]}
+    got = batched_queries.query_losses(model, objective, batch, params, moves)
+    assert got == _separately(model, objective, batch, params, moves) and got[0] == -1.0 < got[1]
 
 
 def test_batched_queries_refuse_what_they_cannot_vary():

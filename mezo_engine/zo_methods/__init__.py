@@ -5,14 +5,16 @@
 | ``sgd``    | ``sgd.py``     | MeZO's ZO-SGD (fused step for one direction) | none                               |
 | ``momentum`` | ``momentum.py`` | heavy-ball momentum (``--zo_momentum``)  | ``momentum_buffer``                 |
 | ``adam``   | ``adam.py``    | MeZO-Adam (the Trainer's Adam betas, eps)   | ``exp_avg``, ``exp_avg_sq``, ``step`` |
+| ``fzoo``   | ``fzoo.py``    | FZOO: N one-sided Rademacher queries, the step normalised by their std | none |
 
 A method is one file, ``<name>.py``, that declares ``OPTIMIZER``, a ``base.ZOOptimizer`` subclass named ``<name>``
 (its flag dataclass ``flags``, inherited by EngineArguments; its checks ``problems(args)``; ``from_args``; its
 update rule and state; the forwards a step costs), and ``DRIVER``, a literal the torch-free registry reads
 (``mezo_engine/registry.py``: the drivers' default LR/EPS where they differ from the mode's; ``{}`` for none). It
 samples with ``sampler`` (Gaussian) and estimates with ``estimator`` (``spsa.TWO_POINT``: two forwards per
-direction, n directions by ``--zo_num_samples``), or overrides ``zo_step`` for a step of its own. Nothing else
-names it: this package imports every file the registry lists, in its order.
+direction, n directions by ``--zo_num_samples``), or overrides ``zo_step`` for a step of its own (its
+``loss_fn`` is a ``batched_queries.StepLosses``: per-rank losses, one all-reduce, batched adapter queries). Nothing
+else names it: this package imports every file the registry lists, in its order.
 """
 from __future__ import annotations
 
