@@ -121,6 +121,15 @@ def _max_param_diff(a_dir: Path, b_dir: Path) -> float:
 
 
 # ---- two ranks against one process on the same global batch -------------------------------------------------
+def _two_ranks_and_one(tmp_path: Path, model_dir, data_dir, task: str, flags: list) -> tuple[dict, dict]:
+    """The run on 2 ranks x 4 examples and in one process x 8 (the same global batch): both result JSONs."""
+    two = _torchrun(tmp_path / "two", _flags(model_dir, data_dir, task, tmp_path / "two", *flags,
+                                             "--per_device_train_batch_size", "4"))
+    one = _single(tmp_path / "one", _flags(model_dir, data_dir, task, tmp_path / "one", *flags,
+                                           "--per_device_train_batch_size", "8"))
+    return two, one
+
+
 @pytest.mark.slow
 def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path, tiny_opt_dir, data_dir):
     """2 ranks x 4 examples = one process x 8, step for step: losses, merges (booster blocks drawn on every rank
@@ -128,10 +137,7 @@ def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path,
     zo = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
           "--xgblora_num_layers", "1", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2",
           "--save_model", "--load_float64"]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
+    two, one = _two_ranks_and_one(tmp_path, tiny_opt_dir, data_dir, "SST2", zo)
     half = _single(tmp_path / "half", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "half", *zo,
                                              "--per_device_train_batch_size", "4"))
     _assert_ranks_identical(two)
@@ -155,10 +161,7 @@ def test_fzoo_on_two_ranks_is_the_one_process_run_with_one_all_reduce_a_step(tmp
     zo = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
           "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model", "--load_float64",
           "--zo_optimizer", "fzoo", "--fzoo_num_queries", "3"]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "SST2", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
+    two, one = _two_ranks_and_one(tmp_path, tiny_opt_dir, data_dir, "SST2", zo)
     _assert_ranks_identical(two)
     assert two["train"]["collectives"] == {"calls": 4 * 2, "bytes": 4 * (5 * 8 + 8)}
     assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
@@ -171,10 +174,7 @@ def test_zo_copa_lm_loss_weights_ranks_by_answer_tokens(tmp_path, tiny_opt_dir, 
     token-weighted average is the one-process loss of the global batch."""
     zo = ["--trainer", "zo", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model",
           "--load_float64"]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
+    two, one = _two_ranks_and_one(tmp_path, tiny_opt_dir, data_dir, "Copa", zo)
     _assert_ranks_identical(two)
     assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
     assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
