@@ -340,6 +340,7 @@ def test_fzoo_trains_adapters_through_run_py_in_one_forward_a_step(tmp_path, tin
     # one loss evaluation of 4 copies (the base and 3 queries) a step: SST-2's 4 prompts (shared prefix), then
     # their 8 answers (several byte tokens each) continued from the prompts' cache; nothing one at a time
     assert seen == {"rows": [4 * 4, 4 * 8] * 2, "local": 0}
+    assert result["ledger"]["forwards"] == 2 * 4  # the ledger counts the batched pass as its N + 1 forwards
     losses = [h["loss"] for h in result["train"]["log_history"] if "loss" in h]
     assert len(losses) == 2 and len(set(losses)) == 2 and all(math.isfinite(x) for x in losses)
     if "--xgblora" in mode:
@@ -350,6 +351,7 @@ def test_fzoo_trains_the_full_model_through_run_py_in_turn(tmp_path, tiny_opt_di
     seen = _forwards_seen(monkeypatch)
     result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--save_model")
     assert seen == {"rows": [], "local": 2 * 9}  # nothing batched: N + 1 = 9 forwards a step, one at a time
+    assert result["ledger"]["forwards"] == 2 * 9
     before = AutoModelForCausalLM.from_pretrained(tiny_opt_dir)
     after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model").named_parameters())
     # a step moves every entry by lr * (1/N) sum_i c_i u_i, at most lr * max |c_i| (logged per step); float32
