@@ -182,6 +182,7 @@ def train_summary(trainer, summary: dict) -> dict:
     summary["log_history"] = trainer.state.log_history
     # what trains at a step (XGBLoRA with Ls < all: the active boosters), as the README's parameter counts
     summary["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    summary["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
     stateful = _callback(trainer, RunStateCallback).stateful
     summary.update(trainer.mode.summary(stateful))
     if "best" in stateful:
@@ -189,6 +190,14 @@ def train_summary(trainer, summary: dict) -> dict:
     summary["ranks"] = distributed.gather(rank_checksums(trainer.model, trainer.mode, summary))
     summary["collectives"] = {"calls": trainer.comm.calls, "bytes": trainer.comm.bytes}
     return summary
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the tensors the optimizer keeps per parameter (momentum, Adam moments, HiZOO's Hessian, ...), as
+    at the end of training; 0 without an optimizer (accelerate's wrapper is looked through)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    states = inner.state.values() if inner is not None else ()
+    return sum(v.numel() * v.element_size() for state in states for v in state.values() if torch.is_tensor(v))
 
 
 def rank_checksums(model, mode: Mode, summary: dict) -> dict:
