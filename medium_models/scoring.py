@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from mezo_engine.data import pad_left, pad_right
 from mezo_engine.metrics import binary_f1, matthews_corrcoef
-from mezo_engine.scoring import float32_or_wider, position_ids
+from mezo_engine.scoring import float32_or_wider, position_ids, repeat_rows
 
 # The MLM head of each masked-LM family (attribute of the ...ForMaskedLM model), applied to the mask rows only.
 MLM_HEADS = ("lm_head", "cls", "generator_lm_head", "predictions")
@@ -89,6 +89,12 @@ class LabelLoss:
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
         return F.cross_entropy(label_logits(model, batch, self.label_ids, self.causal), batch["labels"])
+
+    def copies_loss(self, model, batch: dict, copies: int) -> torch.Tensor:
+        """The loss of each of ``copies`` copies of the batch, run as one batch (copy q: rows q*B..q*B+B-1)."""
+        tiled = {k: repeat_rows(v, copies) for k, v in batch.items() if k != "labels"}
+        logits = label_logits(model, tiled, self.label_ids, self.causal).unflatten(0, (copies, -1))
+        return torch.stack([F.cross_entropy(part, batch["labels"]) for part in logits])
 
     def weight(self, batch: dict) -> int:
         """Examples: the loss is a mean over them."""

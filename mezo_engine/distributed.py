@@ -5,7 +5,8 @@ Under ``torchrun --nproc_per_node N`` every rank holds the whole model and its o
 A ZO step needs nothing from the other ranks but the two losses: ``weighted_mean`` turns each rank's loss into
 the loss of the global batch (sum of loss * weight over ranks / sum of weights, in float64), so every rank
 computes the same projected gradient and, from the shared step seed, applies the same update. That is all the
-traffic of a ZO step: one all-reduce of two float64 per forward. ``CommCounter`` counts it.
+traffic of a ZO step: one all-reduce of two float64 per forward (``weighted_means``: one all-reduce for a
+method that gathers several losses of a step first). ``CommCounter`` counts it.
 
 Every function works unchanged in a single process (no process group, or a group of one): the value itself, the
 flag itself, the whole list.
@@ -65,14 +66,21 @@ def weighted_mean(value: float, weight: float, counter: CommCounter | None = Non
     weight of 0 gives 0 (a batch with nothing counted, as ``scoring.lm_loss`` does). A single process returns
     ``value`` unchanged.
     """
+    return weighted_means([value], weight, counter)[0]
+
+
+def weighted_means(values: Sequence[float], weight: float, counter: CommCounter | None = None) -> list[float]:
+    """``weighted_mean`` of several values at once (a step's losses at several points, each a mean over the same
+    batch with the same ``weight``): one all-reduce of ``len(values) + 1`` float64."""
     if not active():
-        return float(value)
-    pair = torch.tensor([float(value) * float(weight), float(weight)], dtype=torch.float64, device=_device())
+        return [float(v) for v in values]
+    packed = torch.tensor([float(v) * float(weight) for v in values] + [float(weight)], dtype=torch.float64,
+                          device=_device())
     if counter is not None:
-        counter.add(pair)
-    dist.all_reduce(pair, op=dist.ReduceOp.SUM)
-    total, weights = pair.tolist()
-    return total / weights if weights else 0.0
+        counter.add(packed)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    *totals, weights = packed.tolist()
+    return [total / weights if weights else 0.0 for total in totals]
 
 
 def max_over_ranks(value: float, counter: CommCounter | None = None) -> float:

@@ -166,11 +166,18 @@ def delta_weight(layer: LoraLayer) -> torch.Tensor:
 
     Same maths as PEFT's `layer.get_delta_weight(adapter)`, which returns the adapter's dtype instead.
     """
+    A, B, scaling = factors(layer)
+    return factor_delta(A, B, scaling, layer.fan_in_fan_out)
+
+
+def factors(layer: LoraLayer) -> tuple[nn.Parameter, nn.Parameter, float]:
+    """The layer's adapter as ``(A, B, s)``: its output adds ``s * B A x`` (A: (r, in), B: (out, r)) to the base
+    layer's, whatever the base weight's layout (GPT-2's Conv1D included). Variants (DoRA) are refused."""
     name = _adapter_name(layer)
     if name in getattr(layer, "lora_variant", {}):
         raise ValueError(f"LoRA variant {type(layer.lora_variant[name]).__name__} (e.g. DoRA) is not supported here")
     A, B = _lora_AB(layer)
-    return factor_delta(A, B, layer.scaling[name], layer.fan_in_fan_out)
+    return A, B, layer.scaling[name]
 
 
 def factor_delta(A: torch.Tensor, B: torch.Tensor, scaling: float, fan_in_fan_out: bool) -> torch.Tensor:
@@ -574,10 +581,8 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
     hooks = [(_FoldHooks(layer, name), layer.get_base_layer()) for layer, name in _nonzero_boosters(layers)]
     handles = [h for fold, base in hooks
                for h in (base.register_forward_pre_hook(fold.before), base.register_forward_hook(fold.after))]
-    # PEFT re-enabling adapters marks every active adapter trainable again: keep the frozen boosters frozen.
-    trainable = [(p, p.requires_grad) for _, layer in layers for p in _lora_AB(layer)]
     try:
-        with model.disable_adapter():
+        with adapter_path_off(model, layers):
             yield
     finally:
         for handle in handles:
@@ -585,5 +590,18 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
         for fold, base in hooks:  # a forward that raised mid-layer: give that layer its own weight back
             if fold.original is not None:
                 fold.after(base, None, None)
+
+
+@contextmanager
+def adapter_path_off(model: PeftModel, layers: list[tuple[str, LoraLayer]]) -> Iterator[None]:
+    """Inside, PEFT's own adapter path is off (its ``disable_adapter``): every adapted layer runs its base layer
+    alone, and hooks on the base layers add what the adapters contribute. ``layers``: ``lora_layers(model)``.
+    Leaving, PEFT re-enables the adapters and marks every active one trainable again; the trainable flags are put
+    back as they were, so frozen boosters stay frozen."""
+    trainable = [(p, p.requires_grad) for _, layer in layers for p in _lora_AB(layer)]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
         for param, flag in trainable:
             param.requires_grad_(flag)

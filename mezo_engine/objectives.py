@@ -16,6 +16,10 @@ Each objective also says the weight of a batch (``weight(batch)``): the count it
 for the classification loss and the F1, counted answer tokens for the LM loss). Data-parallel ranks average their
 losses with these weights (``distributed.weighted_mean``), so the result is the loss of the whole global batch.
 An objective without ``weight`` counts 1 per batch (``batch_weight``).
+
+``copies_loss(model, batch, copies)`` gives the loss of each of ``copies`` copies of a batch from one forward of
+them all (``batched_queries``: each copy runs with its own adapter values, FZOO's queries in one pass). An
+objective without it is queried one forward at a time.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 
 from mezo_engine.evaluation import EvalConfig, generate_batch
 from mezo_engine.metrics import Prediction, calculate_metric
-from mezo_engine.scoring import batch_loss, counted_tokens
+from mezo_engine.scoring import batch_loss, copies_loss, counted_tokens, repeat_rows
 
 Objective = Callable[[torch.nn.Module, dict], torch.Tensor]
 
@@ -38,6 +42,10 @@ class AnswerLoss:
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
         return batch_loss(model, batch, self.as_classification, self.only_train_option)
+
+    def copies_loss(self, model, batch: dict, copies: int) -> torch.Tensor:
+        """The loss of each of ``copies`` copies of the batch, run as one batch (``scoring.copies_loss``)."""
+        return copies_loss(model, batch, copies, self.as_classification, self.only_train_option)
 
     def weight(self, batch: dict) -> int:
         """Examples (classification: a mean over examples), else the tokens the LM loss counts."""
@@ -56,6 +64,14 @@ class F1Objective:
     def __call__(self, model, batch: dict) -> torch.Tensor:
         answers = generate_batch(model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.cfg)
         return -torch.tensor(mean_f1(answers, batch["gold"]), dtype=torch.float32)
+
+    def copies_loss(self, model, batch: dict, copies: int) -> torch.Tensor:
+        """Minus the mean F1 of each of ``copies`` copies of the batch, generated as one batch (copy q: rows q*B..)."""
+        ids, mask = (repeat_rows(batch[k], copies) for k in ("input_ids", "attention_mask"))
+        answers = generate_batch(model, self.tokenizer, ids, mask, self.cfg)
+        rows = len(batch["gold"])
+        return -torch.tensor([mean_f1(answers[q * rows:(q + 1) * rows], batch["gold"]) for q in range(copies)],
+                             dtype=torch.float32)
 
     def weight(self, batch: dict) -> int:
         """Examples: the F1 is a mean over them."""

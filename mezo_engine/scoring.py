@@ -139,11 +139,66 @@ def counted_tokens(batch: dict, all_tokens: bool = False) -> int:
 def batch_loss(model, batch: dict, as_classification: bool, only_train_option: bool = True) -> torch.Tensor:
     """The training loss of a collated batch (see data.TrainCollator): cross-entropy over the candidates, the
     LM loss on the answer tokens, or (``only_train_option`` False) on every token of the rows."""
+    logprobs, mask = _counted_logprobs(model, batch, as_classification, only_train_option)
+    return _loss_of(logprobs, mask, batch, as_classification)
+
+
+def copies_loss(model, batch: dict, copies: int, as_classification: bool,
+                only_train_option: bool = True) -> torch.Tensor:
+    """``batch_loss`` of ``copies`` copies of ``batch`` run as one batch (``tile_batch``), one loss per copy:
+    shape (copies,). Each copy's loss is reduced over its own rows exactly as ``batch_loss`` reduces the batch
+    alone (the LM loss divides by that copy's counted tokens, not by all copies'), so the copies differ only by
+    what makes their rows run differently (``batched_queries``: each copy's own adapter values)."""
+    logprobs, mask = _counted_logprobs(model, tile_batch(batch, copies), as_classification, only_train_option)
+    return torch.stack([_loss_of(lp, m, batch, as_classification)
+                        for lp, m in zip(logprobs.unflatten(0, (copies, -1)), mask.unflatten(0, (copies, -1)))])
+
+
+def _counted_logprobs(model, batch: dict, as_classification: bool, only_train_option: bool):
+    """The (logprobs, mask) a training loss reduces: every token of the rows, or the candidates' answer tokens."""
     if not (as_classification or only_train_option):
-        logprobs, mask = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
-                                        all_tokens=True)
-        return lm_loss(logprobs, mask)
-    logprobs, mask = candidate_logprobs(model, batch)
+        return token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
+                              all_tokens=True)
+    return candidate_logprobs(model, batch)
+
+
+def _loss_of(logprobs: torch.Tensor, mask: torch.Tensor, batch: dict, as_classification: bool) -> torch.Tensor:
     if as_classification:
         return classification_loss(mean_option_logprob(logprobs, mask), batch["group"], batch["gold_row"])
     return lm_loss(logprobs, mask)
+
+
+# ---- copies of a batch in one forward ----------------------------------------------------------------------------
+ROW_KEYS = ("prompt_ids", "prompt_mask", "answer_ids", "answer_mask", "input_ids", "attention_mask", "option_len")
+
+
+def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` copies of ``tensor`` one after another along its first dimension: copy q is rows q*R..q*R+R-1."""
+    return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
+
+
+def _repeat_index(index: torch.Tensor, copies: int, size: int) -> torch.Tensor:
+    """An index into ``size`` rows, for ``copies`` copies of those rows: copy q's entries point into copy q."""
+    return torch.cat([index + q * size for q in range(copies)])
+
+
+def _num_candidates(batch: dict) -> int:
+    shared = int(batch["shared_index"].numel()) if "shared_index" in batch else 0
+    if "row_index" in batch:
+        return shared + int(batch["row_index"].numel())
+    return shared + (int(batch["input_ids"].shape[0]) if "input_ids" in batch else 0)
+
+
+def tile_batch(batch: dict, copies: int) -> dict:
+    """What ``candidate_logprobs`` and ``token_logprobs`` read of a collated batch, for ``copies`` copies of it in
+    one batch: every row tensor repeated (``repeat_rows``), and the indices between them (``answer_owner`` into the
+    prompts, ``shared_index`` / ``row_index`` into the candidates) moved so that each copy's point into its own
+    rows. ``candidate_logprobs`` of the result is the batch's, ``copies`` times over, copy q in rows q*C..q*C+C-1."""
+    candidates = _num_candidates(batch)
+    out = {key: repeat_rows(batch[key], copies) for key in ROW_KEYS if key in batch}
+    if "answer_owner" in batch:
+        out["answer_owner"] = _repeat_index(batch["answer_owner"], copies, batch["prompt_ids"].shape[0])
+    for key in ("shared_index", "row_index"):
+        if key in batch:
+            out[key] = _repeat_index(batch[key], copies, candidates)
+    return out

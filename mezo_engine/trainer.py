@@ -55,7 +55,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import IntervalStrategy
 
-from mezo_engine import distributed, divergence, methods, zo
+from mezo_engine import batched_queries, distributed, divergence, methods, zo
+from mezo_engine.batched_queries import StepLosses
 from mezo_engine.errors import DivergenceError
 from mezo_engine.ledger import Budget, Ledger, StepClock
 from mezo_engine.objectives import Objective, batch_weight
@@ -165,18 +166,25 @@ class MezoTrainer(Trainer):
             return optimizer.out_of_place_step(model, loss_fn, seeds, self.args.zo_eps)
         return optimizer.zo_step(loss_fn, seeds, self.args.zo_eps, cache)
 
-    def _zo_loss_fn(self, model, inputs) -> Callable[[], float]:
+    def _zo_loss_fn(self, model, inputs) -> StepLosses:
         """One forward of the training loss as a float, in the mode's forward context (adapters folded into their
         weights, if asked). Under torchrun the loss of the global batch: the ranks' losses averaged with their
-        batch weights (one all-reduce of two float64 per call; a single process skips it)."""
+        batch weights (one all-reduce of two float64 per call; a single process skips it). A method with several
+        forwards a step may take each rank's losses and average them in one all-reduce, and with LoRA on the model
+        (and an objective that runs copies of a batch) query several adapter values in one forward
+        (``batched_queries.StepLosses``)."""
         weight = batch_weight(self.objective, inputs) if distributed.active() else 1.0
         mode = self._run_mode()
 
-        def loss_fn() -> float:
+        def local() -> float:
             with torch.no_grad(), mode.forward_context(model):
-                local = self.compute_loss(model, inputs).item()
-            return distributed.weighted_mean(local, weight, self.comm)
-        return loss_fn
+                return self.compute_loss(model, inputs).item()
+
+        def batched(params, deltas) -> list[float]:
+            return batched_queries.query_losses(model, self.objective, inputs, params, deltas)
+
+        can_batch = mode.adapter and hasattr(self.objective, "copies_loss")
+        return StepLosses(local, weight, self.comm, batched if can_batch else None)
 
     def _run_mode(self) -> methods.Mode:
         """The run's mode; a trainer built without one asks the arguments (``methods.mode_for``)."""

@@ -84,6 +84,24 @@ class GaussianSampler:
 GAUSSIAN = GaussianSampler()
 
 
+class RademacherSampler:
+    """z with independent entries -1 or +1, each with probability 1/2 (FZOO's directions): the Gaussian sampler's
+    generators (one per device), a fair coin per entry instead of a normal draw. ``E[z z^T] = I``, as for the
+    Gaussian, and ``|z_j| = 1`` exactly, so ``theta + eps z`` moves every entry by exactly ``eps``."""
+
+    generators = staticmethod(generators)
+
+    @staticmethod
+    def next_z(param: torch.Tensor, gens: dict) -> torch.Tensor:
+        """The next +-1 tensor for ``param``, in its dtype (exact in every floating dtype)."""
+        coins = torch.randint(0, 2, param.shape, generator=gens[param.device], device=param.device,
+                              dtype=param.dtype)
+        return coins.mul_(2).sub_(1)
+
+
+RADEMACHER = RademacherSampler()
+
+
 def draw_z(params: Sequence[torch.Tensor], seed: int, sampler: DirectionSampler = GAUSSIAN) -> list[torch.Tensor]:
     """The perturbation direction for ``params`` under ``seed``: one tensor per parameter (standard normal)."""
     gens = sampler.generators(params, seed)
@@ -169,6 +187,29 @@ def _estimate_cached(params, loss_fn, seeds, eps, sampler: DirectionSampler) -> 
     return out
 
 
+@torch.no_grad()
+def losses_at(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seeds: Sequence[int], scale: float,
+              cache: bool = False, sampler: DirectionSampler = GAUSSIAN) -> list[float]:
+    """The loss at ``theta + scale * z(seed)`` for each seed, one forward each in turn (one-sided queries). The
+    parameters end as they began: bit for bit with ``cache`` (z drawn once per seed, the originals kept), within
+    a few ulps per seed without (z regenerated to step back)."""
+    if not cache:
+        out = []
+        for seed in seeds:
+            perturb_(params, seed, scale, sampler)
+            out.append(loss_fn())
+            perturb_(params, seed, -scale, sampler)
+        return out
+    original, out = [p.detach().clone() for p in params], []
+    for seed in seeds:
+        for p, p0, zi in zip(params, original, draw_z(params, seed, sampler)):
+            p.copy_(p0).add_(zi, alpha=scale)
+        out.append(loss_fn())
+    for p, p0 in zip(params, original):
+        p.copy_(p0)
+    return out
+
+
 def fused_sgd_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], float], seed: int, eps: float,
                    rates: Rates, cache: bool = False, sampler: DirectionSampler = GAUSSIAN) -> StepResult:
     """One whole ZO-SGD step on ``params`` (in place) with per-parameter ``rates``: the estimate and the update in
@@ -213,5 +254,10 @@ def step_seed(run_seed: int, step: int) -> int:
 def sample_seeds(run_seed: int, step: int, num: int) -> list[int]:
     """The seeds of the ``num`` directions of step ``step`` (n-SPSA): the first is ``step_seed``, so one sample is
     the one-seed step; the others are spread far from every step's first seed. The same on every rank."""
-    base = step_seed(run_seed, step)
-    return [(base + i * 0x9E37_79B9_7F4A_7C15) % (2**63 - 1) for i in range(num)]
+    return spread_seeds(step_seed(run_seed, step), num)
+
+
+def spread_seeds(base: int, num: int) -> list[int]:
+    """``num`` seeds from ``base``: ``base`` itself first, then steps of 2^64 / golden ratio (mod 2^63 - 1), far
+    from every step's first seed. A method that draws several directions from its step's one seed uses these."""
+    return [(int(base) + i * 0x9E37_79B9_7F4A_7C15) % (2**63 - 1) for i in range(num)]

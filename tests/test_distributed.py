@@ -173,6 +173,19 @@ def test_low_rank_zo_methods_on_two_ranks_are_the_one_process_run(tmp_path, tiny
 
 
 @pytest.mark.slow
+def test_fzoo_on_two_ranks_is_the_one_process_run_with_one_all_reduce_a_step(tmp_path, tiny_opt_dir, data_dir):
+    """FZOO's base loss and 3 queries (one batched forward per rank) averaged over the ranks in one all-reduce of
+    5 float64 a step: the one-process run's losses and weights. The normalised coefficients d_i / sigma carry a
+    loss difference of ~1e-15 as ~1e-15 / eps / sigma ~ 1e-12 (sigma ~ 0.1), a step moves a parameter by lr times
+    that: 1e-14 per step, far below PARAM_ATOL."""
+    zo = ["--trainer", "zo", "--train_as_classification", "--xgblora", "--xgblora_steps_per_iteration", "2",
+          "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model", "--load_float64",
+          "--zo_optimizer", "fzoo", "--fzoo_num_queries", "3"]
+    two, _ = _two_ranks_match_one_process(tmp_path, tiny_opt_dir, data_dir, "SST2", zo)
+    assert two["train"]["collectives"] == {"calls": 4 * 2, "bytes": 4 * (5 * 8 + 8)}
+
+
+@pytest.mark.slow
 def test_zo_copa_lm_loss_weights_ranks_by_answer_tokens(tmp_path, tiny_opt_dir, data_dir):
     """Copa's LM loss on the answer tokens, full-parameter: the ranks' answers have different lengths, and the
     token-weighted average is the one-process loss of the global batch."""
@@ -308,14 +321,15 @@ def _gloo_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     counter = distributed.CommCounter()
     mean = distributed.weighted_mean(rank + 1.0, 2 * rank + 1.0, counter)  # (1*1 + 2*3) / (1 + 3)
+    means = distributed.weighted_means([rank + 1.0, -rank], 2 * rank + 1.0, counter)  # one all-reduce of three
     zero = distributed.weighted_mean(5.0, 0.0)
     top = distributed.max_over_ranks(10.0 * rank, counter)
     items = list(range(7))
     mine = distributed.shard(items)
     back = distributed.unshard(distributed.gather(mine))
     if rank == 0:
-        Path(out_file).write_text(json.dumps({"mean": mean, "zero": zero, "top": top, "mine": mine, "back": back,
-                                              "calls": counter.calls, "bytes": counter.bytes}))
+        Path(out_file).write_text(json.dumps({"mean": mean, "means": means, "zero": zero, "top": top, "mine": mine,
+                                              "back": back, "calls": counter.calls, "bytes": counter.bytes}))
     dist.destroy_process_group()
 
 
@@ -323,9 +337,9 @@ def _gloo_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 def test_collectives_on_two_gloo_processes(tmp_path):
     mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.json")), nprocs=2)
     got = json.loads((tmp_path / "out.json").read_text())
-    assert got["mean"] == 7 / 4 and got["zero"] == 0.0 and got["top"] == 10.0
+    assert got["mean"] == 7 / 4 and got["means"] == [7 / 4, -3 / 4] and got["zero"] == 0.0 and got["top"] == 10.0
     assert got["mine"] == [0, 2, 4, 6] and got["back"] == list(range(7))
-    assert got["calls"] == 2 and got["bytes"] == 16 + 8
+    assert got["calls"] == 3 and got["bytes"] == 16 + 24 + 8
 
 
 def test_one_process_needs_no_process_group():

@@ -33,6 +33,10 @@ MODES = {
                           "--xgblora_num_layers", "1", "--zo_optimizer", "lozo_m", "--lozo_interval", "1"],
     "zo-lora-subzero-nspsa": ["--trainer", "zo", "--lora", "--lora_r", "2", "--zo_optimizer", "subzero",
                               "--subzero_rank", "2", "--subzero_interval", "2", "--zo_num_samples", "2"],
+    # FZOO keeps no state: its query directions follow the step count; batched queries (adapters), in turn (full)
+    "zo-xgblora-fzoo": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
+                        "--xgblora_num_layers", "1", "--zo_optimizer", "fzoo", "--fzoo_num_queries", "3"],
+    "zo-full-fzoo": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "fzoo", "--fzoo_num_queries", "3"],
     # HiZOO's Hessian (D - 1, zeroed at each merge) and Sparse MeZO's thresholds travel in optimizer.pt too
     "zo-full-hizoo": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "hizoo", "--hizoo_smooth", "0.5"],
     "zo-xgblora-hizoo": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2", "--xgblora_num_layers",

@@ -8,6 +8,7 @@
 | ``lozo``   | ``lozo.py``    | LOZO: low-rank U V^T directions, lazy V     | ``step``, ``subspace_seed`` (matrices) |
 | ``lozo_m`` | ``lozo_m.py``  | LOZO-M: LOZO with factored momentum         | the same and ``momentum`` (m x r)   |
 | ``subzero`` | ``subzero.py`` | SubZero: U S V^T, lazy orthonormal U, V   | ``step``, ``subspace_seed`` (matrices) |
+| ``fzoo``   | ``fzoo.py``    | FZOO: N one-sided Rademacher queries, the step normalised by their std | none |
 | ``hizoo``  | ``hizoo.py``   | HiZOO: 3 forwards, diagonal-Hessian preconditioned SPSA | ``hessian_minus_one`` |
 | ``sparse_mezo`` | ``sparse_mezo.py`` | MeZO on the small-magnitude weights | ``threshold`` (one per tensor) |
 
@@ -18,8 +19,9 @@ A method is one file, ``<name>.py``, that declares ``OPTIMIZER``, a ``base.ZOOpt
 update rule and state; the forwards a step costs), and ``DRIVER``, a literal the torch-free registry reads
 (``mezo_engine/registry.py``: the drivers' default LR/EPS where they differ from the mode's; ``{}`` for none). It
 samples with ``sampler`` (Gaussian) and estimates with ``estimator`` (``spsa.TWO_POINT``: two forwards per
-direction, n directions by ``--zo_num_samples``), or overrides ``zo_step`` for a step of its own. Nothing else
-names it: this package imports every file the registry lists, in its order.
+direction, n directions by ``--zo_num_samples``), or overrides ``zo_step`` for a step of its own (its
+``loss_fn`` is a ``batched_queries.StepLosses``: per-rank losses, one all-reduce, batched adapter queries). Nothing
+else names it: this package imports every file the registry lists, in its order.
 """
 from __future__ import annotations
 
