@@ -127,8 +127,9 @@ def checkpoint_step(folder: Path) -> int:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's message (some libraries add paragraphs of advice), at most 160 chars."""
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:160]
+    return (text[0].split(". ")[0] if text else type(err).__name__)[:160]
 
 
 # ---- mismatches: settings, max_steps, base model ---------------------------------------------------------------
@@ -325,13 +326,13 @@ def lr_factors(args, max_steps: int, steps: int) -> list[float] | None:
 def schedule_changes(args, old: int, new: int, step: int) -> list[str]:
     """The flags whose schedules differ between ``--max_steps`` old and new over the steps a run resumed at
     ``step`` took on the old one: the learning rate through step ``step`` itself (its value is in the saved
-    optimizer), n-SPSA's number of directions (zo) before it."""
+    optimizer), n-SPSA's number of directions before it (1 at every step unless --trainer zo asks for more)."""
     changed = []
     old_lr = lr_factors(args, old, step + 1)
     if old_lr is None or old_lr != lr_factors(args, new, step + 1):
         changed.append(f"--lr_scheduler_type {_shown(canonical({'v': args.lr_scheduler_type})['v'])}")
     samples = [[num_samples(args.zo_sample_scheduler, args.zo_num_samples, s, m) for s in range(step)]
                for m in (old, new)]
-    if args.trainer == "zo" and samples[0] != samples[1]:
+    if samples[0] != samples[1]:
         changed.append(f"--zo_sample_scheduler {args.zo_sample_scheduler}")
     return changed
