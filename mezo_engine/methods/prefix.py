@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 import torch
 
 from mezo_engine import prefix
-from mezo_engine.methods.ft import Mode
+from mezo_engine.methods.ft import Method, Mode
+
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {"flag": "prefix_tuning", "defaults": "prefix",
+          "driver_args": ["--num_prefix", "{NUM_PREFIX:5}", "--no_reparam", "--prefix_init_by_real_act"],
+          "untrained": "nothing would train the prefix"}
 
 
 @dataclass
@@ -55,3 +60,6 @@ class PrefixMode(Mode):
 
     def save(self, model, tokenizer, out):
         prefix.save_prefix(model, out / "prefix")  # the base model is unchanged; prefix.load_prefix puts it back
+
+
+METHOD = Method(PrefixMode, problems, flags=PrefixFlags)
