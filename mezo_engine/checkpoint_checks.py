@@ -42,8 +42,7 @@ logger = logging.getLogger(__name__)
 RUN_STATE = "run_state.pt"
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
-OTHER_WEIGHTS = ("model.safetensors.index.json", "pytorch_model.bin.index.json", "pytorch_model_fsdp.bin")
-OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")  # optimizer.bin: an FSDP checkpoint's full optimizer state
+OPTIMIZER = "optimizer.pt"
 MODE = "mode"  # the key of the run's mode among the recorded settings (not a flag: set by --lora, --xgblora, ...)
 
 
@@ -221,7 +220,7 @@ def weights_problem(folder: Path, expected: dict[str, tuple[int, ...]]) -> str |
     """Whether the Trainer's weight file is there, readable, and holds this run's tensors with their shapes."""
     found = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
     if found is None:
-        if any((folder / n).exists() for n in OTHER_WEIGHTS):
+        if _other_format(folder, "pytorch_model_fsdp", ".index.json"):
             return None  # sharded or FSDP weights: the Trainer reads them; their shapes are not checked here
         return f"no model weights (none of {', '.join(WEIGHT_FILES)})"
     try:
@@ -229,6 +228,11 @@ def weights_problem(folder: Path, expected: dict[str, tuple[int, ...]]) -> str |
     except Exception as err:  # noqa: BLE001 - safetensors and torch raise their own errors for a damaged file
         return f"{found.name} cannot be read (truncated or damaged: {_first_line(err)})"
     return shapes_problem(found.name, shapes, expected)
+
+
+def _other_format(folder: Path, prefix: str, suffix: str | None) -> bool:
+    """Whether ``folder`` holds an entry named ``prefix...`` or ``...suffix`` (the Trainer's other layouts)."""
+    return any(p.name.startswith(prefix) or (suffix and p.name.endswith(suffix)) for p in folder.iterdir())
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -253,10 +257,12 @@ def shapes_problem(name: str, shapes: dict, expected: dict) -> str | None:
 
 def optimizer_problem(folder: Path, expected: list[list[tuple[int, ...]]] | None) -> str | None:
     """Whether the optimizer state is there, readable, and has this run's groups and parameter shapes."""
-    found = next((folder / n for n in OPTIMIZER_FILES if (folder / n).is_file()), None)
-    if found is None:
-        return "no optimizer.pt (a checkpoint saved with --save_only_model cannot be continued exactly)"
-    if found.suffix != ".pt" or expected is None:
+    found = folder / OPTIMIZER
+    if not found.is_file():
+        if _other_format(folder, "optimizer", None):
+            return None  # an FSDP optimizer state (optimizer.bin, optimizer_0/): not checked here
+        return f"no {OPTIMIZER} (a checkpoint saved with --save_only_model cannot be continued exactly)"
+    if expected is None:
         return None
     try:
         saved = torch.load(found, map_location="cpu", mmap=True, weights_only=True)
