@@ -90,7 +90,7 @@ def check(folder: Path, expected: Expected) -> dict:
     step = checkpoint_step(folder)
     if problem := mismatch(state, expected, step):
         raise MismatchedCheckpoint(problem)
-    for problem in damage(folder, state, expected, step):
+    if problem := next(filter(None, damage(folder, state, expected)), None):
         raise DamagedCheckpoint(problem)
     return state
 
@@ -207,13 +207,14 @@ def _shown(value: Any) -> str:
 
 
 # ---- damage: files, tensors, optimizer groups, callback states -------------------------------------------------
-def damage(folder: Path, state: dict, expected: Expected, step: int) -> Iterator[str]:
-    """Each reason ``folder`` cannot be loaded into this run (its run state ``state`` already read)."""
-    for problem in (weights_problem(folder, expected.weights), optimizer_problem(folder, expected.optimizer),
-                    None if (folder / "scheduler.pt").is_file() else "no scheduler.pt",
-                    callbacks_problem(state, expected.callbacks), merges_problem(state, expected.base)):
-        if problem:
-            yield problem
+def damage(folder: Path, state: dict, expected: Expected) -> Iterator[str | None]:
+    """The result of each check of ``folder`` against this run (its run state ``state`` already read), in turn:
+    the problem, or None; the caller stops at the first problem."""
+    yield weights_problem(folder, expected.weights)
+    yield optimizer_problem(folder, expected.optimizer)
+    yield None if (folder / "scheduler.pt").is_file() else "no scheduler.pt"
+    yield callbacks_problem(state, expected.callbacks)
+    yield merges_problem(state, expected.base)
 
 
 def weights_problem(folder: Path, expected: dict[str, tuple[int, ...]]) -> str | None:
@@ -272,12 +273,18 @@ def optimizer_problem(folder: Path, expected: list[list[tuple[int, ...]]] | None
     if groups != [len(g) for g in expected]:
         return (f"{found.name} holds parameter groups of {groups} parameters, this run's optimizer "
                 f"{[len(g) for g in expected]}")
-    shapes = [s for g in expected for s in g]
-    for index, buffers in saved["state"].items():
+    return buffers_problem(found.name, saved["state"], [s for g in expected for s in g])
+
+
+def buffers_problem(name: str, state: dict, shapes: list[tuple[int, ...]]) -> str | None:
+    """Whether each saved optimizer buffer (momentum, Adam's moments) has its parameter's shape; ``state`` maps a
+    parameter's index (groups in order) to its buffers, ``shapes`` lists the parameters' shapes in that order."""
+    for index, buffers in state.items():
+        shape = shapes[index] if 0 <= index < len(shapes) else None
         for key, value in buffers.items():
-            if torch.is_tensor(value) and value.dim() and tuple(value.shape) != tuple(shapes[index]):
-                return f"{found.name}: state {key} of parameter {index} has shape {list(value.shape)}, the " \
-                       f"parameter {list(shapes[index])}"
+            if torch.is_tensor(value) and value.dim() and tuple(value.shape) != shape:
+                return f"{name}: buffer {key} of parameter {index} has shape {list(value.shape)}, the parameter " \
+                       f"{list(shape) if shape else 'does not exist'}"
     return None
 
 
@@ -336,7 +343,7 @@ def schedule_changes(args, old: int, new: int, step: int) -> list[str]:
     changed = []
     old_lr = lr_factors(args, old, step + 1)
     if old_lr is None or old_lr != lr_factors(args, new, step + 1):
-        changed.append(f"--lr_scheduler_type {_shown(canonical({'v': args.lr_scheduler_type})['v'])}")
+        changed.append(f"--lr_scheduler_type {getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}")
     samples = [[num_samples(args.zo_sample_scheduler, args.zo_num_samples, s, m) for s in range(step)]
                for m in (old, new)]
     if samples[0] != samples[1]:

@@ -243,7 +243,8 @@ def test_max_steps_cannot_extend_a_linear_number_of_directions(tmp_path):
     (["--lr_scheduler_type", "constant"], []),
     (["--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "2"], []),
     # a warmup given as a ratio of --max_steps: 3 of 6 steps against 4 of 8, different at step 3
-    (["--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "0.5"], ["--lr_scheduler_type constant_with_warmup"]),
+    (["--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "0.5"],
+     ["--lr_scheduler_type constant_with_warmup"]),
     (["--lr_scheduler_type", "cosine"], ["--lr_scheduler_type cosine"]),
 ])
 def test_schedule_changes_lists_what_reads_max_steps_before_the_checkpoint(flags, changed):
