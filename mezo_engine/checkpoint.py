@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mezo_engine import distributed, lora
-from mezo_engine.checkpoint_checks import RUN_STATE, CheckpointError, DamagedCheckpoint
+from mezo_engine.checkpoint_checks import RUN_STATE, CheckpointError, DamagedCheckpoint, named_step
 
 __all__ = ["RUN_STATE", "RESUMABLE_EXIT", "CheckpointError", "resolve_resume", "RunStateCallback", "StopOnSignal"]
 
@@ -81,8 +80,7 @@ def checkpoints_newest_first(output_dir: str) -> list[Path]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name))]
+    found = [(named_step(p), p) for p in folder.iterdir() if p.is_dir() and named_step(p) is not None]
     return [p for _, p in sorted(found, reverse=True)]
 
 

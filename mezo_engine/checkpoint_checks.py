@@ -119,10 +119,16 @@ def checkpoint_step(folder: Path) -> int:
         raise DamagedCheckpoint(f"no {TRAINER_STATE}") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise DamagedCheckpoint(f"{TRAINER_STATE} cannot be read ({_first_line(err)})") from None
-    named = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name)
-    if named and int(named.group(1)) != step:
-        raise DamagedCheckpoint(f"{TRAINER_STATE} says step {step}, the folder's name step {named.group(1)}")
+    named = named_step(folder)
+    if named is not None and named != step:
+        raise DamagedCheckpoint(f"{TRAINER_STATE} says step {step}, the folder's name step {named}")
     return step
+
+
+def named_step(folder: Path) -> int | None:
+    """The N of a folder named ``checkpoint-N`` (None for any other name)."""
+    named = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name)
+    return int(named.group(1)) if named else None
 
 
 def _first_line(err: BaseException) -> str:

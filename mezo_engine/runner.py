@@ -174,8 +174,12 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
-    """The step a run resumes from: its checkpoint's ``global_step`` (0 for a fresh start)."""
-    return checkpoint_checks.checkpoint_step(Path(checkpoint)) if checkpoint else 0
+    """The step a run resumes from: the N of its ``checkpoint-N`` folder, or for a folder named otherwise the
+    ``global_step`` in its ``trainer_state.json`` (0 for a fresh start)."""
+    if not checkpoint:
+        return 0
+    named = checkpoint_checks.named_step(Path(checkpoint))
+    return named if named is not None else checkpoint_checks.checkpoint_step(Path(checkpoint))
 
 
 def train_summary(trainer, summary: dict) -> dict:
