@@ -146,7 +146,8 @@ def test_the_drivers_lookup_finds_a_registered_mode(toy_methods, capsys):
     shell drivers run the registry in a process of their own, which knows the built-in modes only."""
     assert registry.main(["driver", "bias", "medium-mezo"]) == 0
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert lines == {"MODE_ARGS": "(--method bias)", "MODE_TAG": "bias", "DEFAULT_LR": "1e-2", "DEFAULT_EPS": "1e-2"}
+    assert lines == {"MODE_ARGS": "(--method bias)", "MODE_TAG": "bias", "ZO_ARGS": "()", "DEFAULT_LR": "1e-2",
+                     "DEFAULT_EPS": "1e-2"}
     args = parse_args(["--method", "bias", "--trainer", "zo", "--num_train", "4"])
     assert args.mode == "bias" and isinstance(methods.mode_for(args), BiasMode)
 
