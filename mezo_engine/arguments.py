@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
 
 from mezo_engine import divergence, methods, registry, run_config, zo_methods
 from mezo_engine.ledger import Budget
@@ -105,6 +106,11 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         "help": "Stop training, as --max_forwards does, once the training steps have taken this many wall-clock "
                 "seconds, summed over resumed processes; evaluation and checkpoint saving do not count (0: no "
                 "limit)."})
+    eval_forwards: int = field(default=0, metadata={
+        "help": "Also evaluate on dev after each step at which the training forwards pass a multiple of this "
+                "number (0: only --eval_steps' schedule): runs whose steps cost different numbers of forwards are "
+                "then compared at the same forwards. Needs --eval_strategy steps (give a large --eval_steps to "
+                "evaluate on forwards alone)."})
     # ---- the training mode ---------------------------------------------------------------------------------
     method: str | None = field(default=None, metadata={
         "help": "A registered training mode without a flag of its own (methods.METHODS; the built-in modes are "
@@ -267,6 +273,11 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 yield f"{self._flag(flag)}: must be >= 0 (0: no limit)"
             elif value and self.trainer == "none":
                 yield f"{self._flag(flag)} with --trainer none: a budget limits training; drop it"
+        if self.eval_forwards < 0:
+            yield f"--eval_forwards {self.eval_forwards}: must be >= 0 (0: evaluate on --eval_steps' schedule only)"
+        elif self.eval_forwards and self.eval_strategy != IntervalStrategy.STEPS:
+            yield (f"--eval_forwards {self.eval_forwards} with --eval_strategy {self.eval_strategy}: needs "
+                   f"--eval_strategy steps")
 
     @property
     def budget(self) -> Budget:

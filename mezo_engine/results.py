@@ -59,7 +59,7 @@ NOT_IN_HASH = frozenset({
     "max_forwards", "max_time",
 })
 # When to evaluate on dev changes the result only when the best dev model is kept (do_eval follows eval_strategy).
-EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval"})
+EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval", "eval_forwards"})
 
 
 WHERE_ELSE = "choose another --result_file or --result_dir"

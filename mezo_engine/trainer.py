@@ -330,15 +330,19 @@ class LedgerCallback(TrainerCallback):
         self.ledger = ledger if ledger is not None else Ledger()
         self.clock = StepClock()
         self.reached: tuple[str, int] | None = None
+        self.forwards_before = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.ledger.processes += 1
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.clock.start()
+        self.forwards_before = self.ledger.forwards
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ledger.add_time(*self.clock.stop())
+        if forwards_pass_multiple(self.forwards_before, self.ledger.forwards, args.eval_forwards):
+            control.should_evaluate = True
         if self.reached is not None or state.global_step >= state.max_steps:
             return  # at max_steps the run ends as completed
         flag = self._agreed(self.budget.reached_by(self.ledger))
@@ -360,6 +364,11 @@ class LedgerCallback(TrainerCallback):
 
     def load_state_dict(self, state: dict) -> None:
         self.ledger.load_state_dict(state)
+
+
+def forwards_pass_multiple(before: int, after: int, every: int) -> bool:
+    """Whether the forwards went past a multiple of ``every`` (0: never) in a step from ``before`` to ``after``."""
+    return bool(every) and before // every < after // every
 
 
 def evaluates_at(args, step: int) -> bool:

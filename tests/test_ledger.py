@@ -182,6 +182,17 @@ def test_a_budget_stop_evaluates_on_dev_as_the_last_step_does(tmp_path, tiny_opt
     assert result["ledger"]["dev_evaluations"] == 2 and result["status"] == "budget reached"
 
 
+def test_dev_every_so_many_forwards(tmp_path, tiny_opt_dir, sst2_dir):
+    """--eval_forwards 3 with ZO-SGD (2 forwards a step: 2, 4, 6, 8, 10 after steps 1-5): dev after the steps that
+    pass 3, 6 and 9, i.e. steps 2, 3 and 5; --eval_steps 100 adds none (HF also evaluates at --max_steps: step 5)."""
+    result, _ = _main(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "zo", "--max_steps", "5", "--num_dev", "2",
+                      "--eval_strategy", "steps", "--eval_steps", "100", "--eval_forwards", "3")
+    evals = [(h["step"], h["forwards"]) for h in result["train"]["log_history"] if "eval_accuracy" in h]
+    assert evals == [(2, 4), (3, 6), (5, 10)]
+    with pytest.raises(ArgumentError, match="--eval_forwards 3 with --eval_strategy no: needs --eval_strategy steps"):
+        _parse("--trainer", "zo", "--eval_forwards", "3")
+
+
 BUDGET_RUN = ["--trainer", "zo", "--load_float64", "--max_steps", "10", "--learning_rate", "1e-2"]
 
 
