@@ -159,9 +159,11 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
 
     def to_dict(self) -> dict:
         """The resolved flags, with ``--load_best_model_at_end`` as the user gave it (the Trainer is handed False
-        because ``BestModelCallback`` keeps the best model; that value is under ``trainer_load_best_model_at_end``)."""
+        because ``BestModelCallback`` keeps the best model; that value is under ``trainer_load_best_model_at_end``)
+        and ``--save_total_limit`` too (the Trainer is handed None: ``RunStateCallback`` rotates checkpoints)."""
         config = super().to_dict()
         config["load_best_model_at_end"] = getattr(self, "keep_best_model", config["load_best_model_at_end"])
+        config["save_total_limit"] = getattr(self, "checkpoints_kept", config["save_total_limit"])
         config["trainer_load_best_model_at_end"] = self.load_best_model_at_end
         config["world_size"] = launched_world_size()  # the global batch is world_size x the per-device batch
         return config

@@ -12,7 +12,12 @@ also depends on:
   the adapted modules' base weights themselves are stored instead;
 * the state of the stateful callbacks (boosting history, booster generator, active blocks; best dev value and
   snapshot; the cost ledger, so that a resumed run continues its counts), through their ``state_dict`` /
-  ``load_state_dict``.
+  ``load_state_dict``;
+* the run's settings (``runner.run_settings``): a run resumed from the checkpoint is checked against them
+  (``checkpoint_checks``), as is every file it needs, before anything of it is loaded.
+
+``run_state.pt`` is written last, whole (a temporary name, then a rename), and older checkpoints are rotated away
+only after it: a checkpoint with a readable ``run_state.pt`` is complete.
 
 The zo step seed is a function of the run seed and the step (``zo.step_seed``), so the step count restores it.
 
@@ -25,47 +30,80 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mezo_engine import distributed, lora
+from mezo_engine.checkpoint_checks import RUN_STATE, CheckpointError, DamagedCheckpoint, named_step
+
+__all__ = ["RUN_STATE", "RESUMABLE_EXIT", "CheckpointError", "resolve_resume", "RunStateCallback", "StopOnSignal"]
 
 logger = logging.getLogger(__name__)
 
-RUN_STATE = "run_state.pt"
 RESUMABLE_EXIT = 75  # EX_TEMPFAIL: stopped by a signal with a checkpoint; re-run with --resume_from_checkpoint auto
+DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint that auto walked past is moved aside under this prefix
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names it and says why."""
-
-
-def resolve_resume(value: str | None, output_dir: str) -> str | None:
-    """The checkpoint folder to resume from: ``auto`` is the latest in ``output_dir`` (None if there is none)."""
+def resolve_resume(value: str | None, output_dir: str, check: Callable[[Path], dict]) -> tuple[str | None, dict]:
+    """The checkpoint folder to resume from and its run state (``check(folder)``, which raises a CheckpointError
+    naming the problem; ``checkpoint_checks.check``); (None, {}) for a fresh start. An explicit folder that fails
+    is refused. ``auto`` takes the newest ``checkpoint-<step>`` in ``output_dir`` that passes: a damaged one is
+    skipped (logged, and moved aside so that neither a later ``auto`` nor the rotation of old checkpoints counts
+    it), a mismatched one refused."""
     if not value:
-        return None
-    if value == "auto":
-        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        logger.info("--resume_from_checkpoint auto: %s", f"resuming from {found}" if found else
-                    f"no {PREFIX_CHECKPOINT_DIR}-* in {output_dir}, starting from step 0")
-        if found is None:
-            return None
-        value = found
-    if not (Path(value) / RUN_STATE).is_file():
-        raise CheckpointError(f"--resume_from_checkpoint {value}: no {RUN_STATE} there (not a checkpoint of "
-                              f"run.py, or one cut short); delete it, or give another checkpoint-<step> folder")
-    return value
+        return None, {}
+    if value != "auto":
+        try:
+            return value, check(Path(value))
+        except CheckpointError as err:
+            raise type(err)(f"--resume_from_checkpoint {value}: {err}") from None
+    for folder in checkpoints_newest_first(output_dir):
+        try:
+            state = check(folder)
+        except DamagedCheckpoint as err:
+            logger.warning("--resume_from_checkpoint auto: skipping %s: %s%s", folder, err, set_aside(folder))
+            continue
+        except CheckpointError as err:
+            raise type(err)(f"--resume_from_checkpoint auto: {folder}: {err}") from None
+        logger.info("--resume_from_checkpoint auto: resuming from %s", folder)
+        return str(folder), state
+    logger.info("--resume_from_checkpoint auto: no usable %s-* in %s, starting from step 0", PREFIX_CHECKPOINT_DIR,
+                output_dir)
+    return None, {}
+
+
+def checkpoints_newest_first(output_dir: str) -> list[Path]:
+    """The ``checkpoint-<step>`` folders in ``output_dir``, highest step first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(named_step(p), p) for p in folder.iterdir() if p.is_dir() and named_step(p) is not None]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def set_aside(folder: Path) -> str:
+    """Rename a damaged checkpoint to ``damaged-checkpoint-<step>[.<k>]`` (rank 0 only); the log's note."""
+    if not distributed.is_main():
+        return ""
+    target, k = folder.with_name(DAMAGED_PREFIX + folder.name), 1
+    while target.exists():
+        target, k = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}.{k}"), k + 1
+    os.replace(folder, target)
+    return f" (moved to {target})"
 
 
 class RunStateCallback(TrainerCallback):
     """Writes ``run_state.pt`` into every checkpoint and restores a run from one (see the module docstring)."""
 
-    def __init__(self, model, model_name: str, stateful: dict, store_base: bool = False):
+    def __init__(self, model, model_name: str, stateful: dict, store_base: bool = False,
+                 settings: dict | None = None):
         self.identity = {"model_name": model_name, "base_sha256": lora.base_fingerprint(model)
                          if lora.lora_layers(model) else None}
+        self.settings = settings  # the run's settings a resumed run is checked against (checkpoint_checks)
         self.stateful = stateful  # name -> object with state_dict() / load_state_dict()
         self.store_base = store_base  # LoRA-GA: base weights change outside merges; store them
         self.merges: list[lora.MergeFactor] = []
@@ -75,7 +113,8 @@ class RunStateCallback(TrainerCallback):
         self.merges.extend(report.factors)
 
     def state_dict(self, model) -> dict:
-        state = {"identity": self.identity, "callbacks": {k: cb.state_dict() for k, cb in self.stateful.items()}}
+        state = {"identity": self.identity, "settings": self.settings,
+                 "callbacks": {k: cb.state_dict() for k, cb in self.stateful.items()}}
         if self.store_base:
             state["base_weights"] = {n: w.detach().cpu().clone() for n, w in lora.base_weights(model).items()}
         else:
@@ -83,21 +122,21 @@ class RunStateCallback(TrainerCallback):
         return state
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        """Write ``run_state.pt`` beside the Trainer's files; under torchrun rank 0 alone writes it (every rank
-        holds the same state, and the Trainer writes the checkpoint's model from rank 0)."""
+        """Complete the checkpoint the Trainer just wrote with ``run_state.pt`` (written whole under another name,
+        then renamed: a checkpoint holds all of it or none), then rotate old checkpoints: the Trainer is handed
+        no ``save_total_limit`` (``run_config.derive_flags``), so an older checkpoint goes only once a newer one
+        is complete. Under torchrun rank 0 alone writes (every rank holds the same state, and the Trainer writes
+        the checkpoint's model from rank 0)."""
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        tmp = folder / f".{RUN_STATE}.tmp"
-        torch.save(self.state_dict(model), tmp)
-        os.replace(tmp, folder / RUN_STATE)
+        write_whole(self.state_dict(model), folder / RUN_STATE)
+        rotate_checkpoints(args.output_dir, getattr(args, "checkpoints_kept", None), best_model_checkpoint=str(folder),
+                           use_mtime=True)  # as the Trainer rotates; the new one protected as its "best"
 
-    def restore(self, model, checkpoint: str) -> None:
-        """Put the base weights and the callbacks' states of ``checkpoint`` into ``model`` and the callbacks."""
-        state = torch.load(Path(checkpoint) / RUN_STATE, map_location="cpu", weights_only=False)
-        if state["identity"]["base_sha256"] != self.identity["base_sha256"]:  # the path may move; weights may not
-            raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: made from base model "
-                                  f"{state['identity']}, but this run loads {self.identity}")
+    def restore(self, model, checkpoint: str, state: dict) -> None:
+        """Put the base weights and the callbacks' states of ``checkpoint`` (its run state ``state``, checked by
+        ``checkpoint_checks.check``) into ``model`` and the callbacks."""
         if "base_weights" in state:
             with torch.no_grad():
                 for name, weight in lora.base_weights(model).items():
@@ -120,6 +159,16 @@ class RunStateCallback(TrainerCallback):
         else:
             raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: it holds no state of the {name} callback "
                                   f"this run needs; resume it with the settings it was made with")
+
+
+def write_whole(obj, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, flushed to disk, then renamed to ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class StopOnSignal(TrainerCallback):

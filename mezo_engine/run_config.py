@@ -3,7 +3,7 @@
 Two moments, because the inputs arrive at two moments:
 
 - ``derive_flags``, from ``EngineArguments.__post_init__``: what the flags alone decide (``keep_best_model``,
-  ``max_grad_norm`` 0 for zo, the mode's DDP setting, ``use_cpu`` under torchrun without CUDA, float32 instead of
+  ``checkpoints_kept``, ``max_grad_norm`` 0 for zo, the mode's DDP setting, ``use_cpu`` under torchrun without CUDA, float32 instead of
   float16 on a CPU). It must run before TrainingArguments' own ``__post_init__``, which validates
   ``load_best_model_at_end`` and sets up the devices from these values; the result name's hash reads them.
 - ``resolve``, once the app has loaded the model and drawn the train set: the output folder of this train set,
@@ -47,6 +47,10 @@ def derive_flags(args, world_size: int) -> None:
     # checkpoint would restore only the adapter of a PEFT model and lose every merged booster.
     args.keep_best_model = args.load_best_model_at_end
     args.load_best_model_at_end = False
+    # Old checkpoints are rotated by checkpoint.RunStateCallback once the new one is complete (run_state.pt
+    # written); the Trainer would rotate them before that.
+    args.checkpoints_kept = args.save_total_limit
+    args.save_total_limit = None
     if args.trainer == "zo":
         args.max_grad_norm = 0.0  # zo has no gradients to clip; also keeps a meaningless grad_norm out of logs
     methods.resolve(args)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from mezo_engine import distributed, resources, run_lock
-from mezo_engine.arguments import ArgumentError, launched_world_size
+from mezo_engine import checkpoint_checks, distributed, lora, resources, run_lock
+from mezo_engine.arguments import ArgumentError, default_config_of, launched_world_size
 from mezo_engine.checkpoint import RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal, resolve_resume
 from mezo_engine.methods import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
-from mezo_engine.results import config_hash, publish_result, run_name
+from mezo_engine.results import config_hash, hashed_settings, publish_result, run_name
 from mezo_engine.status import Status
 from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, LedgerCallback, MezoTrainer
 
@@ -115,7 +115,8 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
         model = mode.prepare(model, objective, batches)
     except ModeError as err:
         raise ArgumentError(str(err)) from err
-    run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
+    run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base(),
+                                 settings=run_settings(args))
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flags, under torchrun
     callbacks = build_callbacks(args, metric, mode, run_state, comm)
     return MezoTrainer(model=model, args=args, callbacks=callbacks, objective=objective, evaluator=evaluator,
@@ -126,13 +127,38 @@ def _callback(trainer, cls):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
 
 
+def run_settings(args) -> dict:
+    """What a checkpoint records of the run and a resumed run must match: the settings in the result name's hash
+    (``results.hashed_settings``, against the app's defaults) and the mode, as JSON gives them back."""
+    defaults = default_config_of(type(args))
+    return checkpoint_checks.canonical({checkpoint_checks.MODE: args.mode,
+                                        **hashed_settings(args.to_dict(), args.keep_best_model, defaults)})
+
+
+def expected_of(args, trainer: MezoTrainer) -> checkpoint_checks.Expected:
+    """What a checkpoint must hold for ``trainer`` (model prepared, callbacks built) to continue from it."""
+    model, run_state = trainer.model, _callback(trainer, RunStateCallback)
+    groups = trainer.optimizer_groups(model)
+    return checkpoint_checks.Expected(
+        settings=run_state.settings, defaults=default_config_of(type(args)),
+        schedule_changes=lambda old, new, step: checkpoint_checks.schedule_changes(args, old, new, step),
+        weights=checkpoint_checks.saved_weight_shapes(model),
+        optimizer=None if groups is None else [[tuple(p.shape) for p in g["params"]] for g in groups],
+        callbacks={k: set(cb.state_dict()) for k, cb in run_state.stateful.items()
+                   if not getattr(cb, "optional_state", False)},  # the ledger: older checkpoints lack it
+        base={n: tuple(w.shape) for n, w in lora.base_weights(model).items()},
+        base_sha256=run_state.identity["base_sha256"])
+
+
 def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
-    """Fine-tune with ``trainer`` (resuming if asked); returns the trainer (``trainer.model`` is the trained model),
-    a summary for the result JSON and the status: completed, budget reached, interrupted at step N or diverged at
-    step N."""
-    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    """Fine-tune with ``trainer`` (resuming if asked, from a checkpoint that passes ``checkpoint_checks``); returns
+    the trainer (``trainer.model`` is the trained model), a summary for the result JSON and the status: completed,
+    budget reached, interrupted at step N or diverged at step N."""
+    expected = expected_of(args, trainer) if args.resume_from_checkpoint else None
+    checkpoint, state = resolve_resume(args.resume_from_checkpoint, args.output_dir,
+                                       lambda folder: checkpoint_checks.check(folder, expected))
     if checkpoint:
-        _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
+        _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint, state)
         check_budget_left(checkpoint, _callback(trainer, LedgerCallback))
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
@@ -173,8 +199,12 @@ def ledger_record(trainer: MezoTrainer) -> dict:
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
-    """The step a run resumes from: the N of its ``checkpoint-N`` folder (0 for a fresh start)."""
-    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
+    """The step a run resumes from: the N of its ``checkpoint-N`` folder, or for a folder named otherwise the
+    ``global_step`` in its ``trainer_state.json`` (0 for a fresh start)."""
+    if not checkpoint:
+        return 0
+    named = checkpoint_checks.named_step(Path(checkpoint))
+    return named if named is not None else checkpoint_checks.checkpoint_step(Path(checkpoint))
 
 
 def train_summary(trainer, summary: dict) -> dict:

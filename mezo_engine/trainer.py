@@ -208,22 +208,30 @@ class MezoTrainer(Trainer):
         super().log({**logs, **self.ledger.row()}, start_time)
 
     # ---- optimizer and schedule --------------------------------------------------------------------------
-    def create_optimizer(self, model=None):
-        model = model if model is not None else self.model
-        if self.args.trainer == "zo":
-            groups = zo_param_groups(zo_named_parameters(model, self.mode),
-                                     set(self.get_decay_parameter_names(model)), self.args.weight_decay)
-            self.optimizer = make_zo_optimizer(self.args, groups)
-            return self.optimizer
-        if self.mode is None:
-            return super().create_optimizer(model)
-        params = self.mode.optimizer_parameters(model)
+    def optimizer_groups(self, model) -> list[dict] | None:
+        """The parameter groups ``create_optimizer`` builds for ``model`` (None without a mode under --trainer
+        regular: the Trainer's own); a resumed run checks a checkpoint's optimizer state against them."""
         decay = set(self.get_decay_parameter_names(model))
+        if self.args.trainer == "zo":
+            return zo_param_groups(zo_named_parameters(model, self.mode), decay, self.args.weight_decay)
+        if self.mode is None:
+            return None
+        params = self.mode.optimizer_parameters(model)
         names = {id(p): n for n, p in model.named_parameters()}
         groups = [{"params": [p for p in params if names[id(p)] in decay], "weight_decay": self.args.weight_decay},
                   {"params": [p for p in params if names[id(p)] not in decay], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def create_optimizer(self, model=None):
+        model = model if model is not None else self.model
+        groups = self.optimizer_groups(model)
+        if groups is None:
+            return super().create_optimizer(model)
+        if self.args.trainer == "zo":
+            self.optimizer = make_zo_optimizer(self.args, groups)
+            return self.optimizer
         cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = cls([g for g in groups if g["params"]], **kwargs)
+        self.optimizer = cls(groups, **kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

@@ -11,7 +11,7 @@ from large_models import run
 from mezo_engine import models
 from mezo_engine.models import ModelError
 from large_models.tasks import DataError, get_task
-from tests.task_fixtures import NEGATIVE, POSITIVE
+from tests.task_fixtures import NEGATIVE, POSITIVE, write_sst2
 from tests.tiny import make_tokenizer, tiny_config
 
 GOOD_TSV = "sentence\tlabel\n" + "\n".join([f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE]) + "\n"
@@ -240,3 +240,40 @@ def test_position_limit_reads_each_architecture():
     assert models.position_limit(GPT2Config(n_positions=40)) == 40
     assert models.position_limit(LlamaConfig(max_position_embeddings=96)) == 96
     assert models.position_limit(object()) is None
+
+
+# ---- resuming from a checkpoint the run cannot continue honestly -----------------------------------------------
+CB_ROWS = [{"premise": f"Premise {i}.", "hypothesis": f"Hypothesis {i}.", "idx": i,
+            "label": ["entailment", "contradiction", "neutral"][i % 3]} for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def sst2_checkpoint(tmp_path_factory, tiny_opt_dir):
+    """(data folder with SST-2 and CB, checkpoint-3 of a 6-step SST-2 zo run, the flags of that run)."""
+    root = tmp_path_factory.mktemp("resume")
+    data = write_sst2(root)
+    for split in ("train", "val"):
+        _write(data / f"CB/{split}.jsonl", _jsonl(CB_ROWS))
+    flags = ["--model_name", str(tiny_opt_dir), "--task_name", "SST2", "--data_dir", str(data), "--num_train", "8",
+             "--num_eval", "4", "--trainer", "zo", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+             "--train_as_classification", "--report_to", "none", "--disable_tqdm", "True", "--max_steps", "6"]
+    run.main([*flags, "--save_strategy", "steps", "--save_steps", "3", "--output_dir", str(root / "ck"),
+              "--result_file", str(root / "a.json")])
+    return data, root / "ck" / "checkpoint-3", flags
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--task_name", "CB"], "made with other settings (checkpoint -> this run: --task_name SST2 -> CB)"),
+    (["--learning_rate", "1e-3"], "made with other settings (checkpoint -> this run: --learning_rate 5e-05 -> 0.001)"),
+    (["--max_steps", "2"], "--max_steps 2 is below the checkpoint's step 3; give --max_steps 3 or more"),
+    (["--max_steps", "9"], "--max_steps 9 (checkpoint: 6): with --lr_scheduler_type linear the schedule up to step "
+                           "3 depends on --max_steps"),
+])
+def test_resume_refuses_a_checkpoint_it_cannot_continue(tmp_path, sst2_checkpoint, change, message):
+    """The issue's reproduction: each case trained on and reported a "completed" result before."""
+    data, ckpt, flags = sst2_checkpoint
+    with pytest.raises(SystemExit) as err:
+        run.main([*flags, *change, "--resume_from_checkpoint", str(ckpt), "--output_dir", str(tmp_path / "o"),
+                  "--result_file", str(tmp_path / "b.json")])
+    assert str(err.value.code).startswith(f"run.py: error: --resume_from_checkpoint {ckpt}: {message}")
+    assert "\n" not in str(err.value.code) and not (tmp_path / "b.json").exists()

@@ -1,5 +1,6 @@
 """Preemption and divergence through the real CLI: a real signal to a real run.py process, and a huge LR."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from large_models import run
-from mezo_engine import lora
+from mezo_engine import checkpoint, lora
 from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +146,39 @@ def test_merge_warn_ratio_must_not_be_negative():
     from transformers import HfArgumentParser
     with pytest.raises(ArgumentError, match="--merge_warn_ratio -1.0: must be >= 0"):
         HfArgumentParser(Arguments).parse_args_into_dataclasses(args=["--merge_warn_ratio=-1"])
+
+
+class _Killed(BaseException):
+    """Stands for the process dying while it writes a checkpoint (not an Exception: nothing may handle it)."""
+
+
+def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint_and_auto_resumes_from_it(
+        tmp_path, tiny_opt_dir, sst2_dir, monkeypatch, caplog):
+    """--save_total_limit 1: checkpoint-3 goes only once checkpoint-6 is complete. The Trainer used to delete it
+    before run_state.pt was written, so a crash there left no checkpoint to resume from."""
+    command = _command(tmp_path, tiny_opt_dir, sst2_dir, "--max_steps", "8", "--save_strategy", "steps",
+                       "--save_steps", "3", "--save_total_limit", "1")[2:]  # run.main's argv
+    real_write, written = checkpoint.write_whole, []
+
+    def write_then_die(obj, path):
+        if path.parent.name == "checkpoint-6":
+            path.with_name(f".{path.name}.tmp").write_bytes(b"half a run st")
+            raise _Killed
+        written.append(path.parent.name)
+        real_write(obj, path)
+
+    monkeypatch.setattr(checkpoint, "write_whole", write_then_die)
+    with pytest.raises(_Killed):
+        run.main(command)
+    out = tmp_path / "out"
+    assert written == ["checkpoint-3"] and (out / "checkpoint-3" / RUN_STATE).is_file()
+    assert not (out / "checkpoint-6" / RUN_STATE).exists()
+    monkeypatch.setattr(checkpoint, "write_whole", real_write)
+    caplog.set_level(logging.INFO, logger="mezo_engine.checkpoint")
+    run.main(command)
+    assert f"skipping {out / 'checkpoint-6'}: no {RUN_STATE}" in caplog.text
+    assert f"resuming from {out / 'checkpoint-3'}" in caplog.text
+    result = _result(tmp_path)
+    assert result["status"] == "completed" and result["train"]["global_step"] == 8
+    assert [h["step"] for h in result["train"]["log_history"] if "loss" in h] == list(range(1, 9))
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-8", "damaged-checkpoint-6"]
