@@ -59,14 +59,16 @@ def resolve(args: Arguments, model, output_dir: str, dev_samples: list) -> Argum
     return run_config.resolve(args, output_dir, bool(dev_samples), max_length=capped_max_length(args, model))
 
 
-def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples) -> dict:
-    """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end)."""
+def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples,
+                      demo_sets: list | None = None) -> dict:
+    """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end).
+    ``demo_sets``: MeZO's in-context mode, ``demo_sets[i]`` before ``eval_samples[i]``."""
     demos = [] if args.learns else train_samples
     reserve = args.max_new_tokens if task.generation else 0
     cut = {"train": count_cut(tokenizer, task.template, train_samples if args.learns else [],
                               args.max_length, reserve=args.max_new_tokens if args.non_diff else 0),
            "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
-                             args.max_length, demos, reserve)}
+                             args.max_length, demos, reserve, demo_sets)}
     for split, n in cut.items():
         if n:
             logger.warning("%d %s prompt(s) are longer than --max_length %d tokens and lose their left end", n,
@@ -184,7 +186,7 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
               "num_train": len(demo_sets[0]) if demo_sets else len(train_samples),
               "num_dev": len(dev_samples), "num_eval": len(eval_samples), "train_from_validation": split,
-              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples),
+              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples, demo_sets),
               "world_size": distributed.world_size()}
     start = time.time()
     status = Status.completed()

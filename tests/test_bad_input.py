@@ -235,6 +235,22 @@ def test_max_length_is_capped_to_the_position_limit_and_cut_prompts_counted(tmp_
     assert "2 eval prompt(s) are longer than --max_length 64 tokens" in caplog.text
 
 
+def test_cut_prompts_are_counted_with_one_demonstration_set_per_example(tmp_path, short_opt_dir, caplog):
+    """MeZO's in-context default draws a demonstration set per evaluation example: short examples behind long
+    demonstrations are cut too, and counted."""
+    short = ["good", "bad", "fine film", "dull"]
+    _write(tmp_path / "SST-2/dev.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(short)))
+    long_rows = [f"{'a very long review ' * 6}{i}\t{i % 2}\n" for i in range(4)]  # > 64 byte tokens each
+    _write(tmp_path / "SST-2/train.tsv", "sentence\tlabel\n" + "".join(long_rows))
+    out = tmp_path / "r.json"
+    run.main(["--model_name", str(short_opt_dir), "--data_dir", str(tmp_path), "--result_file", str(out),
+              "--num_train", "1", "--max_length", "64"])
+    result = json.loads(out.read_text())
+    assert result["demonstrations"] == "one set per eval example"
+    assert result["prompts_cut"] == {"train": 0, "eval": 4}
+    assert "4 eval prompt(s) are longer than --max_length 64 tokens" in caplog.text
+
+
 def test_position_limit_reads_each_architecture():
     from transformers import GPT2Config, LlamaConfig
     assert models.position_limit(GPT2Config(n_positions=40)) == 40
