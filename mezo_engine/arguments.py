@@ -9,6 +9,8 @@ the model or the train set, once those are known), and an app freezes its argume
 """
 from __future__ import annotations
 
+import argparse
+import difflib
 import functools
 import os
 import sys
@@ -194,6 +196,10 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         """Yield one message per bad flag value."""
         if not self.zo_eps > 0:
             yield f"--zo_eps {self.zo_eps}: must be > 0"
+        for flag in ("seed", "data_seed"):
+            value = getattr(self, flag)
+            if value is not None and not 0 <= value < 2 ** 32:
+                yield f"--{flag} {value}: must be between 0 and 2**32 - 1 (numpy's seed range)"
         if sum((self.load_float16, self.load_bfloat16, self.load_float64)) > 1:
             given = [f for f in ("load_float16", "load_bfloat16", "load_float64") if getattr(self, f)]
             yield f"--{' and --'.join(given)}: choose one"
@@ -239,6 +245,9 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         if self.max_steps == 0 or self.max_steps < -1:
             yield (f"--max_steps {self.max_steps} with --trainer {self.trainer}: must be >= 1 "
                    f"(or -1 to train --num_train_epochs epochs)")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            yield (f"--num_train_epochs {self.num_train_epochs} with --trainer {self.trainer}: must be > 0 "
+                   f"(or give --max_steps >= 1)")
         if not self.learning_rate > 0:
             yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
 
@@ -352,10 +361,50 @@ def default_config_of(cls: type[EngineArguments]) -> dict:
 
 
 def parse_args_into(cls: type[EngineArguments], argv: list[str] | None = None, prog: str = "run.py"):
-    """Parse ``argv`` (default: sys.argv) into validated ``cls``; bad input exits with the message."""
-    parser = HfArgumentParser(cls)
+    """Parse ``argv`` (default: sys.argv) into validated ``cls``; bad input exits with one line naming it: an
+    unknown flag (with the closest known one), a value argparse cannot read, or the checks' problems."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    parser = HfArgumentParser(cls, exit_on_error=False)
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+        _, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise ArgumentError(unknown_flags(unknown, parser._option_string_actions))
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except argparse.ArgumentError as err:
+        parser.exit(2, f"{prog}: error: {unreadable_value(err, argv)}\n")
     except ArgumentError as err:
         parser.exit(2, f"{prog}: error: {err}\n")
     return args
+
+
+def unknown_flags(words: list[str], known) -> str:
+    """The message for the words argparse did not take: each unknown ``--flag`` with the closest known one."""
+    flags = [w.split("=")[0] for w in words if w.startswith("-")]
+    if not flags:
+        return f"unexpected argument(s) {' '.join(words)}: every value follows its --flag"
+    return "; ".join(f"{flag}: unknown flag{closest(flag, known)}" for flag in flags)
+
+
+def closest(name: str, known) -> str:
+    """``; did you mean X?`` for the known name closest to ``name`` (nothing when none is close)."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def unreadable_value(err: argparse.ArgumentError, argv: list[str]) -> str:
+    """argparse's complaint about a value, with a hint when the value is a negative number written after a space
+    (``--learning_rate -1e-3``: argparse takes ``-1e-3`` for a flag)."""
+    names = (err.argument_name or "").split("/")
+    after = [(w, argv[i + 1]) for i, w in enumerate(argv[:-1]) if w in names]
+    if after and after[0][1].startswith("-") and _is_number(after[0][1]):
+        flag, value = after[0]
+        return f"{flag} {value}: a negative value after a space reads as a flag; write {flag}={value}"
+    return str(err)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

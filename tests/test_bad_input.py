@@ -171,9 +171,18 @@ TRAIN = ["--trainer", "zo", "--num_train", "4"]
 
 @pytest.mark.parametrize("flags, message", [
     (TRAIN + ["--max_steps", "0"], "--max_steps 0 with --trainer zo: must be >= 1 (or -1"),
+    (["--trainer", "regular", "--num_train", "4", "--num_train_epochs", "0"],
+     "--num_train_epochs 0.0 with --trainer regular: must be > 0 (or give --max_steps >= 1)"),
     (["--trainer", "regular", "--num_train", "0"], "--num_train 0 with --trainer regular: nothing to train on"),
     (TRAIN + ["--learning_rate", "0"], "--learning_rate 0.0 with --trainer zo: must be > 0"),
     (TRAIN + ["--learning_rate=-1e-3"], "--learning_rate -0.001 with --trainer zo: must be > 0"),
+    (TRAIN + ["--learning_rate", "-1e-3"],
+     "--learning_rate -1e-3: a negative value after a space reads as a flag; write --learning_rate=-1e-3"),
+    (["--seed=-1"], "--seed -1: must be between 0 and 2**32 - 1"),
+    (["--seed", str(2 ** 32)], f"--seed {2 ** 32}: must be between 0 and 2**32 - 1"),
+    (["--xgblora_step_per_iteration", "5"],
+     "--xgblora_step_per_iteration: unknown flag; did you mean --xgblora_steps_per_iteration?"),
+    (["--max_stepz=5"], "--max_stepz: unknown flag; did you mean --max_steps?"),
     (["--load_float16", "--load_bfloat16"], "--load_float16 and --load_bfloat16: choose one"),
     (["--load_bfloat16", "--load_float64"], "--load_bfloat16 and --load_float64: choose one"),
     (["--xgblora"], "--xgblora with --trainer none: an adapter changes nothing until it is trained"),
