@@ -103,11 +103,12 @@ def _copy_model(src: Path, dst: Path, drop=()) -> Path:
     return dst
 
 
-def _model_error(tmp_path, model_name: str) -> str:
+def _model_error(tmp_path, model_name: str, *flags: str) -> str:
     _write(tmp_path / "data/SST-2/dev.tsv", GOOD_TSV)
+    _write(tmp_path / "data/SST-2/train.tsv", GOOD_TSV)
     with pytest.raises(SystemExit) as err:
         run.main(["--model_name", model_name, "--data_dir", str(tmp_path / "data"),
-                  "--result_file", str(tmp_path / "r.json")])
+                  "--result_file", str(tmp_path / "r.json"), *flags])
     return str(err.value.code)
 
 
@@ -156,6 +157,53 @@ def test_unreachable_hub_model_says_how_to_run_offline(tmp_path, monkeypatch):
     message = _model_error(tmp_path, "nobody-here/no-such-model-xyz")
     assert "--model_name 'nobody-here/no-such-model-xyz': cannot load it from the HuggingFace hub" in message
     assert "MODEL=smollm2-135m" in message and "local model directory" in message
+
+
+def _refused_before_loading(tmp_path, monkeypatch, model_dir, *flags) -> str:
+    """run.py's one-line error for ``model_dir`` with ``flags``, failing the test if the model's weights load."""
+    monkeypatch.setattr(run, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("loaded the model"))
+    return _model_error(tmp_path, str(model_dir), *flags)
+
+
+def test_a_masked_lm_is_refused_before_it_loads(tmp_path, monkeypatch):
+    from tests.tiny import save_tiny_mlm
+    mlm = save_tiny_mlm("roberta", tmp_path / "roberta")
+    message = _refused_before_loading(tmp_path, monkeypatch, mlm)
+    assert message == (f"run.py: error: --model_name '{mlm}': a masked LM (RobertaForMaskedLM); large_models runs "
+                       f"causal LMs, medium_models/run.py runs masked ones")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    small = tmp_path / "small-vocab"
+    AutoModelForCausalLM.from_config(tiny_config("opt", vocab_size=200)).save_pretrained(small)
+    make_tokenizer().save_pretrained(small)  # 260 tokens
+    message = _refused_before_loading(tmp_path, monkeypatch, small)
+    assert f"--model_name '{small}': its tokenizer has 260 tokens but the model's vocabulary only 200" in message
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--xgblora", "--xgblora_num_layers", "3"], "--xgblora_num_layers 3: larger than this model's 2 blocks"),
+    (["--prefix_tuning", "--num_prefix", "1025"], "--num_prefix 1025: more than this model's 1024 positions"),
+])
+def test_mode_flags_beyond_the_model_are_refused_before_it_loads(tmp_path, monkeypatch, tiny_opt_dir, flags,
+                                                                 message):
+    train = ["--trainer", "zo", "--num_train", "4", "--max_steps", "1"]
+    assert message in _refused_before_loading(tmp_path, monkeypatch, tiny_opt_dir, *train, *flags)
+
+
+def test_a_checkpoint_without_its_lm_head_is_refused(tmp_path):
+    """An untied LLaMA whose file lacks lm_head.weight: transformers would start the head random."""
+    from safetensors.torch import load_file, save_file
+    from tests.tiny import save_tiny
+    model = save_tiny("llama", tmp_path / "headless")
+    weights = load_file(model / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head.")}, model / "model.safetensors",
+              metadata={"format": "pt"})
+    message = _model_error(tmp_path, str(model))
+    assert message == (f"run.py: error: --model_name '{model}': its checkpoint has no lm_head.weight (the output "
+                       f"layer) and the config does not tie it to the input embeddings; transformers would start it "
+                       f"random. Give a complete checkpoint (or set tie_word_embeddings if the model was trained "
+                       f"tied)")
 
 
 def test_local_looking_names_are_not_sent_to_the_hub():

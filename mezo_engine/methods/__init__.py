@@ -23,7 +23,7 @@ from mezo_engine.methods import head, lora, prefix, xgblora
 from mezo_engine.methods.ft import CACHE_FRACTION, Mode, ModeError
 
 __all__ = ["CACHE_FRACTION", "FLAGS", "METHODS", "Method", "Mode", "ModeError", "mode_class", "mode_for",
-           "problems", "register", "resolve"]
+           "model_problems", "problems", "register", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,14 @@ class Method:
     mode: type[Mode]
     problems: Callable[[object], Iterator[str]] | None = None
     resolve: Callable[[object], None] | None = None
+    model_problems: Callable[[object, object], Iterator[str]] | None = None  # (args, config), before it loads
 
 
 METHODS: dict[str, Method] = {
     "ft": Method(Mode),
     "lora": Method(lora.LoraMode, lora.problems),
-    "xgblora": Method(xgblora.XGBLoraMode, xgblora.problems, xgblora.resolve),
-    "prefix": Method(prefix.PrefixMode, prefix.problems),
+    "xgblora": Method(xgblora.XGBLoraMode, xgblora.problems, xgblora.resolve, xgblora.model_problems),
+    "prefix": Method(prefix.PrefixMode, prefix.problems, model_problems=prefix.model_problems),
     "head": Method(head.HeadMode, head.problems),
 }
 # The methods' flag dataclasses, inherited by EngineArguments (one flat flag namespace, MeZO's names).
@@ -73,6 +74,13 @@ def problems(args) -> Iterator[str]:
     for method in METHODS.values():
         if method.problems is not None:
             yield from method.problems(args)
+
+
+def model_problems(args, config) -> Iterator[str]:
+    """Every registered mode's checks of its flags against the model's config (read before the model loads)."""
+    for method in METHODS.values():
+        if method.model_problems is not None:
+            yield from method.model_problems(args, config)
 
 
 def resolve(args) -> None:

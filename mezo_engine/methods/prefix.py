@@ -8,6 +8,7 @@ import torch
 
 from mezo_engine import prefix
 from mezo_engine.methods.ft import Mode
+from mezo_engine.models import position_limit
 
 
 @dataclass
@@ -38,6 +39,14 @@ def problems(args):
         yield ("--prefix_init_by_real_act with --no_reparam False: real activations set the prefix keys and "
                "values directly, which the reparameterisation computes instead; pass --no_reparam, or "
                "--prefix_init_by_real_act False")
+
+
+def model_problems(args, config):
+    """The prefix flags against the model's config, before it loads: ``--num_prefix`` within its positions (the
+    prefix occupies them when its keys and values are computed, and a learned position table ends there)."""
+    limit = position_limit(config)
+    if args.prefix_tuning and limit is not None and args.num_prefix > limit:
+        yield f"--num_prefix {args.num_prefix}: more than this model's {limit} positions"
 
 
 class PrefixMode(Mode):
