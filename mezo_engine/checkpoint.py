@@ -130,8 +130,15 @@ class StopOnSignal(TrainerCallback):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore_handlers(self) -> None:
+        """Put the previous handlers back; after a stop, ignore SIGTERM and SIGUSR1 instead, so that a repeated one
+        (a scheduler sending SIGTERM twice) cannot end the process with 143 before it exits with RESUMABLE_EXIT.
+        Ignored at the OS level (``SIG_IGN``): a Python handler is reset to the default at interpreter exit. A
+        second Ctrl-C (SIGINT) still ends the process, as a person at a terminal expects."""
+        ignored = [s for s in self._previous if self.stopped and s != signal.SIGINT]
+        if ignored:
+            logger.info("stopping: %s ignored from now on", ", ".join(s.name for s in ignored))
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else handler)
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:

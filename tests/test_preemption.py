@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from large_models import run
 from mezo_engine import lora
-from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE
+from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE, StopOnSignal
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 200
@@ -38,6 +39,45 @@ def _signal_after_first_step(command, sig):
             break
     out, err = proc.communicate(timeout=120)
     return proc.returncode, "".join(seen) + out, err
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_repeated_signal_after_the_stop_cannot_end_the_process(stop):
+    """Once a stop is decided, a second SIGTERM must not reach the previous handler (in run.py the default one,
+    which ends the process with 143 although the checkpoint is written); without a stop the previous handler
+    comes back. A recording handler stands in for the default one."""
+    from transformers import TrainerControl, TrainerState
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        stopper = StopOnSignal()
+        stopper.install()
+        if stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        control = TrainerControl()
+        stopper.on_step_end(None, TrainerState(global_step=3), control)
+        stopper.restore_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (stopper.stopped, control.should_save) == ((("SIGTERM", 3), True) if stop else (None, False))
+    assert seen == ([] if stop else [signal.SIGTERM])
+
+
+@pytest.mark.slow
+def test_two_sigterms_in_quick_succession_exit_resumably(tmp_path, tiny_opt_dir, sst2_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_command(tmp_path, tiny_opt_dir, sst2_dir), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if "'loss'" in line:
+            for gap in (0.0, 0.15):
+                time.sleep(gap)
+                proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == RESUMABLE_EXIT, err[-3000:]
+    assert _result(tmp_path)["status"].startswith("interrupted at step ")
 
 
 def _result(tmp_path):
