@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                     MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
+from mezo_engine import hub
 from mezo_engine.placement import place
 
 logger = logging.getLogger(__name__)
@@ -177,8 +178,14 @@ def position_limit(config) -> int | None:
     return None
 
 
+def hub_options(path: str) -> dict:
+    """``from_pretrained`` options for ``path`` (``resolve_model_path``'s answer): a hub id while the hub is offline
+    (``hub.offline_reason``) is read from the local cache only, without the libraries' retries."""
+    return {"local_files_only": True} if not Path(path).exists() and hub.offline_reason() else {}
+
+
 def load_tokenizer(path: str, model_type: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **hub_options(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # answers end every row, right-aligned, so logits are needed at the end only
@@ -210,7 +217,8 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
     path = resolve_model_path(name)
     extra = {"quantization_config": int8_config(), "device_map": "auto"} if int8 else {}
     try:
-        model, info = auto_class.from_pretrained(path, dtype=dtype, output_loading_info=True, **extra)
+        model, info = auto_class.from_pretrained(path, dtype=dtype, output_loading_info=True, **extra,
+                                                 **hub_options(path))
         tokenizer = load_tokenizer(path, model.config.model_type)
     except Exception as err:  # damaged weights, unknown architectures and hub errors all surface here
         raise ModelError(_load_failure(name, path, err)) from err
@@ -230,7 +238,7 @@ def load_config(name: str):
     Raises ModelError naming ``--model_name`` when it cannot be read."""
     path = resolve_model_path(name)
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, **hub_options(path))
     except Exception as err:  # hub unreachable, unknown model type, damaged config
         raise ModelError(_load_failure(name, path, err)) from err
 
@@ -268,7 +276,7 @@ def check_before_loading(name: str, problems=lambda config: ()) -> None:
     config = load_config(name)
     path = resolve_model_path(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_options(path))
     except Exception as err:
         raise ModelError(_load_failure(name, path, err)) from err
     found = [p for p in (vocabulary_problem(name, config, tokenizer), *problems(config)) if p]
@@ -299,5 +307,8 @@ def _load_failure(name: str, path: str, err: Exception) -> str:
     if Path(path).is_dir():
         return (f"--model_name {name!r}: cannot load the model in {path} (damaged weights or config?): "
                 f"{type(err).__name__}: {first_line}")
-    return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which may be unreachable or not "
-            f"know this id ({type(err).__name__}: {first_line}); {OFFLINE_MODEL_HINT}")
+    if reason := hub.offline_reason():
+        return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which is unreachable ({reason}), "
+                f"and it is not in the local cache; {OFFLINE_MODEL_HINT}")
+    return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which may not know this id "
+            f"({type(err).__name__}: {first_line}); {OFFLINE_MODEL_HINT}")

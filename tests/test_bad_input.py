@@ -1,6 +1,10 @@
 """Bad input gets a clear error naming the file, line or flag (never a raw traceback), or a stated behaviour."""
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,12 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from large_models import run
-from mezo_engine import models
+from mezo_engine import hub, models
 from mezo_engine.models import ModelError
 from large_models.tasks import DataError, get_task
 from tests.task_fixtures import NEGATIVE, POSITIVE
 from tests.tiny import make_tokenizer, tiny_config
 
+REPO = Path(__file__).resolve().parent.parent
 GOOD_TSV = "sentence\tlabel\n" + "\n".join([f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE]) + "\n"
 RTE_ROW = {"premise": "It rains.", "hypothesis": "It is wet.", "idx": 0, "label": "entailment"}
 
@@ -204,6 +209,66 @@ def test_a_checkpoint_without_its_lm_head_is_refused(tmp_path):
                        f"layer) and the config does not tie it to the input embeddings; transformers would start it "
                        f"random. Give a complete checkpoint (or set tie_word_embeddings if the model was trained "
                        f"tied)")
+
+
+def _closed_port_url() -> str:
+    """An endpoint on this machine that refuses connections: a port the kernel just handed out and that is closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_the_hub_probe_tells_a_closed_port_from_a_listening_one():
+    assert "does not answer: Connection refused" in hub.probe(_closed_port_url())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert hub.probe(f"http://127.0.0.1:{sock.getsockname()[1]}") is None
+
+
+def test_the_hub_probe_connects_to_the_proxy_the_environment_names(monkeypatch):
+    proxy = _closed_port_url()
+    monkeypatch.setenv("https_proxy", proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert hub.first_hop("https://hub.example:8443").geturl() == proxy
+    assert f"(through the proxy {proxy}) does not answer" in hub.probe("https://hub.example:8443")
+    monkeypatch.setenv("no_proxy", "hub.example")
+    assert hub.first_hop("https://hub.example:8443").port == 8443
+
+
+def test_an_unreachable_hub_fails_the_model_without_retries(tmp_path, monkeypatch, caplog):
+    for name in hub.OFFLINE_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    url = _closed_port_url()
+    monkeypatch.setattr(hub, "endpoint", lambda: url)
+    message = _model_error(tmp_path, "nobody-here/no-such-model-xyz")
+    assert message == (f"run.py: error: --model_name 'nobody-here/no-such-model-xyz': cannot load it from the "
+                       f"HuggingFace hub, which is unreachable ({url} does not answer: Connection refused), and it "
+                       f"is not in the local cache; {models.OFFLINE_MODEL_HINT}")
+    assert "Retrying" not in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, message", [
+    (["--model_name", "facebook/opt-125m", "--data_dir", "DATA"], "--model_name 'facebook/opt-125m': cannot load it "
+                                                                    "from the HuggingFace hub, which is unreachable"),
+    ([], "cannot reach the HuggingFace hub to load nyu-mll/glue (unreachable: "),
+])
+def test_an_unreachable_hub_endpoint_fails_in_one_try(tmp_path, sst2_dir, flags, message):
+    """run.py in a process of its own with HF_ENDPOINT on a closed local port and an empty cache: one line, and
+    none of the libraries' retries (each a sleep of seconds)."""
+    url = _closed_port_url()
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    for name in hub.OFFLINE_SWITCHES:
+        env.pop(name, None)
+    flags = [str(sst2_dir) if f == "DATA" else f for f in flags]
+    done = subprocess.run([sys.executable, "large_models/run.py", "--task_name", "SST2", "--result_file",
+                           str(tmp_path / "r.json"), *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Retrying" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run.py: error: {message}") and f"{url} does not answer" in last
 
 
 def test_local_looking_names_are_not_sent_to_the_hub():
