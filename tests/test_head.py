@@ -289,7 +289,7 @@ def test_head_flags_name_their_own_run():
     (["--trainer", "regular", "--linear_probing", "--lora"], "lp-lora"),
 ])
 def test_mode_names(flags, mode):
-    assert parse_args(["--num_train", "4", *flags]).mode == mode
+    assert parse_args(["--num_train", "8", *flags]).mode == mode
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------
