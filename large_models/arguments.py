@@ -8,7 +8,7 @@ from typing import Literal
 
 from large_models import task_table
 from large_models.tasks import TASKS
-from mezo_engine.arguments import ArgumentError, EngineArguments, default_config_of, parse_args_into
+from mezo_engine.arguments import ArgumentError, EngineArguments, default_config_of, flag_names, parse_args_into
 from mezo_engine.linear_probe import NUM_FOLDS
 
 __all__ = ["ArgumentError", "Arguments", "GENERATION_TASKS", "KNOWN_TASKS", "default_config", "parse_args"]
@@ -126,3 +126,7 @@ def default_config() -> dict:
 def parse_args(argv: list[str] | None = None) -> Arguments:
     """Parse ``argv`` (default: sys.argv) into validated Arguments; bad input exits with the message."""
     return parse_args_into(Arguments, argv)
+
+
+if __name__ == "__main__":  # every flag run.py takes, one a line: what scripts/sweeps checks its files against
+    print("\n".join(flag_names(Arguments)))

@@ -360,6 +360,12 @@ def default_config_of(cls: type[EngineArguments]) -> dict:
     return cls().to_dict()
 
 
+def flag_names(cls: type[EngineArguments]) -> list[str]:
+    """Every option string run.py takes for ``cls`` (both spellings, upstream's aliases, ``--no_<flag>``), sorted;
+    printed by ``python -m large_models.arguments`` for tools that must not import the engine (``scripts/sweeps``)."""
+    return sorted(o for action in HfArgumentParser(cls)._actions for o in action.option_strings)
+
+
 def parse_args_into(cls: type[EngineArguments], argv: list[str] | None = None, prog: str = "run.py"):
     """Parse ``argv`` (default: sys.argv) into validated ``cls``; bad input exits with one line naming it: an
     unknown flag (with the closest known one), a value argparse cannot read, or the checks' problems."""

@@ -11,6 +11,7 @@ This module is also the drivers' command (run by path, so it needs no installed 
     python3 mezo_engine/registry.py modes                      # ft lora xgblora prefix head
     python3 mezo_engine/registry.py defaults MODE DRIVER [ZO]  # LR=1e-5 EPS=1e-3
     python3 mezo_engine/registry.py driver MODE DRIVER         # shell assignments: MODE_ARGS, MODE_TAG, DEFAULT_*
+    python3 mezo_engine/registry.py variables [SCRIPT]         # the variables SCRIPT (default: every driver) reads
 
 ``DRIVER`` is one of ``DRIVERS``; ``driver`` reads the method's environment variables (``LORA_R``, ...).
 """
@@ -21,10 +22,16 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DRIVERS = ("mezo", "finetune", "medium-mezo", "medium-finetune")
+REPO = Path(__file__).resolve().parent.parent
+DRIVER_FOLDERS = (".", "large_models", "medium_models")  # where the shell drivers are, in the repository
 BASE = "ft"  # full-parameter training: the mode of a run that selects none
 _ENV = re.compile(r"\{(\w+):([^}]*)\}")  # {VARIABLE:default} in a driver flag or tag
+_READ = re.compile(r"\$\{([A-Za-z_]\w*):?[-=?+]")  # ${VAR:-default} and its kin: a script reads VAR from the environment
+_CALLED = re.compile(r"(?:source|bash)\s+\"[^\n]*?(/[\w.-][\w./-]*\.sh)\"")  # "$HERE/common.sh": a script it runs
+_RESOLVES_MODE = re.compile(r"^\s*mode_args\s+\S", re.M)  # calls drivers.sh's mode_args: reads the modes' variables
 
 
 class RegistryError(ValueError):
@@ -133,6 +140,26 @@ def driver_variables() -> set[str]:
     return {m.group(1) for t in texts for m in _ENV.finditer(t)}
 
 
+def script_variables(path: Path, seen: set | None = None) -> set[str]:
+    """The environment variables the shell script at ``path`` reads (``${VAR:-default}`` and its kin), with those
+    of the scripts it sources or runs by a literal path (``source "$HERE/common.sh"``, taken from its folder) and,
+    when it resolves a mode (``mode_args``), the modes' own (``driver_variables``)."""
+    path, seen = Path(path).resolve(), set() if seen is None else seen
+    if path in seen or not path.is_file():
+        return set()
+    seen.add(path)
+    text = path.read_text(encoding="utf-8")
+    found = set(_READ.findall(text)) | (driver_variables() if _RESOLVES_MODE.search(text) else set())
+    for relative in _CALLED.findall(text):
+        found |= script_variables(path.parent / relative.lstrip("/"), seen)
+    return found
+
+
+def all_script_variables() -> set[str]:
+    """What every shell driver of the repository reads (``script_variables`` of each)."""
+    return {v for folder in DRIVER_FOLDERS for script in (REPO / folder).glob("*.sh") for v in script_variables(script)}
+
+
 def driver_assignments(mode: str, driver: str, env: dict[str, str]) -> str:
     """Shell assignments of ``MODE_ARGS`` (run.py flags), ``MODE_TAG``, ``DEFAULT_LR`` and ``DEFAULT_EPS``."""
     spec, chosen = adapter(mode), defaults(mode, driver)
@@ -146,7 +173,9 @@ def main(argv: list[str]) -> int:
     """The drivers' command (see the module docstring); an unknown name prints the error and returns 2."""
     commands = {"modes": lambda: " ".join(ADAPTERS),
                 "defaults": lambda mode, driver, zo="sgd": "LR={0.lr} EPS={0.eps}".format(defaults(mode, driver, zo)),
-                "driver": lambda mode, driver: driver_assignments(mode, driver, dict(os.environ))}
+                "driver": lambda mode, driver: driver_assignments(mode, driver, dict(os.environ)),
+                "variables": lambda script=None: " ".join(sorted(script_variables(script) if script
+                                                                  else all_script_variables()))}
     if not argv or argv[0] not in commands:
         print(f"usage: registry.py {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2
