@@ -1,10 +1,12 @@
 """Bad input gets a clear error naming the file, line or flag (never a raw traceback), or a stated behaviour."""
+import errno
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -371,6 +373,39 @@ def test_cut_prompts_are_counted_with_one_demonstration_set_per_example(tmp_path
     assert result["demonstrations"] == "one set per eval example"
     assert result["prompts_cut"] == {"train": 0, "eval": 4}
     assert "4 eval prompt(s) are longer than --max_length 64 tokens" in caplog.text
+
+
+# ---- a disk that does not take the run's files ----------------------------------------------------------
+def test_an_unwritable_output_dir_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """A read-only folder, simulated (the tests may run as root, for whom chmod does not bar writing)."""
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    message = _refused_before_loading(tmp_path, monkeypatch, "unused-model", "--output_dir", str(locked / "out"))
+    assert message == (f"run.py: error: output folder {locked / 'out'} (--output_dir): cannot write in {locked} "
+                       f"(Permission denied); choose another --output_dir")
+
+
+def test_a_result_the_disk_cannot_take_is_printed_not_lost(tmp_path, tiny_opt_dir, monkeypatch, capsys):
+    from mezo_engine import results
+
+    def full(path, result):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(results, "write_result", full)
+    out = tmp_path / "r.json"  # _model_error's result path
+    message = _model_error(tmp_path, str(tiny_opt_dir), "--num_eval", "4")
+    assert message == (f"run.py: error: cannot write the result to {out}: the run finished, its result JSON is "
+                       f"printed above on stderr (copy it to that path); make room or fix the folder's permissions")
+    err = capsys.readouterr().err
+    result, _ = json.JSONDecoder().raw_decode(err[err.index("{\n"):])
+    assert result["status"] == "completed" and result["num_eval"] == 4 and "accuracy" in result["eval"]
+    assert not out.exists()
 
 
 def test_position_limit_reads_each_architecture():
