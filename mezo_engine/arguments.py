@@ -29,7 +29,7 @@ from mezo_engine.zo_methods import spsa
 ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
-ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb")
+ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout")
 
 
 class ArgumentError(ValueError):
@@ -74,6 +74,12 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
     trainer: Literal["none", "regular", "zo"] = field(default="none", metadata={
         "help": "none: zero-shot / in-context evaluation; regular: backprop fine-tuning; zo: MeZO."})
     zo_eps: float = field(default=1e-3, metadata={"help": "MeZO perturbation scale eps."})
+    zo_stall_timeout: float = field(default=600.0, metadata={
+        "help": "zo under torchrun: seconds a rank waits in the zo step's all-reduce (and the ranks' agreement "
+                "after each step) before it ends the job, naming the ranks that did not answer, with exit status 75 "
+                "(resume from the latest checkpoint). The first step and the step after a checkpoint save or a dev "
+                "evaluation wait as long as the process group allows (--ddp_timeout), so slow loads and long "
+                "saves are not cut short. 0: no bound."})
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
@@ -196,6 +202,8 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         """Yield one message per bad flag value."""
         if not self.zo_eps > 0:
             yield f"--zo_eps {self.zo_eps}: must be > 0"
+        if not self.zo_stall_timeout >= 0:
+            yield f"--zo_stall_timeout {self.zo_stall_timeout}: must be >= 0 (0: no bound)"
         for flag in ("seed", "data_seed"):
             value = getattr(self, flag)
             if value is not None and not 0 <= value < 2 ** 32:

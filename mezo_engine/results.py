@@ -47,6 +47,8 @@ NOT_IN_HASH = frozenset({
     "per_device_eval_batch_size", "eval_accumulation_steps", "dataloader_num_workers", "dataloader_pin_memory",
     "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
     "torch_empty_cache_steps", "local_rank",
+    # how long a rank waits for a stalled one: it ends a hung job, never changes a finished one
+    "zo_stall_timeout",
     # where the data files lie, not what they hold (local files and the hub give the same samples, tested)
     "data_dir",
     # aliases, copied into eval_strategy, zo_num_samples and zo_sample_scheduler

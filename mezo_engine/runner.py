@@ -27,7 +27,8 @@ from mezo_engine.placement import placement
 from mezo_engine.results import (ResultPathError, check_output_dir, config_hash, publish_result, run_name,
                                  strict)
 from mezo_engine.status import Status
-from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, MezoTrainer
+from mezo_engine.trainer import (BestModelCallback, DivergenceCallback, DivergenceError, MezoTrainer,
+                                 StallCallback)
 
 logger = logging.getLogger("run")
 
@@ -91,14 +92,17 @@ def model_placement(args) -> str:
 
 
 def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
-                    comm: distributed.CommCounter | None = None) -> list:
+                    comm: distributed.CommCounter | None = None,
+                    stall: distributed.StallGuard | None = None) -> list:
     """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``metric``:
-    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduce under torchrun."""
+    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduce under torchrun and
+    ``stall`` bounds its wait (armed by ``StallCallback``)."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
     run_state.stateful = stateful
-    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm),
+    stall = stall if stall is not None else distributed.StallGuard()
+    return [*stateful.values(), run_state, StallCallback(stall), StopOnSignal(args.save_on_interrupt, comm, stall),
             DivergenceCallback(args.divergence_limits)]
 
 
@@ -117,8 +121,10 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
         raise ArgumentError(str(err)) from err
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
-    return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm),
-                       objective=objective, evaluator=evaluator, mode=mode, comm=comm, **trainer_kwargs)
+    stall = distributed.StallGuard.open(args.zo_stall_timeout if args.trainer == "zo" else 0.0)  # on every rank
+    return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm, stall),
+                       objective=objective, evaluator=evaluator, mode=mode, comm=comm, stall=stall,
+                       **trainer_kwargs)
 
 
 def _callback(trainer, cls):
@@ -141,6 +147,9 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     except DivergenceError as err:
         logger.error("%s", err)
         status, summary["error"] = Status.diverged(err.step), str(err)
+    except distributed.StalledRanks as err:  # no collective can run any more: no summary, no result
+        raise RunStopped(f"run.py: error: {err}; ending the job (exit {RESUMABLE_EXIT}) to resume from its latest "
+                         f"checkpoint (--zo_stall_timeout)", RESUMABLE_EXIT, error=True, abandon=True) from err
     except Exception as err:  # a checkpoint the disk could not take: stop resumably, else a real error
         message = disk.failed_checkpoint(err, args.output_dir, trainer.state.global_step, RUN_STATE)
         if message is None:
@@ -244,10 +253,11 @@ class RunStopped(Exception):
     """Training stopped early (a signal, divergence, a checkpoint the disk could not take); the result JSON says
     so. ``exit_code`` for run.py; ``error``: the message is an error for stderr, not a warning for the log."""
 
-    def __init__(self, message: str, exit_code: int, error: bool = False):
+    def __init__(self, message: str, exit_code: int, error: bool = False, abandon: bool = False):
         super().__init__(message)
         self.exit_code = exit_code  # RESUMABLE_EXIT after a signal or a failed checkpoint, 1 after divergence
         self.error = error
+        self.abandon = abandon  # the process group is broken (a stalled rank): exit without leaving it
 
 
 def stopped_run(args, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
@@ -270,6 +280,11 @@ def exit_stopped(stop: RunStopped):
     signal (the message logged as a warning) or a checkpoint the disk could not take (the message on stderr)."""
     if stop.exit_code != RESUMABLE_EXIT:
         raise SystemExit(str(stop))
+    if stop.abandon:  # a rank stopped answering: leaving the group could wait for it, or abort the process
+        print(stop, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        release_output_dirs()
+        os._exit(stop.exit_code)
     if stop.error:
         print(stop, file=sys.stderr)
         raise SystemExit(stop.exit_code)

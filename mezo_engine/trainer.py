@@ -110,15 +110,17 @@ class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
     def __init__(self, *args, objective: Objective, evaluator: Callable[[torch.nn.Module], dict[str, float]] | None,
-                 mode=None, comm: distributed.CommCounter | None = None, **kwargs):
+                 mode=None, comm: distributed.CommCounter | None = None,
+                 stall: distributed.StallGuard | None = None, **kwargs):
         """``objective(model, batch) -> loss``: the training loss; ``evaluator(model) -> {metric: value}``: the dev
         evaluation (None: the run has no dev set, ``evaluate`` returns nothing). Both come from the app, which
         knows its prompts and flags; the trainer builds neither. ``mode``: the run's ``methods.Mode`` (which
         parameters the regular optimizer covers); ``comm``: counts the bytes of the zo loss all-reduces across
-        ranks."""
+        ranks; ``stall``: bounds their waits (``distributed.StallGuard``, armed by ``StallCallback``)."""
         super().__init__(*args, **kwargs)
         self.objective, self.evaluator = objective, evaluator
         self.comm = comm if comm is not None else distributed.CommCounter()
+        self.stall = stall if stall is not None else distributed.StallGuard()
         self.mode = mode
         self._total: int | None = None
         self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
@@ -165,11 +167,12 @@ class MezoTrainer(Trainer):
         batch weights (one all-reduce of two float64 per call; a single process skips it)."""
         weight = batch_weight(self.objective, inputs) if distributed.active() else 1.0
         mode = self._run_mode()
+        what = f"the zo step's all-reduce at step {self.state.global_step + 1}"
 
         def loss_fn() -> float:
             with torch.no_grad(), mode.forward_context(model):
                 local = self.compute_loss(model, inputs).item()
-            return distributed.weighted_mean(local, weight, self.comm)
+            return distributed.weighted_mean(local, weight, self.comm, self.stall, what)
         return loss_fn
 
     def _run_mode(self) -> methods.Mode:
@@ -274,6 +277,27 @@ class BestModelCallback(TrainerCallback):
             for name, value in self._snapshot.items():
                 params[name].copy_(value)
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
+
+
+class StallCallback(TrainerCallback):
+    """Arms the run's ``distributed.StallGuard`` once the ranks have met in a step, and disarms it for the waits
+    that may legitimately be long: the first step (ranks load and resume at their own pace), and the step after a
+    checkpoint save (rank 0 writes while the others go on) or a dev evaluation."""
+
+    def __init__(self, guard: distributed.StallGuard):
+        self.guard = guard
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.guard.armed = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.guard.armed = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.guard.armed = False
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.guard.armed = False
 
 
 class DivergenceCallback(TrainerCallback):
