@@ -1,22 +1,27 @@
 """The methods by name and what the shell drivers need of them: imports neither torch nor transformers.
 
-Two tables, one entry per method: ``ADAPTERS`` (the training modes: how a method attaches to the model; their code
-is ``mezo_engine/methods/<name>.py``) and ``ZO_METHODS`` (the ``--zo_optimizer`` choices; their code is
-``mezo_engine/zo_methods/<name>.py``). An entry holds only data: the flag that selects the method, the flags a
-driver passes from its environment, the tag part, and the default LR / EPS of each driver. The torch side finds
-its classes under the same names (``methods.MODES``, ``zo_methods.ZO_METHODS``; a test checks they agree).
+Two tables, one entry per method: ``ADAPTERS`` (the training modes: how a method attaches to the model) and
+``ZO_METHODS`` (the ``--zo_optimizer`` choices). Both are read from the method files themselves: every module
+``mezo_engine/methods/<name>.py`` or ``mezo_engine/zo_methods/<name>.py`` that assigns a literal ``DRIVER = {...}``
+is the method ``<name>``, and that literal is its entry (read with ``ast.literal_eval``, so nothing is imported).
+An entry holds only data: the flag that selects the method, the flags a driver passes from its environment, the
+tag part, and the default LR / EPS of each driver. The torch side imports the same files in the same order
+(``methods.METHODS``, ``zo_methods.ZO_METHODS``), so adding a method is adding its file.
 
 This module is also the drivers' command (run by path, so it needs no installed package):
 
     python3 mezo_engine/registry.py modes                      # ft lora xgblora prefix head
     python3 mezo_engine/registry.py defaults MODE DRIVER [ZO]  # LR=1e-5 EPS=1e-3
-    python3 mezo_engine/registry.py driver MODE DRIVER         # shell assignments: MODE_ARGS, MODE_TAG, DEFAULT_*
+    python3 mezo_engine/registry.py driver MODE DRIVER [ZO]    # shell assignments: MODE_ARGS, MODE_TAG, ZO_ARGS,
+                                                               # DEFAULT_*
     python3 mezo_engine/registry.py variables [SCRIPT]         # the variables SCRIPT (default: every driver) reads
 
-``DRIVER`` is one of ``DRIVERS``; ``driver`` reads the method's environment variables (``LORA_R``, ...).
+``DRIVER`` is one of ``DRIVERS``; ``driver`` reads the method's environment variables (``LORA_R``, ...); ``ZO``
+(the drivers' variable of that name, for the MeZO drivers only) is the ZO method.
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -25,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DRIVERS = ("mezo", "finetune", "medium-mezo", "medium-finetune")
-REPO = Path(__file__).resolve().parent.parent
 DRIVER_FOLDERS = (".", "large_models", "medium_models")  # where the shell drivers are, in the repository
+ZO_DRIVERS = ("mezo", "medium-mezo")  # the drivers that train with --trainer zo
 BASE = "ft"  # full-parameter training: the mode of a run that selects none
+ZO_BASE = "sgd"  # MeZO's ZO-SGD: the --zo_optimizer of a run that names none
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 _ENV = re.compile(r"\{(\w+):([^}]*)\}")  # {VARIABLE:default} in a driver flag or tag
 _READ = re.compile(r"\$\{([A-Za-z_]\w*):?[-=?+]")  # ${VAR:-default} and its kin: a script reads VAR from the environment
 _CALLED = re.compile(r"(?:source|bash)\s+\"[^\n]*?(/[\w.-][\w./-]*\.sh)\"")  # "$HERE/common.sh": a script it runs
@@ -77,29 +85,67 @@ def _defaults(mezo: Defaults, finetune: str, medium_mezo: Defaults, medium_finet
             "medium-finetune": Defaults(medium_finetune, medium_mezo.eps)}
 
 
-# MeZO's advice: prefix tuning LR 1e-3 (zo, EPS 1e-1) or 1e-2 (regular). Upstream's medium-model README: MeZO
-# full-parameter 1e-6, MeZO + LoRA 1e-4, Adam 1e-5, Adam + LoRA 1e-4; XGBLoRA's boosters take LoRA's. Prefix tuning
-# is not built for masked LMs (medium_models/run.py says so); its medium defaults are the large ones.
-_FULL = _defaults(Defaults("1e-5"), "1e-5", Defaults("1e-6"), "1e-5")
-_ADAPTER = _defaults(Defaults("1e-5"), "1e-5", Defaults("1e-4"), "1e-4")
-_PREFIX = _defaults(Defaults("1e-3", "1e-1"), "1e-2", Defaults("1e-3", "1e-1"), "1e-2")
-_ADAPTS = "an adapter changes nothing until it is trained"
+# Default sets a method's DRIVER names with ``"defaults": "<preset>"``. MeZO's advice: prefix tuning LR 1e-3 (zo,
+# EPS 1e-1) or 1e-2 (regular). Upstream's medium-model README: MeZO full-parameter 1e-6, MeZO + LoRA 1e-4, Adam
+# 1e-5, Adam + LoRA 1e-4; XGBLoRA's boosters take LoRA's. Prefix tuning is not built for masked LMs
+# (medium_models/run.py says so); its medium defaults are the large ones.
+PRESETS: dict[str, dict[str, Defaults]] = {
+    "full": _defaults(Defaults("1e-5"), "1e-5", Defaults("1e-6"), "1e-5"),
+    "adapter": _defaults(Defaults("1e-5"), "1e-5", Defaults("1e-4"), "1e-4"),
+    "prefix": _defaults(Defaults("1e-3", "1e-1"), "1e-2", Defaults("1e-3", "1e-1"), "1e-2"),
+}
 
-ADAPTERS: dict[str, AdapterSpec] = {s.name: s for s in (
-    AdapterSpec(BASE, None, _FULL),
-    AdapterSpec("lora", "lora", _ADAPTER, ("--lora_r", "{LORA_R:8}", "--lora_alpha", "{LORA_ALPHA:16}"),
-                untrained=_ADAPTS),
-    AdapterSpec("xgblora", "xgblora", _ADAPTER,
-                ("--xgblora_rank", "{XGBLORA_RANK:1}", "--lora_alpha", "{LORA_ALPHA:16}",
-                 "--xgblora_steps_per_iteration", "{XGBLORA_STEPS:1000}", "--xgblora_num_layers", "{XGBLORA_LAYERS:0}"),
-                tag="xgblora-k{XGBLORA_STEPS:1000}", untrained=_ADAPTS),
-    AdapterSpec("prefix", "prefix_tuning", _PREFIX,
-                ("--num_prefix", "{NUM_PREFIX:5}", "--no_reparam", "--prefix_init_by_real_act"),
-                untrained="nothing would train the prefix"),
-    AdapterSpec("head", "head_tuning", _FULL, untrained="nothing would train the head"),
-)}
 
-ZO_METHODS: dict[str, ZoSpec] = {s.name: s for s in (ZoSpec("sgd"), ZoSpec("momentum"), ZoSpec("adam"))}
+def declared(folder: Path) -> dict[str, dict]:
+    """``{name: DRIVER literal}`` of the modules in ``folder`` that assign one, by file name."""
+    found = {}
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DRIVER" for t in node.targets):
+                found[path.stem] = _literal(node.value, path)
+    return found
+
+
+def _literal(node: ast.expr, path: Path) -> dict:
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise RegistryError(f"{path.parent.name}/{path.name}:{node.lineno}: DRIVER must be a dict literal (no names, "
+                            f"calls or comprehensions): the drivers read it without importing the file")
+    return value
+
+
+def _base_first(table: dict, base: str) -> dict:
+    """``table`` with ``base`` first, the others by name (the order of error messages and ``--help``)."""
+    return {base: table[base], **{k: v for k, v in sorted(table.items()) if k != base}}
+
+
+def _driver_defaults(value, where: str) -> dict[str, Defaults]:
+    """A DRIVER's ``defaults``: a preset's name, or ``{driver: [lr, eps]}``."""
+    if isinstance(value, str):
+        return PRESETS[value]
+    unknown = set(value) - set(DRIVERS)
+    if unknown:
+        raise RegistryError(f"{where}: DRIVER defaults for unknown drivers {sorted(unknown)}; known: {DRIVERS}")
+    return {driver: Defaults(*pair) for driver, pair in value.items()}
+
+
+def _adapter(name: str, entry: dict) -> AdapterSpec:
+    fields = {**entry, "defaults": _driver_defaults(entry["defaults"], f"methods/{name}.py")}
+    fields["driver_args"] = tuple(fields.get("driver_args", ()))
+    return AdapterSpec(name, **fields)
+
+
+def _zo(name: str, entry: dict) -> ZoSpec:
+    return ZoSpec(name, _driver_defaults(entry.get("defaults", {}), f"zo_methods/{name}.py"))
+
+
+ADAPTERS: dict[str, AdapterSpec] = _base_first(
+    {name: _adapter(name, entry) for name, entry in declared(HERE / "methods").items()}, BASE)
+ZO_METHODS: dict[str, ZoSpec] = _base_first(
+    {name: _zo(name, entry) for name, entry in declared(HERE / "zo_methods").items()}, ZO_BASE)
 
 
 def register_adapter(spec: AdapterSpec) -> None:
@@ -122,7 +168,7 @@ def adapter(name: str) -> AdapterSpec:
     return _lookup(ADAPTERS, name, "MODE")
 
 
-def defaults(mode: str, driver: str, zo: str = "sgd") -> Defaults:
+def defaults(mode: str, driver: str, zo: str = ZO_BASE) -> Defaults:
     """The default LR and EPS of ``driver`` for ``mode`` trained with ZO method ``zo`` (the ZO method's win)."""
     _lookup(dict.fromkeys(DRIVERS), driver, "driver")
     own = _lookup(ZO_METHODS, zo, "--zo_optimizer").defaults
@@ -160,12 +206,32 @@ def all_script_variables() -> set[str]:
     return {v for folder in DRIVER_FOLDERS for script in (REPO / folder).glob("*.sh") for v in script_variables(script)}
 
 
-def driver_assignments(mode: str, driver: str, env: dict[str, str]) -> str:
-    """Shell assignments of ``MODE_ARGS`` (run.py flags), ``MODE_TAG``, ``DEFAULT_LR`` and ``DEFAULT_EPS``."""
-    spec, chosen = adapter(mode), defaults(mode, driver)
+def _driver_zo(driver: str, zo: str | None) -> str:
+    """The ZO method a driver runs (``ZO``; unset: the default), refused for a driver that does not train with zo."""
+    _lookup(dict.fromkeys(DRIVERS), driver, "driver")
+    if zo is None:
+        return ZO_BASE
+    _lookup(ZO_METHODS, zo, "ZO")
+    if driver not in ZO_DRIVERS:
+        raise RegistryError(f"ZO={zo}: the {driver} driver trains with backprop; ZO is for the MeZO drivers "
+                            f"({', '.join(ZO_DRIVERS)})")
+    return zo
+
+
+def _array(name: str, words: list[str]) -> str:
+    return f"{name}=({' '.join(shlex.quote(w) for w in words)})"
+
+
+def driver_assignments(mode: str, driver: str, env: dict[str, str], zo: str | None = None) -> str:
+    """Shell assignments of ``MODE_ARGS`` (run.py flags), ``MODE_TAG``, ``ZO_ARGS`` (``--zo_optimizer zo`` when
+    ``zo`` is given), ``DEFAULT_LR`` and ``DEFAULT_EPS`` (the ZO method's own, where it has them). A ZO method other
+    than the default adds ``-<zo>`` to the tag; the default keeps the tag (and the run's name) it had unset."""
+    spec, method = adapter(mode), _driver_zo(driver, zo)
+    chosen = defaults(mode, driver, method)
     flags = [*spec.selection(), *(expand(a, env) for a in spec.driver_args)]
-    return "\n".join((f"MODE_ARGS=({' '.join(shlex.quote(f) for f in flags)})",
-                      f"MODE_TAG={shlex.quote(expand(spec.tag or spec.name, env))}",
+    tag = expand(spec.tag or spec.name, env) + ("" if method == ZO_BASE else f"-{method}")
+    return "\n".join((_array("MODE_ARGS", flags), f"MODE_TAG={shlex.quote(tag)}",
+                      _array("ZO_ARGS", ["--zo_optimizer", zo] if zo else []),
                       f"DEFAULT_LR={shlex.quote(chosen.lr)}", f"DEFAULT_EPS={shlex.quote(chosen.eps)}"))
 
 
@@ -173,7 +239,7 @@ def main(argv: list[str]) -> int:
     """The drivers' command (see the module docstring); an unknown name prints the error and returns 2."""
     commands = {"modes": lambda: " ".join(ADAPTERS),
                 "defaults": lambda mode, driver, zo="sgd": "LR={0.lr} EPS={0.eps}".format(defaults(mode, driver, zo)),
-                "driver": lambda mode, driver: driver_assignments(mode, driver, dict(os.environ)),
+                "driver": lambda mode, driver, zo=None: driver_assignments(mode, driver, dict(os.environ), zo),
                 "variables": lambda script=None: " ".join(sorted(script_variables(script) if script
                                                                   else all_script_variables()))}
     if not argv or argv[0] not in commands:

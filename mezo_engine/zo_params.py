@@ -18,7 +18,7 @@ from mezo_engine.methods import Mode
 from mezo_engine.trainer import MezoTrainer, zo_named_parameters, zo_param_groups
 
 __all__ = ["ZOParams", "caches", "decay_parameter_names", "zo_named_parameters", "zo_params"]
-from mezo_engine.zo_optim import ZOSGD
+from mezo_engine.zo_methods.sgd import ZOSGD
 
 
 def decay_parameter_names(model: torch.nn.Module) -> set[str]:

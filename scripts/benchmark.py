@@ -15,7 +15,7 @@ e. ``lora.merge_and_reinit`` on the XGBLoRA model over one forward;
 f. batched candidate scoring (``evaluation.score_rows``) over one-row-at-a-time scoring of the same rows;
 g. the trainer's fused ZO-SGD step (``MezoTrainer.training_step`` then ``optimizer.step()``, as the Trainer's loop
    runs them, default ``--zo_optimizer sgd``) over the raw ``zo.zo_step`` call on the same batch;
-h. (info) the extra memory of the ZO momentum and ZO-Adam state (``zo_optim``) for full-parameter and LoRA
+h. (info) the extra memory of the ZO momentum and ZO-Adam state (``zo_methods``) for full-parameter and LoRA
    training: the bytes of the state tensors after one step, against the bytes of the trainable parameters;
 i. full-parameter ``--zo_perturb out_of_place`` (``zo_out_of_place.zo_step``: hooks form W + eps z as each module
    runs): its step over the in-place step (target <= 1.1), and its peak memory over the inference peak plus the

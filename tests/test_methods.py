@@ -1,8 +1,13 @@
-"""The methods' registries: a new adapter scheme or ZO method is one file (here: one class in this test), registered
-by name, selected through run.py and found by the drivers' lookup; the torch-free registry agrees with the code."""
+"""The methods' registries: a new adapter scheme or ZO method is one file. The first test writes two such files
+into a copy of the packages and trains with them through run.py and the drivers' lookup, with nothing else
+changed; the others register the same classes in this process (``methods.register``, ``zo_methods.register``: a
+script's own method) and check the torch-free registry agrees with the code."""
 import json
+import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,40 +19,91 @@ from transformers import HfArgumentParser
 
 from large_models.arguments import ArgumentError, Arguments, parse_args
 from mezo_engine import methods, registry, zo_methods
-from mezo_engine.methods import Method, Mode
-from mezo_engine.zo_methods import ZOOptimizer
+from mezo_engine.methods import Method
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# ---- a toy adapter scheme: only the biases train -------------------------------------------------------------
-class BiasMode(Mode):
-    """BitFit-like: every bias trains, nothing else."""
+# ---- two methods as the files a user would add -----------------------------------------------------------------
+BIAS_FILE = """
+    from mezo_engine.methods.ft import Method, Mode
 
-    name = "bias"
-
-    def prepare(self, model, objective=None, batches=None):
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.endswith("bias"))
-        return model
+    DRIVER = {"flag": None, "untrained": "nothing would train the biases",
+              "defaults": {"mezo": ["1e-2", "1e-2"], "finetune": ["1e-2", "1e-2"], "medium-mezo": ["1e-2", "1e-2"],
+                           "medium-finetune": ["1e-2", "1e-2"]}}
 
 
-BIAS = registry.AdapterSpec("bias", None, {d: registry.Defaults("1e-2", "1e-2") for d in registry.DRIVERS},
-                            untrained="nothing would train the biases")
+    class BiasMode(Mode):
+        name = "bias"
+
+        def prepare(self, model, objective=None, batches=None):
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.endswith("bias"))
+            return model
 
 
-# ---- a toy ZO method: sign-SGD on the estimate ---------------------------------------------------------------
-class ZOSignSGD(ZOOptimizer):
-    """theta <- theta - lr * sign(g_hat): the update rule alone; sampler and estimator are the shared ones."""
+    METHOD = Method(BiasMode)
+"""
+SIGNSGD_FILE = """
+    from mezo_engine.zo_methods.base import ZOOptimizer
 
-    name = "signsgd"
+    DRIVER = {"defaults": {"mezo": ["1e-3", "1e-2"]}}
 
-    def __init__(self, params, lr: float = 1e-3):
-        super().__init__(params, {"lr": lr})
 
-    def _apply(self, active, streams) -> None:
-        for group, p in active:
-            p.add_(self._dense_grad(p, streams).sign_(), alpha=-group["lr"])
+    class ZOSignSGD(ZOOptimizer):
+        name = "signsgd"
+
+        def __init__(self, params, lr=1e-3):
+            super().__init__(params, {"lr": lr})
+
+        def _apply(self, active, streams):
+            for group, p in active:
+                p.add_(self._dense_grad(p, streams).sign_(), alpha=-group["lr"])
+
+
+    OPTIMIZER = ZOSignSGD
+"""
+
+
+def test_a_new_method_is_one_file(tmp_path, tiny_opt_dir, sst2_dir):
+    """Copy the packages, add ``methods/bias.py`` and ``zo_methods/signsgd.py`` (nothing else), then train through
+    a fresh run.py process with ``--method bias --zo_optimizer signsgd`` and ask the drivers' registry command."""
+    for package in ("mezo_engine", "large_models"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "mezo_engine" / "methods" / "bias.py").write_text(textwrap.dedent(BIAS_FILE))
+    (tmp_path / "mezo_engine" / "zo_methods" / "signsgd.py").write_text(textwrap.dedent(SIGNSGD_FILE))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    driver = subprocess.run([sys.executable, "mezo_engine/registry.py", "driver", "bias", "mezo"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, check=True).stdout
+    assert "MODE_ARGS=(--method bias)" in driver and "DEFAULT_LR=1e-2" in driver
+    defaults = subprocess.run([sys.executable, "mezo_engine/registry.py", "defaults", "bias", "mezo", "signsgd"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    assert defaults.strip() == "LR=1e-3 EPS=1e-2"  # the ZO method's defaults win over the mode's
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, "large_models/run.py", "--model_name", str(tiny_opt_dir), "--task_name", "SST2",
+                    "--data_dir", str(sst2_dir), "--result_file", str(out), "--output_dir", str(tmp_path / "out"),
+                    "--disable_tqdm", "True", "--num_train", "8", "--train_set_seed", "0", "--num_eval", "4",
+                    "--max_steps", "2", "--per_device_train_batch_size", "4", "--train_as_classification",
+                    "--trainer", "zo", "--method", "bias", "--zo_optimizer", "signsgd", "--learning_rate", "1e-3",
+                    "--report_to", "none"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(out.read_text())
+    assert result["mode"] == "bias" and result["config"]["zo_optimizer"] == "signsgd"
+    assert result["train"]["global_step"] == 2
+    biases = sum(p.numel() for n, p in _tiny_opt(tiny_opt_dir).named_parameters() if n.endswith("bias"))
+    assert result["train"]["trainable_parameters"] == biases
+
+
+# ---- the same two methods registered in this process, as a script would do ------------------------------------
+def _module(text: str) -> dict:
+    namespace: dict = {}
+    exec(textwrap.dedent(text), namespace)
+    return namespace
+
+
+_BIAS, _SIGNSGD = _module(BIAS_FILE), _module(SIGNSGD_FILE)
+BiasMode, ZOSignSGD = _BIAS["BiasMode"], _SIGNSGD["ZOSignSGD"]
+BIAS = registry.AdapterSpec("bias", None, {d: registry.Defaults(*v) for d, v in _BIAS["DRIVER"]["defaults"].items()},
+                            untrained=_BIAS["DRIVER"]["untrained"])
 
 
 @pytest.fixture
@@ -90,7 +146,8 @@ def test_the_drivers_lookup_finds_a_registered_mode(toy_methods, capsys):
     shell drivers run the registry in a process of their own, which knows the built-in modes only."""
     assert registry.main(["driver", "bias", "medium-mezo"]) == 0
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert lines == {"MODE_ARGS": "(--method bias)", "MODE_TAG": "bias", "DEFAULT_LR": "1e-2", "DEFAULT_EPS": "1e-2"}
+    assert lines == {"MODE_ARGS": "(--method bias)", "MODE_TAG": "bias", "ZO_ARGS": "()", "DEFAULT_LR": "1e-2",
+                     "DEFAULT_EPS": "1e-2"}
     args = parse_args(["--method", "bias", "--trainer", "zo", "--num_train", "4"])
     assert args.mode == "bias" and isinstance(methods.mode_for(args), BiasMode)
 
@@ -109,11 +166,12 @@ def test_a_registered_zo_method_trains_through_run_py(tmp_path, tiny_opt_dir, ss
 
 
 def test_unknown_and_misused_selections_are_refused_by_name(toy_methods):
-    cases = [(["--method", "nope"], "--method nope: unknown; known: ft, lora, xgblora, prefix, head, bias"),
+    cases = [(["--method", "nope"], "--method nope: unknown; known: ft, head, lora, prefix, xgblora, bias"),
              (["--method", "lora"], "--method lora: select it with --lora"),
              (["--method", "ft"], "--method ft: the mode of a run that selects none"),
              (["--method", "bias", "--lora"], "--method bias and --lora: choose one"),
-             (["--zo_optimizer", "nope"], "--zo_optimizer nope: unknown; known: sgd, momentum, adam, signsgd")]
+             # the base method first, the others by name, the registered one last (more files add more names)
+             (["--zo_optimizer", "nope"], "--zo_optimizer nope: unknown; known: sgd, adam, .*momentum, .*signsgd$")]
     for flags, message in cases:
         with pytest.raises(ArgumentError, match=message):
             _validated(["--trainer", "zo", "--num_train", "4", *flags])
@@ -127,8 +185,13 @@ def _validated(flags):
 
 # ---- the registries agree ------------------------------------------------------------------------------------
 def test_the_torch_free_registry_names_every_method_the_code_has():
-    assert list(registry.ADAPTERS) == list(methods.METHODS)
+    assert list(registry.ADAPTERS) == list(methods.METHODS) == ["ft", "head", "lora", "prefix", "xgblora"]
     assert list(registry.ZO_METHODS) == list(zo_methods.ZO_METHODS)
+    # a file that declares a method's code but not its DRIVER entry would be silently left out
+    for package, marker in ((methods, "METHOD = "), (zo_methods, "OPTIMIZER = ")):
+        folder = Path(package.__file__).parent
+        coded = {f.stem for f in folder.glob("*.py") if marker in f.read_text()}
+        assert coded == set(registry.declared(folder)), package.__name__
     for name, spec in registry.ADAPTERS.items():
         assert methods.mode_class(name).name == name
         assert set(spec.defaults) == set(registry.DRIVERS), name

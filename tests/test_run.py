@@ -241,7 +241,7 @@ def test_icl_without_a_seed_draws_one_demonstration_set_per_example(tmp_path, ti
 def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, tiny_model_dir, sst2_dir,
                                                                     monkeypatch):
     from mezo_engine import resources
-    from mezo_engine.zo_methods import ZOSGD
+    from mezo_engine.zo_methods.sgd import ZOSGD
     seen = []
     fused = ZOSGD.fused_step
 

@@ -16,7 +16,9 @@ from mezo_engine.zo_methods.spsa import num_samples
 from mezo_engine.scoring import batch_loss
 from large_models.tasks import Sample, get_task
 from mezo_engine.trainer import DivergenceError, zo_optimizer
-from mezo_engine.zo_methods import ZOSGD, ZOAdam, ZOSGDMomentum
+from mezo_engine.zo_methods.adam import ZOAdam
+from mezo_engine.zo_methods.momentum import ZOSGDMomentum
+from mezo_engine.zo_methods.sgd import ZOSGD
 from tests.tiny import make_model, make_tokenizer
 
 # ---- a closed-form toy: three parameters, L = sum a_i (theta_i - c_i)^2 + sum theta_i^3 / 3 ---------------------

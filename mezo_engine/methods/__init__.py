@@ -1,4 +1,4 @@
-"""The training modes (adapter schemes) by name: one file each, registered here.
+"""The training modes (adapter schemes) by name: one file each, found by the registry.
 
 | mode      | flag         | file          | trains                                                      |
 |-----------|--------------|---------------|-------------------------------------------------------------|
@@ -8,43 +8,36 @@
 | ``prefix`` | ``--prefix_tuning`` | ``prefix.py`` | prefix keys/values of every attention layer          |
 | ``head``  | ``--head_tuning`` | ``head.py`` | the LM head (the tied embedding weight unless ``--untie_emb``) |
 
-A method's file holds its flags (a dataclass ``EngineArguments`` inherits), its checks (``problems(args)``, called
-from the arguments' validation, which collects every problem into one error), its ``Mode`` subclass and callbacks.
-Its name, selecting flag and the drivers' defaults are its entry in ``registry.ADAPTERS`` (torch-free, read by the
-shell drivers). A mode without a flag of its own is selected with ``--method <name>`` (and ``MODE=<name>``).
+A method is one file, ``<name>.py``, that declares two things: ``DRIVER``, a literal the torch-free registry reads
+for the shell drivers (its selecting flag, default LR/EPS, driver variables; ``mezo_engine/registry.py``), and
+``METHOD``, a ``Method`` holding its ``Mode`` subclass, its checks (``problems(args)``, called from the arguments'
+validation, which collects every problem into one error), its derived settings and its flag dataclass (which
+``EngineArguments`` inherits). Nothing else names it: this package imports every file the registry lists, in its
+order. A mode without a flag of its own is selected with ``--method <name>`` (and ``MODE=<name>``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import importlib
+from collections.abc import Iterator
 
 from mezo_engine import registry
-from mezo_engine.methods import head, lora, prefix, xgblora
-from mezo_engine.methods.ft import CACHE_FRACTION, Mode, ModeError
+from mezo_engine.methods.ft import CACHE_FRACTION, Method, Mode, ModeError
 
 __all__ = ["CACHE_FRACTION", "FLAGS", "METHODS", "Method", "Mode", "ModeError", "mode_class", "mode_for",
            "model_problems", "problems", "register", "resolve"]
 
 
-@dataclass(frozen=True)
-class Method:
-    """A mode's code: its class, checks and derived settings (``resolve(args)``: set once after validation)."""
-
-    mode: type[Mode]
-    problems: Callable[[object], Iterator[str]] | None = None
-    resolve: Callable[[object], None] | None = None
-    model_problems: Callable[[object, object], Iterator[str]] | None = None  # (args, config), before it loads
+def _declared(name: str) -> Method:
+    """The ``METHOD`` of ``methods/<name>.py``, checked against its name."""
+    method = importlib.import_module(f"{__name__}.{name}").METHOD
+    if method.mode.name != name:
+        raise ValueError(f"methods/{name}.py: its mode class {method.mode.__name__} is named {method.mode.name!r}")
+    return method
 
 
-METHODS: dict[str, Method] = {
-    "ft": Method(Mode),
-    "lora": Method(lora.LoraMode, lora.problems),
-    "xgblora": Method(xgblora.XGBLoraMode, xgblora.problems, xgblora.resolve, xgblora.model_problems),
-    "prefix": Method(prefix.PrefixMode, prefix.problems, model_problems=prefix.model_problems),
-    "head": Method(head.HeadMode, head.problems),
-}
+METHODS: dict[str, Method] = {name: _declared(name) for name in registry.ADAPTERS}
 # The methods' flag dataclasses, inherited by EngineArguments (one flat flag namespace, MeZO's names).
-FLAGS: tuple[type, ...] = (lora.LoraFlags, xgblora.XGBLoraFlags, prefix.PrefixFlags, head.HeadFlags)
+FLAGS: tuple[type, ...] = tuple(m.flags for m in METHODS.values() if m.flags is not None)
 
 
 def register(method: Method, spec: registry.AdapterSpec) -> None:

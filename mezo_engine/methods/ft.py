@@ -9,11 +9,15 @@ result JSON. Its flags are a dataclass that ``EngineArguments`` inherits, its ch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {"flag": None, "defaults": "full"}
 
 # Trainable sets up to this fraction of the model keep z and the original values for an exact restore.
 CACHE_FRACTION = 0.1
@@ -77,3 +81,20 @@ class Mode:
     def summary(self, callbacks: dict[str, TrainerCallback]) -> dict:
         """What the mode adds to the result JSON's ``train`` section."""
         return {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A mode's code, as its file declares it in ``METHOD``: its class, checks (``problems(args)``, called from the
+    arguments' validation), derived settings (``resolve(args)``: set once after validation) and flag dataclass
+    (inherited by ``EngineArguments``), and its checks against the model's config before the model loads
+    (``model_problems(args, config)``)."""
+
+    mode: type[Mode]
+    problems: Callable[[object], Iterator[str]] | None = None
+    resolve: Callable[[object], None] | None = None
+    flags: type | None = None
+    model_problems: Callable[[object, object], Iterator[str]] | None = None
+
+
+METHOD = Method(Mode)

@@ -6,7 +6,10 @@ import logging
 from dataclasses import dataclass, field
 
 from mezo_engine import head
-from mezo_engine.methods.ft import Mode
+from mezo_engine.methods.ft import Method, Mode
+
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {"flag": "head_tuning", "defaults": "full", "untrained": "nothing would train the head"}
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +58,6 @@ class HeadMode(Mode):
 
     def summary(self, callbacks):
         return {"trainable": self.trainable}
+
+
+METHOD = Method(HeadMode, problems, flags=HeadFlags)

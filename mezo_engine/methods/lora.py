@@ -11,7 +11,12 @@ from transformers import TrainerCallback
 
 from mezo_engine import lora
 from mezo_engine.errors import DivergenceError
-from mezo_engine.methods.ft import Mode, ModeError
+from mezo_engine.methods.ft import Method, Mode, ModeError
+
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {"flag": "lora", "defaults": "adapter",
+          "driver_args": ["--lora_r", "{LORA_R:8}", "--lora_alpha", "{LORA_ALPHA:16}"],
+          "untrained": "an adapter changes nothing until it is trained"}
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +163,6 @@ class LoraMode(Mode):
     def summary(self, callbacks):
         cb = callbacks.get("partial_merges")
         return {"partial_merges": cb.history} if cb is not None else {}
+
+
+METHOD = Method(LoraMode, problems, flags=LoraFlags)

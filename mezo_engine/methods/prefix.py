@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 import torch
 
 from mezo_engine import prefix
-from mezo_engine.methods.ft import Mode
+from mezo_engine.methods.ft import Method, Mode
 from mezo_engine.models import position_limit
+
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {"flag": "prefix_tuning", "defaults": "prefix",
+          "driver_args": ["--num_prefix", "{NUM_PREFIX:5}", "--no_reparam", "--prefix_init_by_real_act"],
+          "untrained": "nothing would train the prefix"}
 
 
 @dataclass
@@ -64,3 +69,6 @@ class PrefixMode(Mode):
 
     def save(self, model, tokenizer, out):
         prefix.save_prefix(model, out / "prefix")  # the base model is unchanged; prefix.load_prefix puts it back
+
+
+METHOD = Method(PrefixMode, problems, flags=PrefixFlags, model_problems=model_problems)

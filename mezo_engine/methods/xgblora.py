@@ -11,8 +11,15 @@ import torch
 from transformers import TrainerCallback
 
 from mezo_engine import lora
-from mezo_engine.methods.ft import ModeError
+from mezo_engine.methods.ft import Method, ModeError
 from mezo_engine.methods.lora import LoraMode, checked_merge, merge_due
+
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {"flag": "xgblora", "defaults": "adapter",
+          "driver_args": ["--xgblora_rank", "{XGBLORA_RANK:1}", "--lora_alpha", "{LORA_ALPHA:16}",
+                          "--xgblora_steps_per_iteration", "{XGBLORA_STEPS:1000}",
+                          "--xgblora_num_layers", "{XGBLORA_LAYERS:0}"],
+          "tag": "xgblora-k{XGBLORA_STEPS:1000}", "untrained": "an adapter changes nothing until it is trained"}
 
 logger = logging.getLogger(__name__)
 
@@ -214,3 +221,6 @@ class XGBLoraMode(LoraMode):
     def summary(self, callbacks):
         cb = callbacks["boosting"]
         return {"boosting": {"num_merges": len(cb.history), "merges": cb.history}}
+
+
+METHOD = Method(XGBLoraMode, problems, resolve, flags=XGBLoraFlags, model_problems=model_problems)

@@ -1,31 +1,43 @@
-"""The ZO methods by name (``--zo_optimizer``): one file each, registered here.
+"""The ZO methods by name (``--zo_optimizer``): one file each, found by the registry.
 
 | name       | file           | update                                      | state (``state_dict()``)            |
 |------------|----------------|---------------------------------------------|-------------------------------------|
 | ``sgd``    | ``sgd.py``     | MeZO's ZO-SGD (fused step for one direction) | none                               |
 | ``momentum`` | ``momentum.py`` | heavy-ball momentum (``--zo_momentum``)  | ``momentum_buffer``                 |
 | ``adam``   | ``adam.py``    | MeZO-Adam (the Trainer's Adam betas, eps)   | ``exp_avg``, ``exp_avg_sq``, ``step`` |
+| ``hizoo``  | ``hizoo.py``   | HiZOO: 3 forwards, diagonal-Hessian preconditioned SPSA | ``hessian_minus_one`` |
+| ``sparse_mezo`` | ``sparse_mezo.py`` | MeZO on the small-magnitude weights | ``threshold`` (one per tensor) |
 
-Each is a ``base.ZOOptimizer`` subclass: its name, its flag dataclass (``flags``, inherited by EngineArguments), its
-checks (``problems(args)``), ``from_args``, its update rule; it samples with ``sampler`` (Gaussian) and estimates
-with ``estimator`` (``spsa.TWO_POINT``: two forwards per direction, n directions by ``--zo_num_samples``). Its
-defaults for the drivers are its entry in ``registry.ZO_METHODS`` (none yet: the mode's).
+A method is one file, ``<name>.py``, that declares ``OPTIMIZER``, a ``base.ZOOptimizer`` subclass named ``<name>``
+(its flag dataclass ``flags``, inherited by EngineArguments; its checks ``problems(args)``; ``from_args``; its
+update rule and state; the forwards a step costs), and ``DRIVER``, a literal the torch-free registry reads
+(``mezo_engine/registry.py``: the drivers' default LR/EPS where they differ from the mode's; ``{}`` for none). It
+samples with ``sampler`` (Gaussian) and estimates with ``estimator`` (``spsa.TWO_POINT``: two forwards per
+direction, n directions by ``--zo_num_samples``), or overrides ``zo_step`` for a step of its own. Nothing else
+names it: this package imports every file the registry lists, in its order.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 from mezo_engine import registry
-from mezo_engine.zo_methods.adam import ZOAdam
 from mezo_engine.zo_methods.base import ZOOptimizer
-from mezo_engine.zo_methods.momentum import ZOSGDMomentum
-from mezo_engine.zo_methods.sgd import ZOSGD
 from mezo_engine.zo_methods.spsa import SpsaFlags
 
-__all__ = ["FLAGS", "ZO_METHODS", "ZOAdam", "ZOOptimizer", "ZOSGD", "ZOSGDMomentum", "make_zo_optimizer",
-           "method_flags", "method_problems", "optimizer_class", "register"]
+__all__ = ["FLAGS", "ZO_METHODS", "ZOOptimizer", "make_zo_optimizer", "method_flags", "method_problems",
+           "optimizer_class", "register"]
 
-ZO_METHODS: dict[str, type[ZOOptimizer]] = {cls.name: cls for cls in (ZOSGD, ZOSGDMomentum, ZOAdam)}
+
+def _declared(name: str) -> type[ZOOptimizer]:
+    """The ``OPTIMIZER`` of ``zo_methods/<name>.py``, checked against its name."""
+    cls = importlib.import_module(f"{__name__}.{name}").OPTIMIZER
+    if cls.name != name:
+        raise ValueError(f"zo_methods/{name}.py: its optimizer {cls.__name__} is named {cls.name!r}")
+    return cls
+
+
+ZO_METHODS: dict[str, type[ZOOptimizer]] = {name: _declared(name) for name in registry.ZO_METHODS}
 # The estimator's and the methods' flag dataclasses, inherited by EngineArguments.
 FLAGS: tuple[type, ...] = (SpsaFlags, *(cls.flags for cls in ZO_METHODS.values() if cls.flags))
 

@@ -9,6 +9,9 @@ import torch
 
 from mezo_engine.zo_methods.base import NON_NEGATIVE, ZOOptimizer, check_ranges
 
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {}
+
 
 @dataclass
 class MomentumFlags:
@@ -53,3 +56,6 @@ class ZOSGDMomentum(ZOOptimizer):
             if group["weight_decay"]:
                 buf.add_(p, alpha=group["weight_decay"])
             p.add_(buf, alpha=-group["lr"])
+
+
+OPTIMIZER = ZOSGDMomentum

@@ -10,6 +10,9 @@ import torch
 from mezo_engine import zo, zo_out_of_place
 from mezo_engine.zo_methods.base import NON_NEGATIVE, ZOOptimizer, check_ranges
 
+# The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
+DRIVER = {}
+
 
 class ZOSGD(ZOOptimizer):
     """MeZO's update: theta <- theta - lr * (g_hat + wd * theta); no state.
@@ -57,3 +60,6 @@ class ZOSGD(ZOOptimizer):
                 p.mul_(1.0 - lr * wd)
             for gens, coeff in streams:
                 p.add_(self._z(p, gens), alpha=-lr * coeff)
+
+
+OPTIMIZER = ZOSGD

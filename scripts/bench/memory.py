@@ -25,7 +25,8 @@ from bench.ratios import Ratio
 from bench.step import zo_step_fn
 from bench.upstream import naive_loss_fn_for, naive_step
 from bench.workload import Context, loss_fn_for, make_batch, variant_model
-from mezo_engine.zo_optim import ZOAdam, ZOSGDMomentum
+from mezo_engine.zo_methods.adam import ZOAdam
+from mezo_engine.zo_methods.momentum import ZOSGDMomentum
 from mezo_engine.zo_params import zo_params
 
 ROOT = Path(__file__).resolve().parents[2]
