@@ -37,7 +37,7 @@ ZO_BASE = "sgd"  # MeZO's ZO-SGD: the --zo_optimizer of a run that names none
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 _ENV = re.compile(r"\{(\w+):([^}]*)\}")  # {VARIABLE:default} in a driver flag or tag
-_READ = re.compile(r"\$\{([A-Za-z_]\w*):?[-=?+]")  # ${VAR:-default} and its kin: a script reads VAR from the environment
+_READ = re.compile(r"\$\{([A-Za-z_]\w*):?[-=?+]")  # ${VAR:-default} and its kin: VAR read from the environment
 _CALLED = re.compile(r"(?:source|bash)\s+\"[^\n]*?(/[\w.-][\w./-]*\.sh)\"")  # "$HERE/common.sh": a script it runs
 _RESOLVES_MODE = re.compile(r"^\s*mode_args\s+\S", re.M)  # calls drivers.sh's mode_args: reads the modes' variables
 
