@@ -8,7 +8,8 @@ from typing import Literal
 
 from large_models import task_table
 from large_models.tasks import TASKS
-from mezo_engine.arguments import ArgumentError, EngineArguments, default_config_of, parse_args_into
+from mezo_engine.arguments import ArgumentError, EngineArguments, default_config_of, flag_names, parse_args_into
+from mezo_engine.linear_probe import NUM_FOLDS
 
 __all__ = ["ArgumentError", "Arguments", "GENERATION_TASKS", "KNOWN_TASKS", "default_config", "parse_args"]
 
@@ -110,6 +111,10 @@ class Arguments(EngineArguments):
                    f"overwrite the head rows generation needs. Use a classification or multiple-choice task")
         if self.linear_probing and self.trainer == "none" and self.num_train == 0:
             yield "--linear_probing with --num_train 0: nothing to fit the probe on; give --num_train >= 1"
+        elif self.linear_probing and 0 < self.num_train - (self.num_dev or 0) < NUM_FOLDS:
+            yield (f"--linear_probing with --num_train {self.num_train}" + (f" and --num_dev {self.num_dev}"
+                   if self.num_dev else "") + f": fewer training examples than the probe's {NUM_FOLDS} "
+                   f"cross-validation folds; give --num_train >= {NUM_FOLDS + (self.num_dev or 0)}")
 
 
 def default_config() -> dict:
@@ -121,3 +126,7 @@ def default_config() -> dict:
 def parse_args(argv: list[str] | None = None) -> Arguments:
     """Parse ``argv`` (default: sys.argv) into validated Arguments; bad input exits with the message."""
     return parse_args_into(Arguments, argv)
+
+
+if __name__ == "__main__":  # every flag run.py takes, one a line: what scripts/sweeps checks its files against
+    print("\n".join(flag_names(Arguments)))

@@ -25,7 +25,9 @@ from mezo_engine.data import TrainCollator, count_cut, prompt_feature, training_
 from mezo_engine.evaluation import evaluate_sharded
 from mezo_engine.head import HeadError
 from mezo_engine.linear_probe import ProbeError
-from mezo_engine.models import ModelError, load_model_and_tokenizer, position_limit
+from mezo_engine.methods import model_problems
+from mezo_engine.models import (ModelError, check_before_loading, config_is_masked_lm, load_model_and_tokenizer,
+                                position_limit)
 from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine import runner
@@ -59,14 +61,16 @@ def resolve(args: Arguments, model, output_dir: str, dev_samples: list) -> Argum
     return run_config.resolve(args, output_dir, bool(dev_samples), max_length=capped_max_length(args, model))
 
 
-def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples) -> dict:
-    """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end)."""
+def count_cut_prompts(args: Arguments, task, tokenizer, train_samples, eval_samples,
+                      demo_sets: list | None = None) -> dict:
+    """How many training and evaluation examples are longer than ``--max_length`` (they lose their left end).
+    ``demo_sets``: MeZO's in-context mode, ``demo_sets[i]`` before ``eval_samples[i]``."""
     demos = [] if args.learns else train_samples
     reserve = args.max_new_tokens if task.generation else 0
     cut = {"train": count_cut(tokenizer, task.template, train_samples if args.learns else [],
                               args.max_length, reserve=args.max_new_tokens if args.non_diff else 0),
            "eval": count_cut(tokenizer, task.template, [] if args.no_eval else eval_samples,
-                             args.max_length, demos, reserve)}
+                             args.max_length, demos, reserve, demo_sets)}
     for split, n in cut.items():
         if n:
             logger.warning("%d %s prompt(s) are longer than --max_length %d tokens and lose their left end", n,
@@ -166,6 +170,18 @@ def log_predictions(task, samples, predictions) -> None:
                     pred.correct_candidate, pred.predicted_candidate)
 
 
+def check_model(args: Arguments) -> None:
+    """What can be checked of ``--model_name`` before it loads (its config and tokenizer): a causal LM, a
+    tokenizer within its vocabulary, the mode's flags against it (``methods.model_problems``)."""
+    def problems(config):
+        if config_is_masked_lm(config):
+            kind = ", ".join(config.architectures or [config.model_type])
+            yield (f"--model_name {args.model_name!r}: a masked LM ({kind}); large_models runs causal LMs, "
+                   f"medium_models/run.py runs masked ones")
+        yield from model_problems(args, config)
+    check_before_loading(args.model_name, problems)
+
+
 def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | None, path: Path, output_dir: str,
             demo_sets: list | None = None, split: dict | None = None) -> dict:
     """Train (if asked) and evaluate one train set. ``set_seed_`` None with ``demo_sets``: MeZO's in-context mode,
@@ -184,7 +200,7 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
               "demonstrations": "one set per eval example" if demo_sets is not None else "one set",
               "num_train": len(demo_sets[0]) if demo_sets else len(train_samples),
               "num_dev": len(dev_samples), "num_eval": len(eval_samples), "train_from_validation": split,
-              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples),
+              "prompts_cut": count_cut_prompts(args, task, tokenizer, train_samples, eval_samples, demo_sets),
               "world_size": distributed.world_size()}
     start = time.time()
     status = Status.completed()
@@ -228,6 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         task = get_task(args.task_name)
         valid = task.load("validation", args.data_dir)
         train = train_pool(args, task, valid)
+        check_model(args)
         if one_demo_set_per_example(args):
             eval_samples = eval_subset(task, valid, 0, args.num_eval)
             demo_seeds = per_example_demo_seeds(len(valid), args.num_eval)[:len(eval_samples)]

@@ -12,12 +12,14 @@ Which template, candidates and gold candidate each task uses follows MeZO's ``la
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from mezo_engine import hub
 from mezo_engine.tasks import DataError, Sample
 from large_models.templates import (
     BoolQTemplate,
@@ -187,13 +189,19 @@ class Task:
 
     def hub_rows(self, split: str) -> list[dict]:
         """Rows of ``split`` from the HuggingFace hub, in the hub's field layout."""
+        offline = hub.offline_reason()
+        if offline:  # datasets reads its offline switch once, when imported: the cache only, no retries
+            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         import datasets  # imported here: only this path needs it, and it is slow to import
 
         try:
+            if offline and not datasets.config.HF_HUB_OFFLINE:  # imported earlier, online: do not wait for retries
+                raise ConnectionError(offline)
             table = datasets.load_dataset(self.hub_path, self.hub_config, split=split)
         except OSError as err:  # ConnectionError, OfflineModeIsEnabled, ...
-            raise DataError(f"cannot reach the HuggingFace hub to load {self.hub_path} "
-                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            why = f"unreachable: {offline}" if offline else \
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise DataError(f"cannot reach the HuggingFace hub to load {self.hub_path} ({why}); "
                             f"{OFFLINE_DATA_HINT}") from None
         return [self.from_hub(dict(row)) for row in table]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from mezo_engine.arguments import EngineArguments, default_config_of, parse_args_into
+from mezo_engine.arguments import EngineArguments, default_config_of, flag_names, parse_args_into
 from medium_models.tasks import TASKS, LmBffTask
 
 
@@ -108,3 +108,7 @@ def default_config() -> dict:
 def parse_args(argv: list[str] | None = None) -> Arguments:
     """Parse ``argv`` (default: sys.argv) into validated Arguments; bad input exits with the message."""
     return parse_args_into(Arguments, argv)
+
+
+if __name__ == "__main__":  # every flag run.py takes, one a line: what scripts/sweeps checks its files against
+    print("\n".join(flag_names(Arguments)))

@@ -9,6 +9,8 @@ the model or the train set, once those are known), and an app freezes its argume
 """
 from __future__ import annotations
 
+import argparse
+import difflib
 import functools
 import os
 import sys
@@ -30,7 +32,7 @@ ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler":
            "max_zo_forward_steps": "max_forwards"}
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
-ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb")
+ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout")
 
 
 class ArgumentError(ValueError):
@@ -75,6 +77,12 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
     trainer: Literal["none", "regular", "zo"] = field(default="none", metadata={
         "help": "none: zero-shot / in-context evaluation; regular: backprop fine-tuning; zo: MeZO."})
     zo_eps: float = field(default=1e-3, metadata={"help": "MeZO perturbation scale eps."})
+    zo_stall_timeout: float = field(default=600.0, metadata={
+        "help": "zo under torchrun: seconds a rank waits in the zo step's all-reduce (and the ranks' agreement "
+                "after each step) before it ends the job, naming the ranks that did not answer, with exit status 75 "
+                "(resume from the latest checkpoint). The first step and the step after a checkpoint save or a dev "
+                "evaluation wait as long as the process group allows (--ddp_timeout), so slow loads and long "
+                "saves are not cut short. 0: no bound."})
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
@@ -217,6 +225,12 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         """Yield one message per bad flag value."""
         if not self.zo_eps > 0:
             yield f"--zo_eps {self.zo_eps}: must be > 0"
+        if not self.zo_stall_timeout >= 0:
+            yield f"--zo_stall_timeout {self.zo_stall_timeout}: must be >= 0 (0: no bound)"
+        for flag in ("seed", "data_seed"):
+            value = getattr(self, flag)
+            if value is not None and not 0 <= value < 2 ** 32:
+                yield f"--{flag} {value}: must be between 0 and 2**32 - 1 (numpy's seed range)"
         if sum((self.load_float16, self.load_bfloat16, self.load_float64)) > 1:
             given = [f for f in ("load_float16", "load_bfloat16", "load_float64") if getattr(self, f)]
             yield f"--{' and --'.join(given)}: choose one"
@@ -263,6 +277,9 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         if self.max_steps == 0 or self.max_steps < -1:
             yield (f"--max_steps {self.max_steps} with --trainer {self.trainer}: must be >= 1 "
                    f"(or -1 to train --num_train_epochs epochs)")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            yield (f"--num_train_epochs {self.num_train_epochs} with --trainer {self.trainer}: must be > 0 "
+                   f"(or give --max_steps >= 1)")
         if not self.learning_rate > 0:
             yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
 
@@ -393,11 +410,57 @@ def default_config_of(cls: type[EngineArguments]) -> dict:
     return cls().to_dict()
 
 
+def flag_names(cls: type[EngineArguments]) -> list[str]:
+    """Every option string run.py takes for ``cls`` (both spellings, upstream's aliases, ``--no_<flag>``), sorted;
+    printed by ``python -m large_models.arguments`` for tools that must not import the engine (``scripts/sweeps``)."""
+    return sorted(o for action in HfArgumentParser(cls)._actions for o in action.option_strings)
+
+
 def parse_args_into(cls: type[EngineArguments], argv: list[str] | None = None, prog: str = "run.py"):
-    """Parse ``argv`` (default: sys.argv) into validated ``cls``; bad input exits with the message."""
-    parser = HfArgumentParser(cls)
+    """Parse ``argv`` (default: sys.argv) into validated ``cls``; bad input exits with one line naming it: an
+    unknown flag (with the closest known one), a value argparse cannot read, or the checks' problems."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    parser = HfArgumentParser(cls, exit_on_error=False)
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+        _, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise ArgumentError(unknown_flags(unknown, parser._option_string_actions))
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except argparse.ArgumentError as err:
+        parser.exit(2, f"{prog}: error: {unreadable_value(err, argv)}\n")
     except ArgumentError as err:
         parser.exit(2, f"{prog}: error: {err}\n")
     return args
+
+
+def unknown_flags(words: list[str], known) -> str:
+    """The message for the words argparse did not take: each unknown ``--flag`` with the closest known one."""
+    flags = [w.split("=")[0] for w in words if w.startswith("-")]
+    if not flags:
+        return f"unexpected argument(s) {' '.join(words)}: every value follows its --flag"
+    return "; ".join(f"{flag}: unknown flag{closest(flag, known)}" for flag in flags)
+
+
+def closest(name: str, known) -> str:
+    """``; did you mean X?`` for the known name closest to ``name`` (nothing when none is close)."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def unreadable_value(err: argparse.ArgumentError, argv: list[str]) -> str:
+    """argparse's complaint about a value, with a hint when the value is a negative number written after a space
+    (``--learning_rate -1e-3``: argparse takes ``-1e-3`` for a flag)."""
+    names = (err.argument_name or "").split("/")
+    after = [(w, argv[i + 1]) for i, w in enumerate(argv[:-1]) if w in names]
+    if after and after[0][1].startswith("-") and _is_number(after[0][1]):
+        flag, value = after[0]
+        return f"{flag} {value}: a negative value after a space reads as a flag; write {flag}={value}"
+    return str(err)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

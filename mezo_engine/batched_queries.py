@@ -39,8 +39,10 @@ class StepLosses:
     ``params + deltas[q]`` for each q (``query_losses``)."""
 
     def __init__(self, local: Callable[[], float], weight: float = 1.0,
-                 comm: distributed.CommCounter | None = None, batched: Batched | None = None):
+                 comm: distributed.CommCounter | None = None, batched: Batched | None = None,
+                 guard: distributed.StallGuard | None = None, what: str = "the zo step's all-reduce"):
         self.local, self.weight, self.comm, self.batched = local, weight, comm, batched
+        self.guard, self.what = guard, what  # the bound on the all-reduce's wait (a stalled rank), its name
 
     @classmethod
     def of(cls, loss_fn: Callable[[], float]) -> StepLosses:
@@ -52,7 +54,7 @@ class StepLosses:
 
     def mean_over_ranks(self, values: Sequence[float]) -> list[float]:
         """Each of this rank's ``values`` (losses on its share of the batch) as the loss of the global batch."""
-        return distributed.weighted_means(values, self.weight, self.comm)
+        return distributed.weighted_means(values, self.weight, self.comm, self.guard, self.what)
 
 
 def query_losses(model: torch.nn.Module, objective, batch: dict, params: Sequence[torch.Tensor],

@@ -176,12 +176,14 @@ class StopOnSignal(TrainerCallback):
 
     ``stopped`` is then ``(signal name, step)``. The handlers only set a flag; the previous handlers come back in
     ``restore_handlers`` (run.py calls it when training ends). Under torchrun the ranks agree after every step
-    (``distributed.max_over_ranks`` of the signal number, one float64; counted in ``comm``): a signal that
-    reaches one rank a step later than another still stops all of them after the same step.
+    (``distributed.max_over_ranks`` of the signal number, one float64; counted in ``comm``, its wait bounded by
+    ``guard``; 0: no signal on any rank): a signal that reaches one rank a step later than another still stops all
+    of them after the same step.
     """
 
-    def __init__(self, save_on_interrupt: bool = False, comm: distributed.CommCounter | None = None):
-        self.comm = comm
+    def __init__(self, save_on_interrupt: bool = False, comm: distributed.CommCounter | None = None,
+                 guard: distributed.StallGuard | None = None):
+        self.comm, self.guard = comm, guard
         self.signals = [signal.SIGTERM] + ([signal.SIGUSR1, signal.SIGINT] if save_on_interrupt else [])
         self.received: int | None = None
         self.stopped: tuple[str, int] | None = None
@@ -192,8 +194,15 @@ class StopOnSignal(TrainerCallback):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore_handlers(self) -> None:
+        """Put the previous handlers back; after a stop, ignore SIGTERM and SIGUSR1 instead, so that a repeated one
+        (a scheduler sending SIGTERM twice) cannot end the process with 143 before it exits with RESUMABLE_EXIT.
+        Ignored at the OS level (``SIG_IGN``): a Python handler is reset to the default at interpreter exit. A
+        second Ctrl-C (SIGINT) still ends the process, as a person at a terminal expects."""
+        ignored = [s for s in self._previous if self.stopped and s != signal.SIGINT]
+        if ignored:
+            logger.info("stopping: %s ignored from now on", ", ".join(s.name for s in ignored))
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else handler)
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
@@ -203,7 +212,8 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.stopped is not None:
             return
-        received = int(distributed.max_over_ranks(self.received or 0, self.comm))  # 0: no signal on any rank
+        received = int(distributed.max_over_ranks(self.received or 0, self.comm, self.guard,
+                                                  f"the ranks' agreement after step {state.global_step}"))
         if received:
             self.received = received  # the same signal on every rank, whichever got one first
             control.should_save = True

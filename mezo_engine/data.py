@@ -212,6 +212,9 @@ def longest_row(tokenizer, template, sample, demos: Sequence = (), reserve: int 
     return max(len(tokenizer.encode(_with_demos(demos_text, t.strip(" ")))) for t in texts)
 
 
-def count_cut(tokenizer, template, samples: Sequence, max_length: int, demos: Sequence = (), reserve: int = 0) -> int:
-    """How many of ``samples`` have a row longer than ``max_length`` tokens, i.e. lose their left end."""
-    return sum(longest_row(tokenizer, template, s, demos, reserve) > max_length for s in samples)
+def count_cut(tokenizer, template, samples: Sequence, max_length: int, demos: Sequence = (), reserve: int = 0,
+              demo_sets: Sequence | None = None) -> int:
+    """How many of ``samples`` have a row longer than ``max_length`` tokens, i.e. lose their left end.
+    ``demo_sets``: one demonstration set per sample (``demo_sets[i]`` before ``samples[i]``) instead of ``demos``."""
+    per_sample = demo_sets if demo_sets is not None else [demos] * len(samples)
+    return sum(longest_row(tokenizer, template, s, d, reserve) > max_length for s, d in zip(samples, per_sample))

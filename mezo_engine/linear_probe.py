@@ -35,6 +35,7 @@ from mezo_engine.scoring import position_ids
 logger = logging.getLogger(__name__)
 
 NUM_CS = 10  # LogisticRegressionCV's grid of C values, 1e-4 .. 1e4 (upstream's default)
+NUM_FOLDS = 5  # its stratified cross-validation folds (upstream's default): some answer needs this many samples
 
 
 class ProbeError(ValueError):
@@ -95,7 +96,7 @@ def features(model, tokenizer, task, samples: Sequence, batch_size: int = 8,
 
 def probe_settings(early_stopping: bool, fit_intercept: bool, seed: int = 0) -> dict:
     """``LogisticRegressionCV`` keyword arguments: upstream MeZO's, plus this scikit-learn's explicit defaults."""
-    settings = dict(Cs=NUM_CS, fit_intercept=fit_intercept, scoring="accuracy", random_state=seed,
+    settings = dict(Cs=NUM_CS, cv=NUM_FOLDS, fit_intercept=fit_intercept, scoring="accuracy", random_state=seed,
                     tol=0.01 if early_stopping else 1e-4, max_iter=1000 if early_stopping else 5000)
     accepted = inspect.signature(_logistic_regression_cv()).parameters
     if "use_legacy_attributes" in accepted:  # scikit-learn >= 1.8 warns unless these are given
@@ -116,6 +117,11 @@ def fit_probe(X: np.ndarray, y: np.ndarray, early_stopping: bool = False, seed: 
     if len(classes) < 2:
         raise ProbeError(f"every one of the {len(y)} gold answer tokens is token {int(classes[0])}: a probe "
                          f"needs at least two different answers in the training set")
+    counts = np.unique(y, return_counts=True)[1]
+    if counts.max() < NUM_FOLDS:
+        raise ProbeError(f"{len(y)} gold answer tokens, at most {counts.max()} of any one answer: the probe's "
+                         f"{NUM_FOLDS}-fold stratified cross-validation needs {NUM_FOLDS} of one answer; give more "
+                         f"training examples (--num_train)")
     return _logistic_regression_cv()(**probe_settings(early_stopping, fit_intercept, seed)).fit(X, y)
 
 

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                     MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
+from mezo_engine import hub
 from mezo_engine.placement import place
 
 logger = logging.getLogger(__name__)
@@ -177,8 +178,14 @@ def position_limit(config) -> int | None:
     return None
 
 
+def hub_options(path: str) -> dict:
+    """``from_pretrained`` options for ``path`` (``resolve_model_path``'s answer): a hub id while the hub is offline
+    (``hub.offline_reason``) is read from the local cache only, without the libraries' retries."""
+    return {"local_files_only": True} if not Path(path).exists() and hub.offline_reason() else {}
+
+
 def load_tokenizer(path: str, model_type: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **hub_options(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # answers end every row, right-aligned, so logits are needed at the end only
@@ -210,10 +217,13 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
     path = resolve_model_path(name)
     extra = {"quantization_config": int8_config(), "device_map": "auto"} if int8 else {}
     try:
-        model = auto_class.from_pretrained(path, dtype=dtype, **extra)
+        model, info = auto_class.from_pretrained(path, dtype=dtype, output_loading_info=True, **extra,
+                                                 **hub_options(path))
         tokenizer = load_tokenizer(path, model.config.model_type)
     except Exception as err:  # damaged weights, unknown architectures and hub errors all surface here
         raise ModelError(_load_failure(name, path, err)) from err
+    if problem := missing_head_problem(name, model, info.get("missing_keys", ())):
+        raise ModelError(problem)
     if not int8:  # an 8-bit model is placed by device_map, and cannot be moved
         try:
             model = place(model, where or ("cuda:0" if torch.cuda.is_available() else "cpu"))
@@ -223,20 +233,68 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
     return model, tokenizer
 
 
-def is_masked_lm(name: str) -> bool:
-    """Whether the model ``name`` (alias, .gguf, local directory or hub id) is a masked LM: its config names a
-    ``...ForMaskedLM`` architecture, or, with no architecture named, its type is one with no causal LM class.
-    Raises ModelError naming ``--model_name`` when its config cannot be read."""
+def load_config(name: str):
+    """The config of model ``name`` (alias, .gguf, local directory or hub id), read without loading the weights.
+    Raises ModelError naming ``--model_name`` when it cannot be read."""
     path = resolve_model_path(name)
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, **hub_options(path))
     except Exception as err:  # hub unreachable, unknown model type, damaged config
         raise ModelError(_load_failure(name, path, err)) from err
+
+
+def config_is_masked_lm(config) -> bool:
+    """Whether ``config`` is a masked LM's: it names a ``...ForMaskedLM`` architecture, or, with no architecture
+    named, its type is one with no causal LM class."""
     names = config.architectures or []
     if names:
         return any(n.endswith("ForMaskedLM") for n in names)
     return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and config.model_type not in \
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def is_masked_lm(name: str) -> bool:
+    """Whether the model ``name`` is a masked LM (``config_is_masked_lm`` of its config, ``load_config``)."""
+    return config_is_masked_lm(load_config(name))
+
+
+def vocabulary_problem(name: str, config, tokenizer) -> str | None:
+    """Why ``tokenizer`` cannot feed the model of ``config``: it has more tokens than the model's vocabulary (the
+    embedding has ``vocab_size`` rows; a larger id would index past it). None when it fits or the config does not
+    say."""
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        return (f"--model_name {name!r}: its tokenizer has {len(tokenizer)} tokens but the model's vocabulary only "
+                f"{rows} (config vocab_size); token ids from {rows} on would index past the embedding. Save the "
+                f"tokenizer the model was trained with beside it")
+    return None
+
+
+def check_before_loading(name: str, problems=lambda config: ()) -> None:
+    """Read ``name``'s config and tokenizer (not its weights) and raise ModelError naming every problem: the
+    tokenizer larger than the vocabulary, and ``problems(config)`` (the caller's: its mode's, its app's)."""
+    config = load_config(name)
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_options(path))
+    except Exception as err:
+        raise ModelError(_load_failure(name, path, err)) from err
+    found = [p for p in (vocabulary_problem(name, config, tokenizer), *problems(config)) if p]
+    if found:
+        raise ModelError("; ".join(found))
+
+
+def missing_head_problem(name: str, model, missing_keys) -> str | None:
+    """Why a loaded model cannot be used: its checkpoint has no output layer (``missing_keys`` from
+    ``from_pretrained``'s loading info holds the LM head's weight), which transformers would start random."""
+    head = model.get_output_embeddings()
+    names = {f"{n}.weight" for n, m in model.named_modules() if head is not None and m is head}
+    lost = sorted(names & set(missing_keys))
+    if lost:
+        return (f"--model_name {name!r}: its checkpoint has no {', '.join(lost)} (the output layer) and the config "
+                f"does not tie it to the input embeddings; transformers would start it random. Give a complete "
+                f"checkpoint (or set tie_word_embeddings if the model was trained tied)")
+    return None
 
 
 def auto_class_of(name: str):
@@ -249,5 +307,8 @@ def _load_failure(name: str, path: str, err: Exception) -> str:
     if Path(path).is_dir():
         return (f"--model_name {name!r}: cannot load the model in {path} (damaged weights or config?): "
                 f"{type(err).__name__}: {first_line}")
-    return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which may be unreachable or not "
-            f"know this id ({type(err).__name__}: {first_line}); {OFFLINE_MODEL_HINT}")
+    if reason := hub.offline_reason():
+        return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which is unreachable ({reason}), "
+                f"and it is not in the local cache; {OFFLINE_MODEL_HINT}")
+    return (f"--model_name {name!r}: cannot load it from the HuggingFace hub, which may not know this id "
+            f"({type(err).__name__}: {first_line}); {OFFLINE_MODEL_HINT}")

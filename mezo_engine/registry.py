@@ -14,6 +14,7 @@ This module is also the drivers' command (run by path, so it needs no installed 
     python3 mezo_engine/registry.py defaults MODE DRIVER [ZO]  # LR=1e-5 EPS=1e-3
     python3 mezo_engine/registry.py driver MODE DRIVER [ZO]    # shell assignments: MODE_ARGS, MODE_TAG, ZO_ARGS,
                                                                # DEFAULT_*
+    python3 mezo_engine/registry.py variables [SCRIPT]         # the variables SCRIPT (default: every driver) reads
 
 ``DRIVER`` is one of ``DRIVERS``; ``driver`` reads the method's environment variables (``LORA_R``, ...); ``ZO``
 (the drivers' variable of that name, for the MeZO drivers only) is the ZO method.
@@ -29,11 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DRIVERS = ("mezo", "finetune", "medium-mezo", "medium-finetune")
+DRIVER_FOLDERS = (".", "large_models", "medium_models")  # where the shell drivers are, in the repository
 ZO_DRIVERS = ("mezo", "medium-mezo")  # the drivers that train with --trainer zo
 BASE = "ft"  # full-parameter training: the mode of a run that selects none
 ZO_BASE = "sgd"  # MeZO's ZO-SGD: the --zo_optimizer of a run that names none
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 _ENV = re.compile(r"\{(\w+):([^}]*)\}")  # {VARIABLE:default} in a driver flag or tag
+_READ = re.compile(r"\$\{([A-Za-z_]\w*):?[-=?+]")  # ${VAR:-default} and its kin: VAR read from the environment
+_CALLED = re.compile(r"(?:source|bash)\s+\"[^\n]*?(/[\w.-][\w./-]*\.sh)\"")  # "$HERE/common.sh": a script it runs
+_RESOLVES_MODE = re.compile(r"^\s*mode_args\s+\S", re.M)  # calls drivers.sh's mode_args: reads the modes' variables
 
 
 class RegistryError(ValueError):
@@ -180,6 +186,26 @@ def driver_variables() -> set[str]:
     return {m.group(1) for t in texts for m in _ENV.finditer(t)}
 
 
+def script_variables(path: Path, seen: set | None = None) -> set[str]:
+    """The environment variables the shell script at ``path`` reads (``${VAR:-default}`` and its kin), with those
+    of the scripts it sources or runs by a literal path (``source "$HERE/common.sh"``, taken from its folder) and,
+    when it resolves a mode (``mode_args``), the modes' own (``driver_variables``)."""
+    path, seen = Path(path).resolve(), set() if seen is None else seen
+    if path in seen or not path.is_file():
+        return set()
+    seen.add(path)
+    text = path.read_text(encoding="utf-8")
+    found = set(_READ.findall(text)) | (driver_variables() if _RESOLVES_MODE.search(text) else set())
+    for relative in _CALLED.findall(text):
+        found |= script_variables(path.parent / relative.lstrip("/"), seen)
+    return found
+
+
+def all_script_variables() -> set[str]:
+    """What every shell driver of the repository reads (``script_variables`` of each)."""
+    return {v for folder in DRIVER_FOLDERS for script in (REPO / folder).glob("*.sh") for v in script_variables(script)}
+
+
 def _driver_zo(driver: str, zo: str | None) -> str:
     """The ZO method a driver runs (``ZO``; unset: the default), refused for a driver that does not train with zo."""
     _lookup(dict.fromkeys(DRIVERS), driver, "driver")
@@ -213,7 +239,9 @@ def main(argv: list[str]) -> int:
     """The drivers' command (see the module docstring); an unknown name prints the error and returns 2."""
     commands = {"modes": lambda: " ".join(ADAPTERS),
                 "defaults": lambda mode, driver, zo="sgd": "LR={0.lr} EPS={0.eps}".format(defaults(mode, driver, zo)),
-                "driver": lambda mode, driver, zo=None: driver_assignments(mode, driver, dict(os.environ), zo)}
+                "driver": lambda mode, driver, zo=None: driver_assignments(mode, driver, dict(os.environ), zo),
+                "variables": lambda script=None: " ".join(sorted(script_variables(script) if script
+                                                                  else all_script_variables()))}
     if not argv or argv[0] not in commands:
         print(f"usage: registry.py {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

@@ -48,6 +48,8 @@ NOT_IN_HASH = frozenset({
     "per_device_eval_batch_size", "eval_accumulation_steps", "dataloader_num_workers", "dataloader_pin_memory",
     "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
     "torch_empty_cache_steps", "local_rank",
+    # how long a rank waits for a stalled one: it ends a hung job, never changes a finished one
+    "zo_stall_timeout",
     # where the data files lie, not what they hold (local files and the hub give the same samples, tested)
     "data_dir",
     # aliases, copied into eval_strategy, zo_num_samples, zo_sample_scheduler and max_forwards
@@ -166,19 +168,34 @@ def _spent_budget(record, budget: Budget) -> str | None:
             f"(or 0 for none) to continue it")
 
 
-def _check_parent(path: Path) -> None:
-    parent = path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
+def unwritable(folder: Path, create: bool) -> str | None:
+    """Why files cannot be made in ``folder`` (or, when it does not exist yet, in the nearest folder above it that
+    does; ``create``: make ``folder`` first), or None when they can: one probe file made and removed."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise ResultPathError(f"result file {path}: {existing} is a file, not a folder; {WHERE_ELSE}")
+        return f"{existing} is a file, not a folder"
+    target = folder if create else existing
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".write-test-")
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ResultPathError(f"result file {path}: cannot write in {parent} ({err.strerror or err}); "
-                              f"{WHERE_ELSE}") from None
+        return f"cannot write in {target} ({err.strerror or err})"
+    return None
+
+
+def _check_parent(path: Path) -> None:
+    if problem := unwritable(path.parent, create=True):
+        raise ResultPathError(f"result file {path}: {problem}; {WHERE_ELSE}")
+
+
+def check_output_dir(folder: str | Path) -> None:
+    """Raise ResultPathError unless checkpoints and saved models can be written to ``folder`` (``--output_dir``),
+    made where it is missing; checked before anything loads, as the result path. Creates nothing."""
+    if problem := unwritable(Path(folder), create=False):
+        raise ResultPathError(f"output folder {folder} (--output_dir): {problem}; choose another --output_dir")
 
 
 def check_result_path(path: str | Path, overwrite: bool, budget: Budget | None = None) -> None:

@@ -12,20 +12,24 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from mezo_engine import checkpoint_checks, distributed, lora, resources, run_lock
+from mezo_engine import checkpoint_checks, disk, distributed, lora, resources, run_lock
 from mezo_engine.arguments import ArgumentError, default_config_of, launched_world_size
-from mezo_engine.checkpoint import RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal, resolve_resume
+from mezo_engine.checkpoint import (RESUMABLE_EXIT, RUN_STATE, CheckpointError, RunStateCallback, StopOnSignal,
+                                     resolve_resume)
 from mezo_engine.methods import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
-from mezo_engine.results import config_hash, hashed_settings, publish_result, run_name
+from mezo_engine.results import (ResultPathError, check_output_dir, config_hash, hashed_settings, publish_result,
+                                 run_name, strict)
 from mezo_engine.status import Status
-from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, LedgerCallback, MezoTrainer
+from mezo_engine.trainer import (BestModelCallback, DivergenceCallback, DivergenceError, LedgerCallback, MezoTrainer,
+                                 StallCallback)
 
 logger = logging.getLogger("run")
 
@@ -57,6 +61,7 @@ def lock_output_dirs(out_dirs: list[str]) -> None:
     only (its ``RANK``: the process group may not exist yet, and the lock must be taken before the model loads)."""
     if os.environ.get("RANK", "0") == "0":
         for folder in out_dirs:
+            check_output_dir(folder)
             run_lock.acquire(folder)
 
 
@@ -88,16 +93,19 @@ def model_placement(args) -> str:
 
 
 def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
-                    comm: distributed.CommCounter | None = None) -> list:
+                    comm: distributed.CommCounter | None = None,
+                    stall: distributed.StallGuard | None = None) -> list:
     """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``metric``:
-    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduces under torchrun. The
-    ledger comes last, so that the steps it times include the other callbacks' work at a step's end (merges)."""
+    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduces under torchrun and
+    ``stall`` bounds their waits (armed by ``StallCallback``). The ledger comes last, so that the steps it times
+    include the other callbacks' work at a step's end (merges)."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
-    callbacks = [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm),
+    stall = stall if stall is not None else distributed.StallGuard()
+    callbacks = [*stateful.values(), run_state, StallCallback(stall), StopOnSignal(args.save_on_interrupt, comm, stall),
                  DivergenceCallback(args.divergence_limits)]
-    stateful["ledger"] = LedgerCallback(args.budget, comm=comm)
+    stateful["ledger"] = LedgerCallback(args.budget, comm=comm, stall=stall)
     run_state.stateful = stateful
     return [*callbacks, stateful["ledger"]]
 
@@ -118,9 +126,11 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base(),
                                  settings=run_settings(args))
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flags, under torchrun
-    callbacks = build_callbacks(args, metric, mode, run_state, comm)
+    stall = distributed.StallGuard.open(args.zo_stall_timeout if args.trainer == "zo" else 0.0)  # on every rank
+    callbacks = build_callbacks(args, metric, mode, run_state, comm, stall)
     return MezoTrainer(model=model, args=args, callbacks=callbacks, objective=objective, evaluator=evaluator,
-                       mode=mode, comm=comm, ledger=run_state.stateful["ledger"].ledger, **trainer_kwargs)
+                       mode=mode, comm=comm, ledger=run_state.stateful["ledger"].ledger, stall=stall,
+                       **trainer_kwargs)
 
 
 def _callback(trainer, cls):
@@ -170,6 +180,14 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     except DivergenceError as err:
         logger.error("%s", err)
         status, summary["error"] = Status.diverged(err.step), str(err)
+    except distributed.StalledRanks as err:  # no collective can run any more: no summary, no result
+        raise RunStopped(f"run.py: error: {err}; ending the job (exit {RESUMABLE_EXIT}) to resume from its latest "
+                         f"checkpoint (--zo_stall_timeout)", RESUMABLE_EXIT, error=True, abandon=True) from err
+    except Exception as err:  # a checkpoint the disk could not take: stop resumably, else a real error
+        message = disk.failed_checkpoint(err, args.output_dir, trainer.state.global_step, RUN_STATE)
+        if message is None:
+            raise
+        status, summary["write_error"] = Status.interrupted(trainer.state.global_step), message
     finally:
         stopper.restore_handlers()
     summary.update(resources.training_speed(time.time() - started, first_step, trainer.state.global_step))
@@ -255,10 +273,23 @@ def save(args, model, tokenizer, trainer: MezoTrainer | None = None) -> None:
     logger.info("saved the trained model to %s", args.output_dir)
 
 
-def publish(path: Path, result: dict, overwrite: bool, budget=None) -> Path:
-    """``results.publish_result`` on rank 0; the other ranks write nothing and get ``path`` back. ``budget``: the
-    run's (``ledger.Budget``), which may continue a ``budget reached`` result at ``path``."""
-    return publish_result(path, result, overwrite, budget) if distributed.is_main() else path
+class ResultWriteError(ResultPathError):
+    """The result JSON could not be written at the end of a run; it was printed on stderr instead."""
+
+
+def publish(path: Path, result: dict, overwrite: bool, budget=None) -> Path | None:
+    """``results.publish_result`` on rank 0 (the other ranks write nothing and get ``path`` back). ``budget``: the
+    run's (``ledger.Budget``), which may continue a ``budget reached`` result at ``path``. If the write fails (a
+    full disk, a folder gone read-only), the result is not lost: it is printed on stderr as JSON, the error is
+    logged, and None is returned."""
+    if not distributed.is_main():
+        return path
+    try:
+        return publish_result(path, result, overwrite, budget)
+    except OSError as err:
+        print(json.dumps(strict(result), indent=2, default=str), file=sys.stderr, flush=True)
+        logger.error("cannot write the result to %s (%s); it is printed above on stderr", path, err.strerror or err)
+        return None
 
 
 def stamp(args, result: dict, start: float) -> None:
@@ -276,17 +307,23 @@ def finish(args, result: dict, path: Path, start: float, model, tokenizer, train
     if args.save_model:
         save(args, model, tokenizer, trainer)
     written = publish(path, result, args.overwrite, args.budget)
+    if written is None:
+        raise ResultWriteError(f"cannot write the result to {path}: the run finished, its result JSON is printed "
+                               f"above on stderr (copy it to that path); make room or fix the folder's permissions")
     if written != path:
         logger.error("another run completed %s while this one ran; this run's result is in %s", path, written)
     return written
 
 
 class RunStopped(Exception):
-    """Training stopped early (a signal or divergence); the result JSON says so. ``exit_code`` for run.py."""
+    """Training stopped early (a signal, divergence, a checkpoint the disk could not take); the result JSON says
+    so. ``exit_code`` for run.py; ``error``: the message is an error for stderr, not a warning for the log."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, error: bool = False, abandon: bool = False):
         super().__init__(message)
-        self.exit_code = exit_code  # RESUMABLE_EXIT after a signal, 1 after divergence
+        self.exit_code = exit_code  # RESUMABLE_EXIT after a signal or a failed checkpoint, 1 after divergence
+        self.error = error
+        self.abandon = abandon  # the process group is broken (a stalled rank): exit without leaving it
 
 
 def stopped_run(args, result: dict, path: Path, model, tokenizer, start: float, trainer=None):
@@ -295,17 +332,27 @@ def stopped_run(args, result: dict, path: Path, model, tokenizer, start: float, 
     signal_name = result["train"].get("signal")
     if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
         save(args, model, tokenizer, trainer)
-    written = publish(path, result, args.overwrite, args.budget)
+    written = publish(path, result, args.overwrite, args.budget) or f"{path} not written (printed on stderr)"
     if signal_name:
         raise RunStopped(f"{result['status']} ({signal_name}); checkpoint in {args.output_dir}, result in "
                          f"{written}; re-run with --resume_from_checkpoint auto to continue", RESUMABLE_EXIT)
+    if write_error := result["train"].get("write_error"):
+        raise RunStopped(f"run.py: error: {write_error}; result in {written}", RESUMABLE_EXIT, error=True)
     raise RunStopped(f"run.py: error: {result['train']['error']}; result in {written}", 1)
 
 
 def exit_stopped(stop: RunStopped):
     """End the process after a stopped run: exit 1 with the message after divergence, RESUMABLE_EXIT after a
-    signal (the message logged as a warning)."""
+    signal (the message logged as a warning) or a checkpoint the disk could not take (the message on stderr)."""
     if stop.exit_code != RESUMABLE_EXIT:
         raise SystemExit(str(stop))
+    if stop.abandon:  # a rank stopped answering: leaving the group could wait for it, or abort the process
+        print(stop, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        release_output_dirs()
+        os._exit(stop.exit_code)
+    if stop.error:
+        print(stop, file=sys.stderr)
+        raise SystemExit(stop.exit_code)
     logger.warning("%s", stop)
     raise SystemExit(stop.exit_code)

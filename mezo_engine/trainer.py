@@ -113,17 +113,20 @@ class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
     def __init__(self, *args, objective: Objective, evaluator: Callable[[torch.nn.Module], dict[str, float]] | None,
-                 mode=None, comm: distributed.CommCounter | None = None, ledger: Ledger | None = None, **kwargs):
+                 mode=None, comm: distributed.CommCounter | None = None, ledger: Ledger | None = None,
+                 stall: distributed.StallGuard | None = None, **kwargs):
         """``objective(model, batch) -> loss``: the training loss; ``evaluator(model) -> {metric: value}``: the dev
         evaluation (None: the run has no dev set, ``evaluate`` returns nothing). Both come from the app, which
         knows its prompts and flags; the trainer builds neither. ``mode``: the run's ``methods.Mode`` (which
         parameters the regular optimizer covers); ``comm``: counts the bytes of the zo loss all-reduces across
         ranks; ``ledger``: where the steps' forwards and backwards are counted (``LedgerCallback`` times the
-        steps and checks the budgets with the same one)."""
+        steps and checks the budgets with the same one); ``stall``: bounds the all-reduces' waits
+        (``distributed.StallGuard``, armed by ``StallCallback``)."""
         super().__init__(*args, **kwargs)
         self.objective, self.evaluator = objective, evaluator
         self.ledger = ledger if ledger is not None else Ledger()
         self.comm = comm if comm is not None else distributed.CommCounter()
+        self.stall = stall if stall is not None else distributed.StallGuard()
         self.mode = mode
         self._total: int | None = None
         self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
@@ -175,6 +178,7 @@ class MezoTrainer(Trainer):
         (``batched_queries.StepLosses``)."""
         weight = batch_weight(self.objective, inputs) if distributed.active() else 1.0
         mode = self._run_mode()
+        what = f"the zo step's all-reduce at step {self.state.global_step + 1}"
 
         def local() -> float:
             with torch.no_grad(), mode.forward_context(model):
@@ -184,7 +188,7 @@ class MezoTrainer(Trainer):
             return batched_queries.query_losses(model, self.objective, inputs, params, deltas)
 
         can_batch = mode.adapter and hasattr(self.objective, "copies_loss")
-        return StepLosses(local, weight, self.comm, batched if can_batch else None)
+        return StepLosses(local, weight, self.comm, batched if can_batch else None, self.stall, what)
 
     def _run_mode(self) -> methods.Mode:
         """The run's mode; a trainer built without one asks the arguments (``methods.mode_for``)."""
@@ -300,6 +304,27 @@ class BestModelCallback(TrainerCallback):
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
 
 
+class StallCallback(TrainerCallback):
+    """Arms the run's ``distributed.StallGuard`` once the ranks have met in a step, and disarms it for the waits
+    that may legitimately be long: the first step (ranks load and resume at their own pace), and the step after a
+    checkpoint save (rank 0 writes while the others go on) or a dev evaluation."""
+
+    def __init__(self, guard: distributed.StallGuard):
+        self.guard = guard
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.guard.armed = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.guard.armed = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.guard.armed = False
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.guard.armed = False
+
+
 class DivergenceCallback(TrainerCallback):
     """Stop a run whose logged numbers show a finite blow-up (``divergence.Watch``) with ``DivergenceError``, as
     ``check_finite`` does for NaN. A resumed run first replays its restored ``log_history``, so that it keeps the
@@ -329,12 +354,14 @@ class LedgerCallback(TrainerCallback):
     larger budget continues from it). ``reached`` is then ``(flag, step)``. Stateful (``RunStateCallback``): a resumed run
     continues the counts; a checkpoint made before the ledger existed has none, so the counts then start at its
     step (``optional_state``). Under torchrun with ``--max_time`` the ranks agree after every step (one float64,
-    counted in ``comm``), as their clocks differ; the forward count is the same on every rank."""
+    counted in ``comm``, its wait bounded by ``stall``), as their clocks differ; the forward count is the same on
+    every rank."""
 
     optional_state = True
 
-    def __init__(self, budget: Budget, ledger: Ledger | None = None, comm: distributed.CommCounter | None = None):
-        self.budget, self.comm = budget, comm
+    def __init__(self, budget: Budget, ledger: Ledger | None = None, comm: distributed.CommCounter | None = None,
+                 stall: distributed.StallGuard | None = None):
+        self.budget, self.comm, self.stall = budget, comm, stall
         self.ledger = ledger if ledger is not None else Ledger()
         self.clock = StepClock()
         self.reached: tuple[str, int] | None = None
@@ -364,7 +391,8 @@ class LedgerCallback(TrainerCallback):
         """``flag``, or under torchrun with a time budget ``max_time`` when any rank's clock reached it."""
         if not (self.budget.max_time and distributed.active()):
             return flag
-        anywhere = distributed.max_over_ranks(float(flag is not None), self.comm)
+        anywhere = distributed.max_over_ranks(float(flag is not None), self.comm, self.stall,
+                                              "the ranks' agreement on --max_time")
         return flag or ("max_time" if anywhere else None)
 
     def state_dict(self) -> dict:

@@ -63,3 +63,21 @@ def test_no_results_yet_gives_an_empty_table_not_an_error(tmp_path):
     table = aggregate.build_table(load_sweep(write_sweep(tmp_path, BODY)))
     assert table.metrics == [] and [len(c.missing) for c in table.cells] == [3, 3]
     assert "Not in the table: 6 of 6 runs." in aggregate.markdown_text(table, "t")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--metric", "eval.f1"], "--metric eval.f1: no completed result has it (they have: eval.accuracy, dev.accuracy)"),
+    (["--metric", "dev.acuracy"], "--metric dev.acuracy: no completed result has it; did you mean dev.accuracy?"),
+    (["--over", "SEEDZ"], "--over SEEDZ: not a key of sweep t; did you mean SEED? (its keys: MODE, LR, SEED, TASK)"),
+])
+def test_an_unknown_metric_or_over_exits_non_zero_and_writes_nothing(sweep_file, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as err:
+        aggregate.main([str(sweep_file), "--out", str(tmp_path / "agg"), *flags])
+    assert err.value.code.startswith(f"aggregate.py: error: {message}") and not (tmp_path / "agg").exists()
+
+
+def test_before_any_result_a_metric_must_at_least_look_like_one(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, BODY))
+    assert aggregate.build_table(sweep, metrics=["eval.f1"]).metrics == ["eval.f1"]  # may come with the results
+    with pytest.raises(aggregate.SweepError, match="--metric accuracy: give eval.<name> or dev.<name>"):
+        aggregate.build_table(sweep, metrics=["accuracy"])

@@ -1,6 +1,12 @@
 """Bad input gets a clear error naming the file, line or flag (never a raw traceback), or a stated behaviour."""
+import errno
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,12 +14,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from large_models import run
-from mezo_engine import models
+from mezo_engine import hub, models
 from mezo_engine.models import ModelError
 from large_models.tasks import DataError, get_task
 from tests.task_fixtures import NEGATIVE, POSITIVE, write_sst2
 from tests.tiny import make_tokenizer, tiny_config
 
+REPO = Path(__file__).resolve().parent.parent
 GOOD_TSV = "sentence\tlabel\n" + "\n".join([f"{t}\t1" for t in POSITIVE] + [f"{t}\t0" for t in NEGATIVE]) + "\n"
 RTE_ROW = {"premise": "It rains.", "hypothesis": "It is wet.", "idx": 0, "label": "entailment"}
 
@@ -103,11 +110,12 @@ def _copy_model(src: Path, dst: Path, drop=()) -> Path:
     return dst
 
 
-def _model_error(tmp_path, model_name: str) -> str:
+def _model_error(tmp_path, model_name: str, *flags: str) -> str:
     _write(tmp_path / "data/SST-2/dev.tsv", GOOD_TSV)
+    _write(tmp_path / "data/SST-2/train.tsv", GOOD_TSV)
     with pytest.raises(SystemExit) as err:
         run.main(["--model_name", model_name, "--data_dir", str(tmp_path / "data"),
-                  "--result_file", str(tmp_path / "r.json")])
+                  "--result_file", str(tmp_path / "r.json"), *flags])
     return str(err.value.code)
 
 
@@ -158,6 +166,113 @@ def test_unreachable_hub_model_says_how_to_run_offline(tmp_path, monkeypatch):
     assert "MODEL=smollm2-135m" in message and "local model directory" in message
 
 
+def _refused_before_loading(tmp_path, monkeypatch, model_dir, *flags) -> str:
+    """run.py's one-line error for ``model_dir`` with ``flags``, failing the test if the model's weights load."""
+    monkeypatch.setattr(run, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("loaded the model"))
+    return _model_error(tmp_path, str(model_dir), *flags)
+
+
+def test_a_masked_lm_is_refused_before_it_loads(tmp_path, monkeypatch):
+    from tests.tiny import save_tiny_mlm
+    mlm = save_tiny_mlm("roberta", tmp_path / "roberta")
+    message = _refused_before_loading(tmp_path, monkeypatch, mlm)
+    assert message == (f"run.py: error: --model_name '{mlm}': a masked LM (RobertaForMaskedLM); large_models runs "
+                       f"causal LMs, medium_models/run.py runs masked ones")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    small = tmp_path / "small-vocab"
+    AutoModelForCausalLM.from_config(tiny_config("opt", vocab_size=200)).save_pretrained(small)
+    make_tokenizer().save_pretrained(small)  # 260 tokens
+    message = _refused_before_loading(tmp_path, monkeypatch, small)
+    assert f"--model_name '{small}': its tokenizer has 260 tokens but the model's vocabulary only 200" in message
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--xgblora", "--xgblora_num_layers", "3"], "--xgblora_num_layers 3: larger than this model's 2 blocks"),
+    (["--prefix_tuning", "--num_prefix", "1025"], "--num_prefix 1025: more than this model's 1024 positions"),
+])
+def test_mode_flags_beyond_the_model_are_refused_before_it_loads(tmp_path, monkeypatch, tiny_opt_dir, flags,
+                                                                 message):
+    train = ["--trainer", "zo", "--num_train", "4", "--max_steps", "1"]
+    assert message in _refused_before_loading(tmp_path, monkeypatch, tiny_opt_dir, *train, *flags)
+
+
+def test_a_checkpoint_without_its_lm_head_is_refused(tmp_path):
+    """An untied LLaMA whose file lacks lm_head.weight: transformers would start the head random."""
+    from safetensors.torch import load_file, save_file
+    from tests.tiny import save_tiny
+    model = save_tiny("llama", tmp_path / "headless")
+    weights = load_file(model / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head.")}, model / "model.safetensors",
+              metadata={"format": "pt"})
+    message = _model_error(tmp_path, str(model))
+    assert message == (f"run.py: error: --model_name '{model}': its checkpoint has no lm_head.weight (the output "
+                       f"layer) and the config does not tie it to the input embeddings; transformers would start it "
+                       f"random. Give a complete checkpoint (or set tie_word_embeddings if the model was trained "
+                       f"tied)")
+
+
+def _closed_port_url() -> str:
+    """An endpoint on this machine that refuses connections: a port the kernel just handed out and that is closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_the_hub_probe_tells_a_closed_port_from_a_listening_one():
+    assert "does not answer: Connection refused" in hub.probe(_closed_port_url())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert hub.probe(f"http://127.0.0.1:{sock.getsockname()[1]}") is None
+
+
+def test_the_hub_probe_connects_to_the_proxy_the_environment_names(monkeypatch):
+    proxy = _closed_port_url()
+    monkeypatch.setenv("https_proxy", proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert hub.first_hop("https://hub.example:8443").geturl() == proxy
+    assert f"(through the proxy {proxy}) does not answer" in hub.probe("https://hub.example:8443")
+    monkeypatch.setenv("no_proxy", "hub.example")
+    assert hub.first_hop("https://hub.example:8443").port == 8443
+
+
+def test_an_unreachable_hub_fails_the_model_without_retries(tmp_path, monkeypatch, caplog):
+    for name in hub.OFFLINE_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    url = _closed_port_url()
+    monkeypatch.setattr(hub, "endpoint", lambda: url)
+    message = _model_error(tmp_path, "nobody-here/no-such-model-xyz")
+    assert message == (f"run.py: error: --model_name 'nobody-here/no-such-model-xyz': cannot load it from the "
+                       f"HuggingFace hub, which is unreachable ({url} does not answer: Connection refused), and it "
+                       f"is not in the local cache; {models.OFFLINE_MODEL_HINT}")
+    assert "Retrying" not in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, message", [
+    (["--model_name", "facebook/opt-125m", "--data_dir", "DATA"], "--model_name 'facebook/opt-125m': cannot load it "
+                                                                    "from the HuggingFace hub, which is unreachable"),
+    ([], "cannot reach the HuggingFace hub to load nyu-mll/glue (unreachable: "),
+])
+def test_an_unreachable_hub_endpoint_fails_in_one_try(tmp_path, sst2_dir, flags, message):
+    """run.py in a process of its own with HF_ENDPOINT on a closed local port and an empty cache: one line, and
+    none of the libraries' retries (each a sleep of seconds)."""
+    url = _closed_port_url()
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    for name in hub.OFFLINE_SWITCHES:
+        env.pop(name, None)
+    flags = [str(sst2_dir) if f == "DATA" else f for f in flags]
+    done = subprocess.run([sys.executable, "large_models/run.py", "--task_name", "SST2", "--result_file",
+                           str(tmp_path / "r.json"), *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Retrying" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run.py: error: {message}") and f"{url} does not answer" in last
+
+
 def test_local_looking_names_are_not_sent_to_the_hub():
     assert models.looks_local("./m") and models.looks_local("/abs/m") and models.looks_local("~/m")
     assert not models.looks_local("facebook/opt-125m")
@@ -171,9 +286,18 @@ TRAIN = ["--trainer", "zo", "--num_train", "4"]
 
 @pytest.mark.parametrize("flags, message", [
     (TRAIN + ["--max_steps", "0"], "--max_steps 0 with --trainer zo: must be >= 1 (or -1"),
+    (["--trainer", "regular", "--num_train", "4", "--num_train_epochs", "0"],
+     "--num_train_epochs 0.0 with --trainer regular: must be > 0 (or give --max_steps >= 1)"),
     (["--trainer", "regular", "--num_train", "0"], "--num_train 0 with --trainer regular: nothing to train on"),
     (TRAIN + ["--learning_rate", "0"], "--learning_rate 0.0 with --trainer zo: must be > 0"),
     (TRAIN + ["--learning_rate=-1e-3"], "--learning_rate -0.001 with --trainer zo: must be > 0"),
+    (TRAIN + ["--learning_rate", "-1e-3"],
+     "--learning_rate -1e-3: a negative value after a space reads as a flag; write --learning_rate=-1e-3"),
+    (["--seed=-1"], "--seed -1: must be between 0 and 2**32 - 1"),
+    (["--seed", str(2 ** 32)], f"--seed {2 ** 32}: must be between 0 and 2**32 - 1"),
+    (["--xgblora_step_per_iteration", "5"],
+     "--xgblora_step_per_iteration: unknown flag; did you mean --xgblora_steps_per_iteration?"),
+    (["--max_stepz=5"], "--max_stepz: unknown flag; did you mean --max_steps?"),
     (["--load_float16", "--load_bfloat16"], "--load_float16 and --load_bfloat16: choose one"),
     (["--load_bfloat16", "--load_float64"], "--load_bfloat16 and --load_float64: choose one"),
     (["--xgblora"], "--xgblora with --trainer none: an adapter changes nothing until it is trained"),
@@ -233,6 +357,55 @@ def test_max_length_is_capped_to_the_position_limit_and_cut_prompts_counted(tmp_
     assert result["prompts_cut"] == {"train": 0, "eval": 2}
     assert "--max_length 5000 is more than this model's 64 positions" in caplog.text
     assert "2 eval prompt(s) are longer than --max_length 64 tokens" in caplog.text
+
+
+def test_cut_prompts_are_counted_with_one_demonstration_set_per_example(tmp_path, short_opt_dir, caplog):
+    """MeZO's in-context default draws a demonstration set per evaluation example: short examples behind long
+    demonstrations are cut too, and counted."""
+    short = ["good", "bad", "fine film", "dull"]
+    _write(tmp_path / "SST-2/dev.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(short)))
+    long_rows = [f"{'a very long review ' * 6}{i}\t{i % 2}\n" for i in range(4)]  # > 64 byte tokens each
+    _write(tmp_path / "SST-2/train.tsv", "sentence\tlabel\n" + "".join(long_rows))
+    out = tmp_path / "r.json"
+    run.main(["--model_name", str(short_opt_dir), "--data_dir", str(tmp_path), "--result_file", str(out),
+              "--num_train", "1", "--max_length", "64"])
+    result = json.loads(out.read_text())
+    assert result["demonstrations"] == "one set per eval example"
+    assert result["prompts_cut"] == {"train": 0, "eval": 4}
+    assert "4 eval prompt(s) are longer than --max_length 64 tokens" in caplog.text
+
+
+# ---- a disk that does not take the run's files ----------------------------------------------------------
+def test_an_unwritable_output_dir_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """A read-only folder, simulated (the tests may run as root, for whom chmod does not bar writing)."""
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    message = _refused_before_loading(tmp_path, monkeypatch, "unused-model", "--output_dir", str(locked / "out"))
+    assert message == (f"run.py: error: output folder {locked / 'out'} (--output_dir): cannot write in {locked} "
+                       f"(Permission denied); choose another --output_dir")
+
+
+def test_a_result_the_disk_cannot_take_is_printed_not_lost(tmp_path, tiny_opt_dir, monkeypatch, capsys):
+    from mezo_engine import results
+
+    def full(path, result):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(results, "write_result", full)
+    out = tmp_path / "r.json"  # _model_error's result path
+    message = _model_error(tmp_path, str(tiny_opt_dir), "--num_eval", "4")
+    assert message == (f"run.py: error: cannot write the result to {out}: the run finished, its result JSON is "
+                       f"printed above on stderr (copy it to that path); make room or fix the folder's permissions")
+    err = capsys.readouterr().err
+    result, _ = json.JSONDecoder().raw_decode(err[err.index("{\n"):])
+    assert result["status"] == "completed" and result["num_eval"] == 4 and "accuracy" in result["eval"]
+    assert not out.exists()
 
 
 def test_position_limit_reads_each_architecture():

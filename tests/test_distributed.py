@@ -20,8 +20,11 @@ A wrong weighting or a wrong batch moves these by ~1e-4 to 1e-3 (the ``half`` ru
 """
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -340,6 +343,87 @@ def test_collectives_on_two_gloo_processes(tmp_path):
     assert got["mean"] == 7 / 4 and got["means"] == [7 / 4, -3 / 4] and got["zero"] == 0.0 and got["top"] == 10.0
     assert got["mine"] == [0, 2, 4, 6] and got["back"] == list(range(7))
     assert got["calls"] == 3 and got["bytes"] == 16 + 24 + 8
+
+
+def _stall_worker(rank: int, init_file: str, out: str, late: float, armed: bool) -> None:
+    """Rank 1 reaches the all-reduce ``late`` seconds after rank 0; each rank's guard bounds the wait to 1 s when
+    ``armed``. Writes what each rank saw, then leaves without tearing down a group that may be broken."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    guard = distributed.StallGuard.open(1.0)
+    guard.armed = armed
+    if rank == 1:
+        time.sleep(late)
+    try:
+        seen = {"mean": distributed.weighted_mean(float(rank), 1.0, guard=guard, what="the test's all-reduce")}
+    except distributed.StalledRanks as err:
+        seen = {"error": str(err)}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    os._exit(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("armed", [False, True])
+def test_the_stall_guard_bounds_only_an_armed_wait(tmp_path, armed):
+    """Disarmed (the first step, the one after a checkpoint save), a rank 3 s late is waited for; armed with a 1 s
+    bound, the waiting rank gives up and names the late one, which in turn finds the first gone."""
+    mp.spawn(_stall_worker, args=(str(tmp_path / "init"), str(tmp_path), 3.0, armed), nprocs=2)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    if not armed:
+        assert seen == [{"mean": 0.5}, {"mean": 0.5}]
+        return
+    assert seen[0] == {"error": "rank 0 waited 1 s in the test's all-reduce: rank(s) 1 did not answer (stopped, "
+                                "hung or lost)"}
+    assert seen[1]["error"].startswith("rank 1 waited 1 s in the test's all-reduce: rank(s) 0 did not answer")
+
+
+def test_the_stall_guard_is_armed_between_steps_and_not_after_a_save_or_an_evaluation():
+    from transformers import TrainerControl, TrainerState
+    from mezo_engine.trainer import StallCallback
+    guard = distributed.StallGuard(5.0)
+    callback, args, state, control = StallCallback(guard), None, TrainerState(), TrainerControl()
+    seen = []
+    for event in ("on_train_begin", "on_step_end", "on_save", "on_step_end", "on_evaluate", "on_step_end"):
+        getattr(callback, event)(args, state, control)
+        seen.append(guard.armed)
+    assert seen == [False, True, False, True, False, True]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stopped", [1, 0])
+def test_a_stopped_rank_ends_the_job_naming_it_with_the_resumable_exit(tmp_path, tiny_opt_dir, data_dir, stopped):
+    """Two gloo ranks of run.py (the environment torchrun gives them); once training logs, one gets SIGSTOP. The
+    other must end within its 5 s bound plus the 5 s probe (the 120 s limit only catches a hang), exit 75 and
+    name the stopped rank; the test then kills the stopped one."""
+    flags = _flags(tiny_opt_dir, data_dir, "SST2", tmp_path, "--trainer", "zo", "--max_steps", "3000",
+                   "--per_device_train_batch_size", "4", "--train_as_classification", "--report_to", "none",
+                   "--zo_stall_timeout", "5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "large_models/run.py", *flags], cwd=REPO, stderr=subprocess.STDOUT,
+                              stdout=logs[r].open("w"), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in (0, 1)]
+    try:
+        for _ in range(2400):  # the ranks' logs go to files: a full pipe must not stall a rank itself
+            if "'loss'" in logs[0].read_text() or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        os.kill(procs[stopped].pid, signal.SIGSTOP)
+        alive = procs[1 - stopped]
+        assert alive.wait(timeout=120) == 75, logs[1 - stopped].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    last = logs[1 - stopped].read_text().strip().splitlines()[-1]
+    assert last.startswith(f"run.py: error: rank {1 - stopped} waited 5 s in the ")
+    assert f": rank(s) {stopped} did not answer (stopped, hung or lost); ending the job (exit 75)" in last
 
 
 def test_one_process_needs_no_process_group():

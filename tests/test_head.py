@@ -213,6 +213,14 @@ def test_probe_settings_are_upstreams():
     assert (clf.tol, clf.max_iter, clf.fit_intercept) == (0.01, 1000, False) and len(clf.Cs_) == 10
 
 
+def test_probe_with_fewer_samples_of_every_answer_than_folds_is_refused():
+    """scikit-learn's stratified 5-fold split needs five samples of some answer; four and two are refused by us,
+    five and one are fitted."""
+    with pytest.raises(ProbeError, match="at most 4 of any one answer: the probe's 5-fold"):
+        fit_probe(np.eye(6, 3), np.array([7, 7, 7, 7, 9, 9]))
+    assert fit_probe(np.eye(6, 3), np.array([7, 7, 7, 7, 7, 9]), early_stopping=True).classes_.tolist() == [7, 9]
+
+
 def test_probe_with_a_single_answer_is_refused():
     with pytest.raises(ProbeError, match="at least two different answers"):
         fit_probe(np.zeros((6, 3)), np.full(6, 7))
@@ -254,6 +262,11 @@ def test_linear_probe_refuses_a_tied_head(word_tokenizer):
     (["--head_tuning", "--trainer", "zo", "--num_train", "4", "--prefix_tuning"], "--head_tuning and --prefix_tuning"),
     (["--head_tuning"], "--head_tuning with --trainer none: nothing would train"),
     (["--linear_probing"], "--linear_probing with --num_train 0"),
+    (["--linear_probing", "--num_train", "4"],
+     "--linear_probing with --num_train 4: fewer training examples than the probe's 5 cross-validation folds; "
+     "give --num_train >= 5"),
+    (["--trainer", "zo", "--linear_probing", "--num_train", "8", "--num_dev", "4"],
+     "--linear_probing with --num_train 8 and --num_dev 4: fewer training examples than the probe's 5"),
     (["--lp_early_stopping"], "--lp_early_stopping: needs --linear_probing"),
 ])
 def test_bad_head_flags_are_refused_by_name(flags, message):
@@ -276,7 +289,7 @@ def test_head_flags_name_their_own_run():
     (["--trainer", "regular", "--linear_probing", "--lora"], "lp-lora"),
 ])
 def test_mode_names(flags, mode):
-    assert parse_args(["--num_train", "4", *flags]).mode == mode
+    assert parse_args(["--num_train", "8", *flags]).mode == mode
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------

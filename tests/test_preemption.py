@@ -1,10 +1,12 @@
 """Preemption and divergence through the real CLI: a real signal to a real run.py process, and a huge LR."""
+import errno
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 from large_models import run
 from mezo_engine import checkpoint, lora
-from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE
+from mezo_engine.checkpoint import RESUMABLE_EXIT, RUN_STATE, StopOnSignal
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 200
@@ -39,6 +41,108 @@ def _signal_after_first_step(command, sig):
             break
     out, err = proc.communicate(timeout=120)
     return proc.returncode, "".join(seen) + out, err
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_repeated_signal_after_the_stop_cannot_end_the_process(stop):
+    """Once a stop is decided, a second SIGTERM must not reach the previous handler (in run.py the default one,
+    which ends the process with 143 although the checkpoint is written); without a stop the previous handler
+    comes back. A recording handler stands in for the default one."""
+    from transformers import TrainerControl, TrainerState
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        stopper = StopOnSignal()
+        stopper.install()
+        if stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        control = TrainerControl()
+        stopper.on_step_end(None, TrainerState(global_step=3), control)
+        stopper.restore_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (stopper.stopped, control.should_save) == ((("SIGTERM", 3), True) if stop else (None, False))
+    assert seen == ([] if stop else [signal.SIGTERM])
+
+
+@pytest.mark.slow
+def test_two_sigterms_in_quick_succession_exit_resumably(tmp_path, tiny_opt_dir, sst2_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_command(tmp_path, tiny_opt_dir, sst2_dir), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if "'loss'" in line:
+            for gap in (0.0, 0.15):
+                time.sleep(gap)
+                proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == RESUMABLE_EXIT, err[-3000:]
+    assert _result(tmp_path)["status"].startswith("interrupted at step ")
+
+
+def _full_disk_in(folder: str):
+    """A torch.save that fails as a full disk does (ENOSPC) for files under ``folder``."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if folder in str(f):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return real(obj, f, *args, **kwargs)
+    return save
+
+
+def test_a_checkpoint_the_disk_cannot_take_ends_the_run_resumably(tmp_path, tiny_opt_dir, sst2_dir, monkeypatch,
+                                                                  capsys):
+    """checkpoint-4 cannot be written: exit 75 with one line, the part of it that was written removed, the result
+    interrupted at step 4; the next run resumes from checkpoint-2 and completes."""
+    argv = _command(tmp_path, tiny_opt_dir, sst2_dir, "--save_strategy", "steps", "--save_steps", "2")[2:]
+    argv[argv.index("--max_steps") + 1] = "6"
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", _full_disk_in(str(out / "checkpoint-4")))
+        with pytest.raises(SystemExit) as stop:
+            run.main(argv)
+    assert stop.value.code == RESUMABLE_EXIT
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"run.py: error: cannot write checkpoint-4 in {out} (No space left on device); removed what was "
+                    f"written of it; make room and re-run with --resume_from_checkpoint auto to continue from the "
+                    f"latest complete checkpoint; result in {tmp_path / 'result.json'}")
+    assert not (out / "checkpoint-4").exists() and (out / "checkpoint-2" / RUN_STATE).is_file()
+    assert _result(tmp_path)["status"] == "interrupted at step 4"
+    run.main(argv)
+    result = _result(tmp_path)
+    assert result["status"] == "completed" and result["train"]["global_step"] == 6 and "eval" in result
+
+
+def test_a_failed_save_is_told_from_other_errors():
+    """torch.save reports a full disk without a reason: a probe write into the folder gives it; an error with a
+    complete checkpoint folder, or none, and no write errno is not a disk failure."""
+    from mezo_engine import disk
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert disk.errno_reason(RuntimeError("wrapped")) is None
+    wrapped = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    wrapped.__context__ = RuntimeError("basic_ios::clear: iostream error")
+    assert disk.errno_reason(wrapped) is None
+    chained = ValueError("outer")
+    chained.__cause__ = full
+    assert disk.errno_reason(chained) == "No space left on device"
+    assert disk.errno_reason(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert disk.errno_reason(OSError(errno.ENOENT, "No such file")) is None
+
+
+def test_an_unexplained_error_during_a_save_is_a_disk_failure_only_if_the_disk_says_so(tmp_path, monkeypatch):
+    from mezo_engine import disk
+    (tmp_path / "checkpoint-3").mkdir()
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert disk.failed_checkpoint(torch_error, tmp_path, 3, RUN_STATE) is None  # the disk takes a probe: a bug
+    monkeypatch.setattr(disk, "probe_write", lambda folder: "No space left on device")
+    assert "cannot write checkpoint-3 in" in disk.failed_checkpoint(torch_error, tmp_path, 3, RUN_STATE)
+    assert not (tmp_path / "checkpoint-3").exists()
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / RUN_STATE).write_bytes(b"")
+    assert disk.failed_checkpoint(torch_error, tmp_path, 5, RUN_STATE) is None  # complete: not a save failure
 
 
 def _result(tmp_path):

@@ -75,3 +75,29 @@ def test_a_reference_that_is_no_method_is_refused(study_file):
     study_file.write_text(study_file.read_text().replace('reference = "XGB"', 'reference = "nope"'))
     with pytest.raises(study.SweepError, match="reference 'nope' is no method's label"):
         study.load_study(study_file)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('select = {MODE = "lora"}', 'select = {MOD = "lora"}', "[[method]] 'LoRA' select MOD: not a key of"),
+    ('select = {MODE = "lora"}', 'select = {MODE = "lorra"}', "select {'MODE': 'lorra'}: picks none of the 6 runs"),
+    ('label = "XGB"', 'label = "LoRA"', "[[method]] label 'LoRA' is given to 2 methods"),
+    ('[study]\n', '[study]\nmetric = "eval.f1"\n', "[study] metric: eval.f1: no completed result has it (they "
+                                                     "have: eval.accuracy, dev.accuracy)"),
+])
+def test_a_select_label_or_metric_that_would_give_empty_or_ambiguous_tables_is_refused(study_file, old, new,
+                                                                                         message):
+    study_file.write_text(study_file.read_text().replace(old, new, 1))
+    with pytest.raises(study.SweepError) as err:
+        study.load_study(study_file)
+    assert message in str(err.value)
+    assert study.main([str(study_file)]) == 2 and not (study_file.parent / "out").exists()
+
+
+def test_a_select_on_a_fixed_setting_and_a_float_value_picks_runs(tmp_path):
+    """Select values are compared as the sweep writes them to the driver (1e-05 -> 1e-5)."""
+    main = load_sweep(write_sweep(tmp_path, '[fixed]\nTASK = "SST2"\nLR = 1e-5\n[grid]\nSEED = [0, 1]\n'))
+    for point in main.points():
+        write_result(point.result_file, _result(0.8, int(point.variables["SEED"])))
+    path = tmp_path / "study.toml"
+    path.write_text(f'[[method]]\nlabel = "A"\nsweep = "{main.path}"\nselect = {{TASK = "SST2", LR = 1e-5}}\n')
+    assert len(study.load_study(path).methods[0].runs) == 2

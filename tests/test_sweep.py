@@ -80,6 +80,68 @@ def test_bad_sweep_files_name_the_key_and_value(tmp_path, body, message):
     assert message in str(err.value) and "t.toml" in str(err.value)
 
 
+@pytest.mark.parametrize("driver, body, message", [
+    ("mezo.sh", '[fixed]\nMODEE = "xgblora"\n', "[fixed] MODEE: mezo.sh reads no such variable; did you mean MODE?"),
+    ("mezo.sh", "[grid]\nEPOCH = [1, 2]\n", "[grid] EPOCH: mezo.sh reads no such variable"),  # finetune.sh's
+    ("icl.sh", "[grid]\nLORA_R = [4]\n", "[grid] LORA_R: icl.sh reads no such variable"),  # no mode to read it
+    (None, '[grid]\nXGBLORA_STEP = [10]\n', "reads no such variable; did you mean XGBLORA_STEPS?"),
+])
+def test_a_variable_the_driver_does_not_read_is_refused_with_the_closest_name(tmp_path, driver, body, message):
+    """A misspelt variable would be exported and ignored (MODEE: every run plain full-parameter training). A
+    driver given by path (here the tests' stand-in) may also set what any repository driver reads."""
+    with pytest.raises(SweepError) as err:
+        load_sweep(write_sweep(tmp_path, body, driver=driver))
+    assert message in str(err.value)
+
+
+def _with_head(path: Path, line: str) -> Path:
+    """The sweep file at ``path`` with ``line`` added to its [sweep] table."""
+    path.write_text(path.read_text().replace("[sweep]\n", f"[sweep]\n{line}\n", 1))
+    return path
+
+
+def test_an_over_that_names_no_key_of_the_sweep_is_refused(tmp_path):
+    with pytest.raises(SweepError, match="over = 'SEEDZ': not a key of this sweep; did you mean SEED?"):
+        load_sweep(_with_head(write_sweep(tmp_path, "[grid]\nSEED = [0]\n"), 'over = "SEEDZ"'))
+
+
+def test_the_registry_lists_what_each_driver_reads(tmp_path):
+    """Read from the scripts (and what they source or run), so a variable added to a driver is known at once."""
+    from mezo_engine import registry
+    mezo = registry.script_variables(REPO / "large_models" / "mezo.sh")
+    assert {"MODE", "STEPS", "TASK", "DATA_DIR", "NUM_GPU", "LP", "LORA_R", "XGBLORA_STEPS"} <= mezo
+    assert not {"EPOCH", "FSDP", "HERE", "DEFAULT_LR", "MODE_ARGS", "LAUNCH"} & mezo
+    assert {"EPOCH", "FSDP", "MODE"} <= registry.script_variables(REPO / "large_models" / "finetune_fsdp.sh")
+    assert "MODE" not in registry.script_variables(REPO / "large_models" / "icl.sh")
+    script = tmp_path / "wrapper.sh"
+    script.write_text('source "$(dirname "$0")/../large_models/common.sh"\nTASK_FILE=${TASK_FILE:-}\n')
+    found = registry.script_variables(script)
+    assert "TASK_FILE" in found and "TASK" not in found  # common.sh is not beside this script: not followed
+    (tmp_path / "common.sh").write_text("check() { [ -n \"${TASK:-}\" ]; }\n")
+    script.write_text('source "$(dirname "$0")/common.sh"\nTASK_FILE=${TASK_FILE:-}\n')
+    assert registry.script_variables(script) == {"TASK_FILE", "TASK"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[grid]\n"--lora_rr" = [4, 8]\n', '[grid] --lora_rr: not a flag of large_models/run.py; did you mean --lora_r?'),
+    ('[fixed]\n"--max_lenght" = 64\n', "[fixed] --max_lenght: not a flag of large_models/run.py; did you mean "
+                                         "--max_length?"),
+])
+def test_a_run_py_flag_the_parser_does_not_take_stops_the_sweep_before_any_run(tmp_path, capsys, body, message):
+    sweep_file = write_sweep(tmp_path, body)
+    with pytest.raises(SystemExit) as err:
+        cli.main([str(sweep_file)])
+    assert message in str(err.value.code) and not (tmp_path / "results").exists()
+
+
+def test_a_flag_in_the_sweeps_args_is_checked_too(tmp_path):
+    from sweeps.load import check_run_py_flags
+    path = _with_head(write_sweep(tmp_path, ""), 'args = ["--num_prefx=3", "--max_length", "64"]')
+    with pytest.raises(SweepError, match=r"\[sweep\] args --num_prefx: not a flag of large_models/run\.py; did you "
+                                         r"mean --num_prefix\?"):
+        check_run_py_flags(load_sweep(path))
+
+
 def test_unknown_driver_is_named(tmp_path):
     with pytest.raises(SweepError, match="driver = 'nope.sh': no such file"):
         load_sweep(write_sweep(tmp_path, "", driver="nope.sh"))

@@ -24,7 +24,7 @@ from mezo_engine import registry
 from mezo_engine.methods.ft import CACHE_FRACTION, Method, Mode, ModeError
 
 __all__ = ["CACHE_FRACTION", "FLAGS", "METHODS", "Method", "Mode", "ModeError", "mode_class", "mode_for",
-           "problems", "register", "resolve"]
+           "model_problems", "problems", "register", "resolve"]
 
 
 def _declared(name: str) -> Method:
@@ -67,6 +67,13 @@ def problems(args) -> Iterator[str]:
     for method in METHODS.values():
         if method.problems is not None:
             yield from method.problems(args)
+
+
+def model_problems(args, config) -> Iterator[str]:
+    """Every registered mode's checks of its flags against the model's config (read before the model loads)."""
+    for method in METHODS.values():
+        if method.model_problems is not None:
+            yield from method.model_problems(args, config)
 
 
 def resolve(args) -> None:

@@ -87,12 +87,14 @@ class Mode:
 class Method:
     """A mode's code, as its file declares it in ``METHOD``: its class, checks (``problems(args)``, called from the
     arguments' validation), derived settings (``resolve(args)``: set once after validation) and flag dataclass
-    (inherited by ``EngineArguments``)."""
+    (inherited by ``EngineArguments``), and its checks against the model's config before the model loads
+    (``model_problems(args, config)``)."""
 
     mode: type[Mode]
     problems: Callable[[object], Iterator[str]] | None = None
     resolve: Callable[[object], None] | None = None
     flags: type | None = None
+    model_problems: Callable[[object, object], Iterator[str]] | None = None
 
 
 METHOD = Method(Mode)

@@ -8,6 +8,7 @@ import torch
 
 from mezo_engine import prefix
 from mezo_engine.methods.ft import Method, Mode
+from mezo_engine.models import position_limit
 
 # The shell drivers' entry for this method: read by mezo_engine/registry.py (which documents the keys), not imported.
 DRIVER = {"flag": "prefix_tuning", "defaults": "prefix",
@@ -45,6 +46,14 @@ def problems(args):
                "--prefix_init_by_real_act False")
 
 
+def model_problems(args, config):
+    """The prefix flags against the model's config, before it loads: ``--num_prefix`` within its positions (the
+    prefix occupies them when its keys and values are computed, and a learned position table ends there)."""
+    limit = position_limit(config)
+    if args.prefix_tuning and limit is not None and args.num_prefix > limit:
+        yield f"--num_prefix {args.num_prefix}: more than this model's {limit} positions"
+
+
 class PrefixMode(Mode):
     """Prefix tuning (``--prefix_tuning``, ``prefix.py``): ``--num_prefix`` key/value vectors in front of every
     attention layer train, the model stays frozen; saves only the prefix (``out/prefix``)."""
@@ -62,4 +71,4 @@ class PrefixMode(Mode):
         prefix.save_prefix(model, out / "prefix")  # the base model is unchanged; prefix.load_prefix puts it back
 
 
-METHOD = Method(PrefixMode, problems, flags=PrefixFlags)
+METHOD = Method(PrefixMode, problems, flags=PrefixFlags, model_problems=model_problems)

@@ -62,6 +62,13 @@ def problems(args):
                f"drop the flag (or set it True)")
 
 
+def model_problems(args, config):
+    """The XGBLoRA flags against the model's config, before it loads: ``--xgblora_num_layers`` within its blocks."""
+    blocks = getattr(config, "num_hidden_layers", None)
+    if args.xgblora and isinstance(blocks, int) and args.xgblora_num_layers > blocks:
+        yield f"--xgblora_num_layers {args.xgblora_num_layers}: larger than this model's {blocks} blocks"
+
+
 def _restart_problems(args):
     if args.xgblora_restart_warmup_steps and args.trainer != "regular":
         yield f"--xgblora_restart_warmup_steps {args.xgblora_restart_warmup_steps}: only for --trainer regular"
@@ -216,4 +223,4 @@ class XGBLoraMode(LoraMode):
         return {"boosting": {"num_merges": len(cb.history), "merges": cb.history}}
 
 
-METHOD = Method(XGBLoraMode, problems, resolve, flags=XGBLoraFlags)
+METHOD = Method(XGBLoraMode, problems, resolve, flags=XGBLoraFlags, model_problems=model_problems)

@@ -15,8 +15,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .keys import closest
 from .load import load_or_exit
-from .spec import Point, Sweep
+from .spec import Point, Sweep, SweepError
 from .state import State, read_result, read_state
 
 NONE = "-"  # a variable that a point's grid does not set
@@ -102,11 +103,36 @@ class Table:
 
 
 def build_table(sweep: Sweep, over: str | None = None, metrics: list[str] | None = None) -> Table:
-    """Read the sweep's results and group them by every grid variable but ``over``."""
+    """Read the sweep's results and group them by every grid variable but ``over``. An ``over`` that is no key of
+    the sweep, or a metric no completed result has, raises SweepError naming it."""
     runs = collect(sweep)
+    if over is not None:
+        check_over(sweep, over)
     over = sweep.over if over is None else over
     by = [v for v in sweep.variables() if v != over]
-    return Table(by, metrics or metric_names(runs), group(runs, by), runs)
+    found = metric_names(runs)
+    check_metrics(metrics or [], found)
+    return Table(by, metrics or found, group(runs, by), runs)
+
+
+def check_over(sweep: Sweep, over: str) -> None:
+    """``--over`` must name a variable of the sweep's grid or a fixed setting."""
+    keys = list(dict.fromkeys([*sweep.variables(), *sweep.fixed]))
+    if over not in keys:
+        raise SweepError(f"--over {over}: not a key of sweep {sweep.name}{closest(over, keys)} "
+                         f"(its keys: {', '.join(keys)})")
+
+
+def check_metrics(metrics: list[str], found: list[str]) -> None:
+    """Each of ``metrics`` must be one the completed results have (``found``); with none completed yet, at least
+    of the form ``eval.<name>`` or ``dev.<name>``."""
+    for metric in metrics:
+        section, _, name = metric.partition(".")
+        if found and metric not in found:
+            raise SweepError(f"--metric {metric}: no completed result has it{closest(metric, found)} "
+                             f"(they have: {', '.join(found)})")
+        if not found and (section not in ("eval", "dev") or not name):
+            raise SweepError(f"--metric {metric}: give eval.<name> or dev.<name>, e.g. eval.accuracy")
 
 
 def csv_text(table: Table) -> str:
@@ -156,7 +182,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sweep = load_or_exit(args.sweep, "aggregate.py")
-    table = build_table(sweep, args.over, args.metric)
+    try:
+        table = build_table(sweep, args.over, args.metric)
+    except SweepError as err:
+        raise SystemExit(f"aggregate.py: error: {err}") from None
     out = args.out or sweep.result_dir
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_text(table, f"Sweep {sweep.name}")

@@ -12,7 +12,7 @@ from collections import Counter
 
 from mezo_engine.status import Kind, Status
 
-from .load import load_sweep
+from .load import check_run_py_flags, load_sweep
 from .local import LocalQueue, SlotError, detect_gpus, make_slots
 from .slurm import SlurmOptionError, executor_parameters, slurm_options, submit, wait
 from .spec import Point, Sweep, SweepError
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
+        check_run_py_flags(sweep)
         rows = plan(sweep)
         print_plan(rows)
         launches = [launch for _, state, launch in rows if state.runs]

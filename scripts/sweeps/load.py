@@ -25,6 +25,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from .keys import app_of, closest, flag_problems, variable_problems
 from .spec import DRIVERS, ENV_NAME, REPO, RESERVED_FLAGS, SWEEP_KEYS, TABLES, Sweep, SweepError, format_value
 
 
@@ -43,12 +44,39 @@ def load_sweep(path: str | Path) -> Sweep:
     _check_overlap(fixed, grids, args, problems)
     name = str(head.get("name", path.stem))
     driver = _driver(head.get("driver"), problems)
+    if driver.is_file():  # ask the driver what it reads
+        named = {k: w for k, w in _where(fixed, grids).items() if ENV_NAME.fullmatch(k)}
+        problems += variable_problems(named, driver, str(head["driver"]))
+    problems += _over_problems(head, fixed, grids)
     slurm = _table(data, "slurm", problems)
     if problems:
         raise SweepError(f"{path}: " + "; ".join(problems))
     result_dir = Path(head["result_dir"]).resolve() if "result_dir" in head else REPO / "result" / "sweeps" / name
     return Sweep(path, name, driver, str(head["driver"]), result_dir, fixed, grids, args,
                  str(head.get("over", "SEED")), slurm)
+
+
+def check_run_py_flags(sweep: Sweep) -> None:
+    """Raise SweepError naming every run.py flag of ``sweep`` (``[fixed]``, ``[grid]``, ``args``) that its app's
+    run.py does not take. Asks the app's parser in a process of its own (a few seconds: it imports torch)."""
+    flags = {k: w for k, w in _where(sweep.fixed, sweep.grids).items() if k.startswith("--")}
+    flags.update({a.split("=")[0]: "[sweep] args" for a in sweep.args if a.startswith("--")})
+    problems = flag_problems(flags, app_of(sweep.driver, sweep.fixed))
+    if problems:
+        raise SweepError(f"{sweep.path}: " + "; ".join(problems))
+
+
+def _where(fixed: dict, grids: list[dict]) -> dict[str, str]:
+    """Each key of the file and the table it is in (``[fixed]`` or ``[grid]``)."""
+    return {**{k: "[fixed]" for k in fixed}, **{k: "[grid]" for grid in grids for k in grid}}
+
+
+def _over_problems(head: dict, fixed: dict, grids: list[dict]) -> list[str]:
+    """``over`` given in the file must name one of its keys (the default, SEED, may be absent)."""
+    over, keys = head.get("over"), _where(fixed, grids)
+    if over is None or over in keys:
+        return []
+    return [f"[sweep] over = {over!r}: not a key of this sweep{closest(str(over), keys)}"]
 
 
 def load_or_exit(path: str | Path, prog: str) -> Sweep:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from .aggregate import NONE, Cell, Table, build_table
 from .load import load_or_exit
+from .spec import SweepError
 
 COLORS = [f"C{i}" for i in range(10)]
 
@@ -169,7 +170,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sweep = load_or_exit(args.sweep, "plots.py")
-    table = build_table(sweep, args.over)
+    try:
+        table = build_table(sweep, args.over, [args.metric] if args.metric else None)
+    except SweepError as err:
+        raise SystemExit(f"plots.py: error: {err}") from None
     metric = args.metric or next(iter(table.metrics), None)
     if metric is None:
         sys.exit(f"plots.py: error: no completed result with eval or dev metrics in {sweep.result_dir}; "

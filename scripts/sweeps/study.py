@@ -35,10 +35,11 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .aggregate import Run, collect, metric_value, summary
+from .aggregate import Run, check_metrics, collect, metric_names, metric_value, summary
+from .keys import closest
 from .load import load_sweep, read_toml
 from .plots import dev_curve, loss_curve, merges, save
-from .spec import SweepError
+from .spec import SweepError, format_value
 
 
 DRIVER_TRAINER = {"mezo.sh": "zo", "finetune.sh": "regular", "icl.sh": "none"}
@@ -72,21 +73,47 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     data = read_toml(path, "study file")
     head = data.get("study", {})
-    methods = []
-    for i, m in enumerate(data.get("method", [])):
-        if "label" not in m or "sweep" not in m:
-            raise SweepError(f"{path}: [[method]] {i + 1} needs a label and a sweep")
-        select = {k: str(v) for k, v in m.get("select", {}).items()}
-        sweep = load_sweep(m["sweep"])
-        methods.append(Method(m["label"], Path(m["sweep"]), select, _picked(collect(sweep), select),
-                              DRIVER_TRAINER.get(Path(sweep.driver_label).name, "regular")))
-    labels = {m.label for m in methods}
+    methods = [_method(path, i, m) for i, m in enumerate(data.get("method", []))]
+    labels = [m.label for m in methods]
+    if twice := sorted({label for label in labels if labels.count(label) > 1}):
+        raise SweepError(f"{path}: [[method]] label {twice[0]!r} is given to {labels.count(twice[0])} methods; "
+                         f"each row of the tables needs a label of its own")
     ablations = []
     for a in data.get("ablation", []):
         if a.get("reference") is not None and a["reference"] not in labels:
-            raise SweepError(f"{path}: [[ablation]] reference {a['reference']!r} is no method's label")
+            raise SweepError(f"{path}: [[ablation]] reference {a['reference']!r} is no method's label"
+                             f"{closest(str(a['reference']), labels)}")
         ablations.append((collect(load_sweep(a["sweep"])), a.get("reference")))
-    return Study(Path(head.get("out", path.parent)), head.get("metric", "eval.accuracy"), methods, ablations)
+    metric = head.get("metric", "eval.accuracy")
+    runs = [r for m in methods for r in m.runs] + [r for runs, _ in ablations for r in runs]
+    try:
+        check_metrics([metric], metric_names(runs))
+    except SweepError as err:
+        raise SweepError(f"{path}: [study] metric: {str(err).removeprefix('--metric ')}") from None
+    return Study(Path(head.get("out", path.parent)), metric, methods, ablations)
+
+
+def _method(path: Path, index: int, table: dict) -> Method:
+    """The ``index``-th ``[[method]]`` of the study file at ``path``: its sweep's runs that ``select`` picks.
+    A select key that is no key of the sweep, or values that pick no run, raise SweepError naming them."""
+    if "label" not in table or "sweep" not in table:
+        raise SweepError(f"{path}: [[method]] {index + 1} needs a label and a sweep")
+    select = {k: format_value(v) for k, v in table.get("select", {}).items()}
+    sweep = load_sweep(table["sweep"])
+    keys = list(dict.fromkeys([*sweep.variables(), *sweep.fixed]))
+    where = f"{path}: [[method]] {table['label']!r} select"
+    for key in select:
+        if key not in keys:
+            raise SweepError(f"{where} {key}: not a key of {table['sweep']}{closest(key, keys)} "
+                             f"(its keys: {', '.join(keys)})")
+    runs = collect(sweep)
+    picked = _picked(runs, select)
+    if not picked:
+        values = {k: sorted({r.point.settings.get(k, "-") for r in runs}) for k in select}
+        raise SweepError(f"{where} {select}: picks none of the {len(runs)} runs of {table['sweep']} (its values: "
+                         + "; ".join(f"{k} {', '.join(v)}" for k, v in values.items()) + ")")
+    return Method(table["label"], Path(table["sweep"]), select, picked,
+                  DRIVER_TRAINER.get(Path(sweep.driver_label).name, "regular"))
 
 
 # ---- reading runs ---------------------------------------------------------------------------------------------
