@@ -4,6 +4,7 @@ LM-BFF task flags of MeZO's medium-model experiments (upstream's names: ``--num_
 from __future__ import annotations
 
 import ast
+import warnings
 from dataclasses import dataclass, field
 
 from mezo_engine.arguments import EngineArguments, default_config_of, parse_args_into
@@ -33,10 +34,23 @@ class Arguments(EngineArguments):
     mapping: str | None = field(default=None, metadata={
         "help": "Label words as a dict from the file's labels, e.g. \"{'0':'terrible','1':'great'}\" (default: the "
                 "task's)."})
+    # ---- what trains on a masked LM (medium_models/trainable.py: upstream MeZO's rules) -----------------------
+    tie_emb: bool = field(default=False, metadata={
+        "help": "Masked LM: keep the MLM decoder tied to the input embeddings (upstream's flag; this app's rule "
+                "before it followed upstream). Default: the decoder gets its own copy before training, as "
+                "upstream's prompt models, so full-parameter MeZO perturbs it apart from the embeddings and head "
+                "tuning leaves the embeddings alone (RoBERTa-large: 51.5M parameters more, 206 MB in float32)."})
+    adapters_train_head: bool = field(default=True, metadata={
+        "help": "Masked LM with --lora or --xgblora: the whole MLM head (dense, LayerNorm, decoder, bias) trains "
+                "beside the adapters, as upstream's --apply_lora freezes only the encoder's non-LoRA weights. "
+                "False: the adapters alone (the earlier rule here)."})
     # ---- the engine's defaults that differ here ------------------------------------------------------------
     model_name: str = field(default="roberta-large", metadata={
         "help": "Masked LM (RoBERTa, BERT: hub id or local directory), or a causal LM (hub id, local directory, "
                 ".gguf, smollm2-135m), which scores the label word after the text before the mask."})
+    zo_weight_decay_all: bool = field(default=True, metadata={
+        "help": "zo with --weight_decay: decay every trained parameter, biases and LayerNorm weights too, as "
+                "upstream MeZO's medium_models (default here). False: only those the Trainer decays."})
 
     def _task_problems(self):
         if self.task_name not in TASKS:
@@ -53,6 +67,20 @@ class Arguments(EngineArguments):
             if getattr(self, flag):
                 yield (f"--{flag}: not built for medium_models (the engine's version reads causal-LM answer "
                        f"rows); use it with large_models/run.py")
+        if self.tie_emb and (self.untie_emb or self.linear_probing):
+            other = "--untie_emb" if self.untie_emb else "--linear_probing (which unties the head)"
+            yield f"--tie_emb and {other}: choose one"
+
+    def _copy_aliases(self) -> list[str]:
+        """Upstream's ``--zero_order_sample n`` without ``--zero_order_sample_scheduler`` draws one direction per
+        step in upstream's medium_models (its scheduler's default, none, is 1): so it does here, with a warning."""
+        if (self.zero_order_sample not in (None, 1) and self.zero_order_sample_scheduler is None
+                and self.trainer == "zo" and self._is_default("zo_num_samples")):
+            warnings.warn(f"--zero_order_sample {self.zero_order_sample} without --zero_order_sample_scheduler: one "
+                          f"direction per step, as upstream MeZO's medium_models; for {self.zero_order_sample} give "
+                          f"--zero_order_sample_scheduler constant (or --zo_num_samples)", stacklevel=4)
+            self.zero_order_sample = 1
+        return super()._copy_aliases()
 
     def _mapping_problems(self):
         try:

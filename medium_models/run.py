@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
+from medium_models import trainable
 from medium_models.arguments import Arguments, default_config, parse_args
 from medium_models.prompts import PromptError, check_causal_template, encode, label_word_ids
 from medium_models.scoring import Collator, Feature, LabelLoss, metrics, predict
@@ -25,7 +26,7 @@ from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.head import HeadError
 from mezo_engine.metrics import warn_if_one_class
-from mezo_engine.models import ModelError, auto_class_of, load_model_and_tokenizer
+from mezo_engine.models import ModelError, auto_class_of, is_masked_lm, load_model_and_tokenizer
 from mezo_engine.modes import prepare_head, sample_batches
 from mezo_engine.results import ResultPathError, check_result_path
 from mezo_engine.runner import RunStopped, exit_stopped, finish, model_placement, run_output_dir, stopped_run
@@ -34,6 +35,9 @@ from mezo_engine.tasks import DataError
 
 logger = logging.getLogger("run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Named in a masked-LM run's result-name hash: upstream's untied decoder, trainable sets and final cut (see
+# docs/medium-models.md); results named before these rules were followed keep their names (docs/medium-runs/).
+MASKED_LM_RULES = "upstream-1"
 
 
 class Prompting:
@@ -83,16 +87,18 @@ def evaluate(args: Arguments, model, features: list[Feature], collator: Collator
 
 
 def build_trainer(args: Arguments, model, tokenizer, prompting: Prompting, features: dict, collator: Collator):
-    """A MezoTrainer for the run's mode: the label-word loss, the training features, dev metrics as evaluation."""
+    """A MezoTrainer for the run's mode: the label-word loss, the training features, dev metrics as evaluation,
+    and on a masked LM upstream's rule for what trains beside the mode's own parameters (``trainable.py``)."""
     def batches():  # drawn only by a mode that needs them (LoRA-GA's gradient estimate)
         return sample_batches(features["train"], collator, args.per_device_train_batch_size, args.lora_ga_batches,
                               args.seed)
 
     def dev_metrics(trained) -> dict:
         return evaluate(args, trained, features["dev"], collator, prompting.label_ids)[0]
+    rule = None if prompting.causal else trainable.upstream_rule(args.mode, args.adapters_train_head)
     return runner.make_trainer(args, model, LabelLoss(prompting.label_ids, prompting.causal),
                                dev_metrics if features["dev"] else None, batches, args.task.metric,
-                               train_dataset=features["train"], eval_dataset=features["dev"] or None,
+                               also_train=rule, train_dataset=features["train"], eval_dataset=features["dev"] or None,
                                data_collator=collator, processing_class=tokenizer)
 
 
@@ -103,17 +109,19 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
     auto_class = auto_class_of(parsed.model_name)
     model, tokenizer = load_model_and_tokenizer(parsed.model_name, parsed.torch_dtype, parsed.load_int8,
                                                 model_placement(parsed), auto_class)
-    args = run_config.resolve(parsed, output_dir, bool(splits["dev"]))
     causal = auto_class.__name__ == "AutoModelForCausalLM"
+    untie = trainable.untie_by_default(parsed.untie_emb, parsed.tie_emb, causal)
+    args = run_config.resolve(parsed, output_dir, bool(splits["dev"]), untie_emb=untie)
     prompting = Prompting(args, tokenizer, causal)
     features = {split: [prompting.feature(s) for s in samples] for split, samples in splits.items()}
     collator = Collator(tokenizer.pad_token_id, causal)
     result = {"task": args.task_name, "model": args.model_name, "model_kind": "causal" if causal else "masked",
               "trainer": args.trainer, "mode": args.mode, "tag": args.tag, "num_k": args.num_k,
               "data_seed": args.split_seed, "num_train": len(splits["train"]), "num_dev": len(splits["dev"]),
-              "num_eval": len(splits["test"]), "prompt": prompting.summary(), "status": Status.completed().format()}
+              "num_eval": len(splits["test"]), "prompt": prompting.summary(), "status": Status.completed().format(),
+              **rule_settings(args, not causal)}
     start, trainer, status = time.time(), None, Status.completed()
-    if head_summary := prepare_head(args, model):  # --untie_emb (--linear_probing is refused here)
+    if head_summary := prepare_head(args, model):  # untied (a masked LM by default; --linear_probing is refused)
         result["head"] = head_summary
     if args.trainer != "none":
         trainer = build_trainer(args, model, tokenizer, prompting, features, collator)
@@ -130,11 +138,23 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
     return result
 
 
+def rule_settings(args: Arguments, masked: bool) -> dict:
+    """The rules of this app that changed what some runs compute after their results were named, as settings for
+    the name's hash (and the result): a masked LM's run follows upstream's trainable sets, untied decoder and cut
+    (``MASKED_LM_RULES``); a zo run with weight decay decays every parameter (``--zo_weight_decay_all``). Runs
+    neither touches keep their names."""
+    settings = {"masked_lm_rules": MASKED_LM_RULES} if masked else {}
+    if args.trainer == "zo" and args.weight_decay and args.zo_weight_decay_all:
+        settings["zo_decay"] = "all"
+    return settings
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = run_config.freeze(parse_args(argv))
     try:
-        path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT)
+        settings = rule_settings(args, is_masked_lm(args.model_name))
+        path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT, settings)
         check_result_path(path, args.overwrite)  # before any data or model is loaded, so a bad path costs nothing
         output_dir = run_output_dir(args, path, False)
         runner.lock_output_dirs([output_dir])  # one job per output folder, before anything loads

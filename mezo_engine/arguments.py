@@ -27,7 +27,7 @@ from mezo_engine.zo_methods import spsa
 ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
-ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb")
+ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_weight_decay_all")
 
 
 class ArgumentError(ValueError):
@@ -88,6 +88,11 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 "the size of the trainable parameters); adam = MeZO-Adam with --adam_beta1 --adam_beta2 "
                 "--adam_epsilon (two buffers). Upstream: large_models trains ZO-SGD only; medium_models' "
                 "--optimizer sgd|adam (default adam) with --zero_order_use_trainer_optim."})
+    zo_weight_decay_all: bool = field(default=False, metadata={
+        "help": "zo with --weight_decay: decay every trained parameter, biases and norm weights too, as upstream "
+                "MeZO's medium_models (its step subtracts lr * wd * theta from each; medium_models/run.py's "
+                "default). Default here: only those the Trainer decays (not biases or norm weights), as upstream "
+                "large_models."})
     zero_order_sample: int | None = field(default=None, metadata={"help": "Alias of --zo_num_samples (upstream name)."})
     zero_order_sample_scheduler: Literal["constant", "linear"] | None = field(default=None, metadata={
         "help": "Alias of --zo_sample_scheduler (upstream name)."})

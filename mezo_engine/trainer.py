@@ -12,10 +12,11 @@
   forward hooks form each ``W + eps z`` as its module runs, so only the update writes the weights.
   For ``regular``, the Trainer's own step.
 * ``create_optimizer``: zo gets the ZO optimizer of ``--zo_optimizer`` (``zo_methods``: SGD, momentum, Adam, ...)
-  over every parameter that may train (frozen boosters included), in model order; its LR comes from ``param_groups``,
-  so the Trainer's scheduler drives it, and its state goes into the Trainer's checkpoint. Regular training covers
-  the mode's parameters (``methods.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those
-  of boosters frozen in the current iteration).
+  over every parameter that may train (frozen boosters included), in model order, weight decay on those the
+  Trainer decays (``--zo_weight_decay_all``: on all, as upstream's medium models); its LR comes from
+  ``param_groups``, so the Trainer's scheduler drives it, and its state goes into the Trainer's checkpoint. Regular
+  training covers the mode's parameters (``methods.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter
+  parameter, also those of boosters frozen in the current iteration, and what the app trains beside them).
 * ``create_scheduler``: the mode's LR factor, if any (XGBLoRA: ReLoRA-style LR restart after each merge).
 * ``evaluate``: the task metric on the dev samples, not the eval loss: the ``evaluator(model) -> {metric: value}``
   the app hands the trainer (``large_models``: ``pipeline.dev_evaluator``, candidate scoring / generation, under
@@ -196,8 +197,10 @@ class MezoTrainer(Trainer):
     def create_optimizer(self, model=None):
         model = model if model is not None else self.model
         if self.args.trainer == "zo":
-            groups = zo_param_groups(zo_named_parameters(model, self.mode),
-                                     set(self.get_decay_parameter_names(model)), self.args.weight_decay)
+            named = zo_named_parameters(model, self.mode)
+            decay = ({n for n, _ in named} if self.args.zo_weight_decay_all
+                     else set(self.get_decay_parameter_names(model)))
+            groups = zo_param_groups(named, decay, self.args.weight_decay)
             self.optimizer = make_zo_optimizer(self.args, groups)
             return self.optimizer
         if self.mode is None:

@@ -53,18 +53,20 @@ def test_zo_xgblora_run_merges_every_kappa_steps_and_keeps_the_best_dev_model(ro
     assert result["dev"]["accuracy"] == written["dev"]["accuracy"]
 
 
-def test_untie_emb_gives_the_head_tuned_decoder_its_own_weight(roberta_dir, data_dir, tmp_path):
-    """--untie_emb is applied, not just accepted: without it head tuning trains the tied input embeddings, with it
-    the decoder's own copy (and the result records the untying)."""
+def test_head_tuning_is_untied_by_default_and_tie_emb_restores_the_tied_head(roberta_dir, data_dir, tmp_path):
+    """A masked LM's decoder is untied before training (upstream's prompt models), so head tuning leaves the input
+    embeddings alone; --tie_emb keeps the earlier, tied head, whose training moves the embeddings."""
     trained = {}
-    for extra in ([], ["--untie_emb"]):
+    for extra in ([], ["--tie_emb"]):
         result = run.main(["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),
                            "--model_name", str(roberta_dir), "--trainer", "zo", "--head_tuning", "--max_steps", "1",
                            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--disable_tqdm", "True",
                            "--result_file", str(tmp_path / f"r{len(extra)}.json"), *extra])
         trained[bool(extra)] = (result.get("head"), sorted(result["train"]["trainable"]))
-    assert trained[False] == (None, ["lm_head.bias", "roberta.embeddings.word_embeddings.weight"])
-    assert trained[True] == ({"untied": True}, ["lm_head.bias", "lm_head.decoder.weight"])
+    head = ["lm_head.bias", "lm_head.dense.bias", "lm_head.dense.weight", "lm_head.layer_norm.bias",
+            "lm_head.layer_norm.weight"]
+    assert trained[False] == ({"untied": True}, sorted(head + ["lm_head.decoder.weight"]))
+    assert trained[True] == (None, sorted(head + ["roberta.embeddings.word_embeddings.weight"]))
 
 
 @pytest.mark.slow
