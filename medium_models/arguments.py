@@ -34,6 +34,9 @@ class Arguments(EngineArguments):
     mapping: str | None = field(default=None, metadata={
         "help": "Label words as a dict from the file's labels, e.g. \"{'0':'terrible','1':'great'}\" (default: the "
                 "task's)."})
+    truncate_head: bool = field(default=False, metadata={
+        "help": "A masked LM's prompt longer than --max_seq_length loses its front instead of its end (upstream's "
+                "flag, which upstream applied with demonstrations only). A cut that removes the mask is refused."})
     # ---- what trains on a masked LM (medium_models/trainable.py: upstream MeZO's rules) -----------------------
     tie_emb: bool = field(default=False, metadata={
         "help": "Masked LM: keep the MLM decoder tied to the input embeddings (upstream's flag; this app's rule "

@@ -18,9 +18,11 @@ tasks means it sees only the first sentence. A template whose mask comes before 
 ``cls`` and ``sep``) are left out, as LM-BFF leaves out GPT-2's ``cls``.
 
 **Lengths**: sentence 0 is cut to ``first_sent_limit`` tokens and every other sentence to ``other_sent_limit``
-(MeZO's per-task limits); a prompt still longer than ``max_length`` loses tokens from the end of its longest
-sentence until it fits, so the mask and the template's own tokens always stay (LM-BFF cut the tail, which could
-drop the mask).
+(MeZO's per-task limits). A masked LM's prompt still longer than ``max_length`` is then cut as upstream (LM-BFF's
+and MeZO's ``tokenize_multipart_input``): its tail goes, the closing separator first (``truncate_head``: its front
+goes instead). A cut that removes the mask is refused (upstream asserts the mask survives). A causal LM's prompt
+ends at the scored position, which a tail cut would remove, so it loses tokens from the end of its longest sentence
+instead until it fits.
 """
 from __future__ import annotations
 
@@ -114,8 +116,8 @@ def limit_sentences(parts: list[Part], first: int | None, other: int | None) -> 
 
 
 def fit(parts: list[Part], max_length: int) -> bool:
-    """Remove tokens from the end of the longest sentence until the parts fit ``max_length``; True if any went.
-    Raises PromptError when the template's own tokens alone are too long."""
+    """A causal LM's cut: remove tokens from the end of the longest sentence until the parts fit ``max_length``;
+    True if any went. Raises PromptError when the template's own tokens alone are too long."""
     cut = False
     while sum(len(p.ids) for p in parts) > max_length:
         longest = max((p for p in parts if p.sentence is not None and p.ids), key=lambda p: len(p.ids), default=None)
@@ -127,19 +129,39 @@ def fit(parts: list[Part], max_length: int) -> bool:
 
 
 def encode(tokenizer, template: str, texts: list[str], causal: bool, max_length: int,
-           first_limit: int | None = None, other_limit: int | None = None, segments: bool = False) -> Encoded:
+           first_limit: int | None = None, other_limit: int | None = None, segments: bool = False,
+           truncate_head: bool = False) -> Encoded:
     """The prompt of an example with sentences ``texts`` (see the module docstring); ``segments``: also return
-    segment ids (BERT's token_type_ids), which step up after every ``sep+``."""
+    segment ids (BERT's token_type_ids), which step up after every ``sep+``; ``truncate_head``: a masked LM's
+    prompt longer than ``max_length`` loses its front rather than its tail."""
     parts = template_parts(tokenizer, template, texts, causal)
     limit_sentences(parts, first_limit, other_limit)
-    cut = fit(parts, max_length)
+    cut = fit(parts, max_length) if causal else False
     ids, types, position = [], [], None
     for part in parts:
         if part.mask:
             position = len(ids) if not causal else len(ids) - 1
         ids += part.ids
         types += [part.segment] * len(part.ids)
-    return Encoded(ids, position, types if segments else None, cut)
+    encoded = Encoded(ids, position, types if segments else None, cut)
+    return encoded if causal else truncate(encoded, max_length, truncate_head)
+
+
+def truncate(encoded: Encoded, max_length: int, head: bool) -> Encoded:
+    """A masked LM's prompt cut to ``max_length`` tokens as upstream cuts it: the tail goes (``head``: the front);
+    refuses a cut that removes the mask."""
+    excess = len(encoded.ids) - max_length
+    if excess <= 0:
+        return encoded
+    keep = slice(excess, None) if head else slice(None, max_length)
+    position = encoded.position - excess if head else encoded.position
+    if not 0 <= position < max_length:
+        raise PromptError(f"the prompt is {len(encoded.ids)} tokens; cutting its {'front' if head else 'end'} to "
+                          f"--max_seq_length {max_length} removes the mask (upstream stops on this too); raise "
+                          f"--max_seq_length or lower --first_sent_limit / --other_sent_limit"
+                          + ("" if head else ", or give --truncate_head"))
+    types = encoded.token_type_ids[keep] if encoded.token_type_ids is not None else None
+    return Encoded(encoded.ids[keep], position, types, cut=True)
 
 
 def check_causal_template(template: str) -> str:

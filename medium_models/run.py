@@ -52,10 +52,14 @@ class Prompting:
         self.segments = "token_type_ids" in tokenizer.model_input_names and not causal
         self.cut = 0
 
-    def feature(self, sample) -> Feature:
+    def feature(self, sample, split: str) -> Feature:
+        """The Feature of ``sample``; a prompt this tokenizer cannot encode is refused naming its split and line."""
         first, other = self.args.sentence_limits()
-        enc = encode(self.tokenizer, self.template, sample.data["texts"], self.causal, self.args.seq_length, first,
-                     other, self.segments)
+        try:
+            enc = encode(self.tokenizer, self.template, sample.data["texts"], self.causal, self.args.seq_length,
+                         first, other, self.segments, self.args.truncate_head)
+        except PromptError as err:
+            raise PromptError(f"{self.args.task_name} {split} example at line {sample.id}: {err}") from None
         self.cut += enc.cut
         return Feature(enc.ids, enc.position, sample.correct_candidate, enc.token_type_ids)
 
@@ -113,7 +117,7 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
     untie = trainable.untie_by_default(parsed.untie_emb, parsed.tie_emb, causal)
     args = run_config.resolve(parsed, output_dir, bool(splits["dev"]), untie_emb=untie)
     prompting = Prompting(args, tokenizer, causal)
-    features = {split: [prompting.feature(s) for s in samples] for split, samples in splits.items()}
+    features = {split: [prompting.feature(s, split) for s in samples] for split, samples in splits.items()}
     collator = Collator(tokenizer.pad_token_id, causal)
     result = {"task": args.task_name, "model": args.model_name, "model_kind": "causal" if causal else "masked",
               "trainer": args.trainer, "mode": args.mode, "tag": args.tag, "num_k": args.num_k,
