@@ -20,7 +20,7 @@ from transformers import set_seed
 from medium_models import trainable
 from medium_models.arguments import Arguments, default_config, parse_args
 from medium_models.prompts import PromptError, check_causal_template, encode, label_word_ids
-from medium_models.scoring import Collator, Feature, LabelLoss, metrics, predict
+from medium_models.scoring import Collator, Feature, LabelLoss, RegressionLoss, metrics, predict
 from mezo_engine import run_config, runner
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
@@ -49,6 +49,9 @@ class Prompting:
         self.template = args.prompt_template
         self.dropped = check_causal_template(self.template) if causal else ""
         self.label_ids = label_word_ids(tokenizer, args.label_words())
+        task = args.task
+        self.objective = (RegressionLoss(self.label_ids, causal, task.bounds) if task.regression
+                          else LabelLoss(self.label_ids, causal))
         self.segments = "token_type_ids" in tokenizer.model_input_names and not causal
         self.cut = 0
 
@@ -82,11 +85,12 @@ def load_splits(args: Arguments) -> dict[str, list]:
     return splits
 
 
-def evaluate(args: Arguments, model, features: list[Feature], collator: Collator, label_ids: list[int]):
-    """The task's metrics on ``features`` and the predicted label indices."""
-    predicted = predict(model, features, collator, label_ids, args.per_device_eval_batch_size,
+def evaluate(args: Arguments, model, features: list[Feature], collator: Collator, objective: LabelLoss):
+    """The task's metrics on ``features`` and the predictions (label indices, or a regression's scores)."""
+    predicted = predict(model, features, collator, objective, args.per_device_eval_batch_size,
                         progress=not args.disable_tqdm)
-    warn_if_one_class(predicted)
+    if not args.task.regression:
+        warn_if_one_class(predicted)
     return metrics([f.label for f in features], predicted, args.task.metric), predicted
 
 
@@ -98,9 +102,9 @@ def build_trainer(args: Arguments, model, tokenizer, prompting: Prompting, featu
                               args.seed)
 
     def dev_metrics(trained) -> dict:
-        return evaluate(args, trained, features["dev"], collator, prompting.label_ids)[0]
+        return evaluate(args, trained, features["dev"], collator, prompting.objective)[0]
     rule = None if prompting.causal else trainable.upstream_rule(args.mode, args.adapters_train_head)
-    return runner.make_trainer(args, model, LabelLoss(prompting.label_ids, prompting.causal),
+    return runner.make_trainer(args, model, prompting.objective,
                                dev_metrics if features["dev"] else None, batches, args.task.metric,
                                also_train=rule, train_dataset=features["train"], eval_dataset=features["dev"] or None,
                                data_collator=collator, processing_class=tokenizer)
@@ -134,9 +138,9 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
     if not status.is_completed:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     if not args.no_eval:
-        result["eval"], predicted = evaluate(args, model, features["test"], collator, prompting.label_ids)
+        result["eval"], predicted = evaluate(args, model, features["test"], collator, prompting.objective)
         result["eval_predictions"] = predicted
-    result["dev"] = evaluate(args, model, features["dev"], collator, prompting.label_ids)[0]
+    result["dev"] = evaluate(args, model, features["dev"], collator, prompting.objective)[0]
     written = finish(args, result, path, start, model, tokenizer, trainer)
     logger.info("test %s, dev %s -> %s", result.get("eval"), result["dev"], written)
     return result

@@ -11,6 +11,7 @@ import pytest
 
 from medium_models import run
 from medium_models.tasks import TASKS
+from mezo_engine.metrics import pearson, spearman
 from sweeps.aggregate import metric_value
 from sweeps.state import read_state
 from tests.lmbff_fixtures import write_kshot
@@ -67,6 +68,42 @@ def test_head_tuning_is_untied_by_default_and_tie_emb_restores_the_tied_head(rob
             "lm_head.layer_norm.weight"]
     assert trained[False] == ({"untied": True}, sorted(head + ["lm_head.decoder.weight"]))
     assert trained[True] == (None, sorted(head + ["roberta.embeddings.word_embeddings.weight"]))
+
+
+@pytest.fixture(scope="module")
+def stsb_dir(tmp_path_factory):
+    return write_kshot(TASKS["STS-B"], tmp_path_factory.mktemp("stsb"), k=4, seed=42)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_sts_b_trains_as_a_regression_and_reports_pearson_and_spearman(kind, stsb_dir, tmp_path):
+    model_dir = save_tiny_mlm(kind, tmp_path / kind)
+    result = run.main(["--task_name", "STS-B", "--num_k", "4", "--seed", "42", "--data_dir", str(stsb_dir),
+                       "--model_name", str(model_dir), "--trainer", "zo", "--max_steps", "2",
+                       "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--eval_strategy", "steps",
+                       "--eval_steps", "1", "--load_best_model_at_end", "--disable_tqdm", "True",
+                       "--result_file", str(tmp_path / "r.json")])
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert set(written["eval"]) == {"pearson", "spearman"} and set(written["dev"]) == {"pearson", "spearman"}
+    predicted = written["eval_predictions"]
+    gold = [1.0, 1.2, 1.4, 4.0, 4.2, 4.4]  # tests/lmbff_fixtures.py: three test scores at each end
+    assert len(predicted) == 6 and all(0 < p < 5 for p in predicted) and len(set(predicted)) == 6
+    assert written["eval"]["pearson"] == pytest.approx(pearson(predicted, gold), abs=1e-12)
+    assert written["eval"]["spearman"] == pytest.approx(spearman(predicted, gold), abs=1e-12)
+    assert [h["step"] for h in written["train"]["log_history"] if "eval_pearson" in h] == [1, 2]
+    assert written["prompt"]["label_words"] == ["No", "Yes"] and result["mode"] == "ft"
+
+
+@pytest.mark.slow
+def test_sts_b_runs_through_the_mezo_driver(roberta_dir, stsb_dir, tmp_path):
+    out = tmp_path / "stsb.json"
+    proc = driver("medium_models/mezo.sh", {"MODEL": str(roberta_dir), "DATA_DIR": str(stsb_dir), "TASK": "STS-B",
+                                            "K": "4", "BS": "4", "STEP": "2", "EVAL_STEP": "1"},
+                  "--result_file", str(out), "--disable_tqdm", "True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["eval"]) == {"pearson", "spearman"} and result["train"]["best_dev"]["step"] in (1, 2)
+    assert metric_value(result, "eval.pearson") == result["eval"]["pearson"]
 
 
 @pytest.mark.slow
