@@ -66,10 +66,15 @@ class Arguments(EngineArguments):
             yield f"--template {self.template!r}: needs exactly one *mask*"
         if self.mapping is not None and self.task_name in TASKS:
             yield from self._mapping_problems()
-        for flag in ("linear_probing", "prefix_tuning"):
-            if getattr(self, flag):
-                yield (f"--{flag}: not built for medium_models (the engine's version reads causal-LM answer "
-                       f"rows); use it with large_models/run.py")
+        if self.prefix_tuning:
+            yield ("--prefix_tuning: not built for medium_models: the engine's prefix enters through a causal LM's "
+                   "KV cache (a masked LM returns no cache to start it from real activations, and RoBERTa would "
+                   "number the real tokens' positions after the prefix, where MeZO leaves them); upstream patched "
+                   "RoBERTa's attention instead (docs/medium-models.md); use it with large_models/run.py")
+        if self.linear_probing and self.task_name in TASKS and self.task.regression:
+            yield (f"--linear_probing with --task_name {self.task_name}: a regression has no classes to probe "
+                   f"(upstream's LinearRegression row, written into both label words, predicts the middle of the "
+                   f"range for every example)")
         if self.tie_emb and (self.untie_emb or self.linear_probing):
             other = "--untie_emb" if self.untie_emb else "--linear_probing (which unties the head)"
             yield f"--tie_emb and {other}: choose one"

@@ -19,12 +19,14 @@ from transformers import set_seed
 
 from medium_models import trainable
 from medium_models.arguments import Arguments, default_config, parse_args
+from medium_models.probe import linear_probe
 from medium_models.prompts import PromptError, check_causal_template, encode, label_word_ids
 from medium_models.scoring import Collator, Feature, LabelLoss, RegressionLoss, metrics, predict
 from mezo_engine import run_config, runner
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
 from mezo_engine.head import HeadError
+from mezo_engine.linear_probe import ProbeError
 from mezo_engine.metrics import warn_if_one_class
 from mezo_engine.models import ModelError, auto_class_of, is_masked_lm, load_model_and_tokenizer
 from mezo_engine.modes import prepare_head, sample_batches
@@ -129,7 +131,9 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
               "num_eval": len(splits["test"]), "prompt": prompting.summary(), "status": Status.completed().format(),
               **rule_settings(args, not causal)}
     start, trainer, status = time.time(), None, Status.completed()
-    if head_summary := prepare_head(args, model):  # untied (a masked LM by default; --linear_probing is refused)
+    probe = (lambda: linear_probe(model, features["train"], collator, prompting.label_ids, args.lp_early_stopping,
+                                  args.per_device_eval_batch_size)) if args.linear_probing else None
+    if head_summary := prepare_head(args, model, probe):  # untied (a masked LM by default) and probed if asked
         result["head"] = head_summary
     if args.trainer != "none":
         trainer = build_trainer(args, model, tokenizer, prompting, features, collator)
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         runner.lock_output_dirs([output_dir])  # one job per output folder, before anything loads
         return run_one(args, load_splits(args), path, output_dir)
     except (ArgumentError, FileNotFoundError, ResultPathError, DataError, ModelError, CheckpointError, HeadError,
-            PromptError) as err:
+            PromptError, ProbeError) as err:
         sys.exit(f"run.py: error: {err}")
     except RunStopped as stop:
         exit_stopped(stop)
