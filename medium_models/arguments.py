@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mezo_engine.arguments import EngineArguments, default_config_of, parse_args_into
 from medium_models.tasks import TASKS, LmBffTask
@@ -34,6 +35,16 @@ class Arguments(EngineArguments):
     mapping: str | None = field(default=None, metadata={
         "help": "Label words as a dict from the file's labels, e.g. \"{'0':'terrible','1':'great'}\" (default: the "
                 "task's)."})
+    few_shot_type: Literal["prompt", "prompt-demo"] = field(default="prompt", metadata={
+        "help": "prompt: the template alone (MeZO's drivers); prompt-demo: one demonstration per label after it, "
+                "drawn from the training set (LM-BFF's; docs/medium-models.md). Upstream's third type, finetune "
+                "(a classifier head, no prompt), is not built."})
+    num_sample: int = field(default=16, metadata={
+        "help": "prompt-demo: demonstration draws per dev and test example, their logits averaged (upstream's "
+                "flag and default)."})
+    double_demo: bool | None = field(default=None, metadata={
+        "help": "prompt-demo: double --max_seq_length (upstream's flag; default: the task's, on for sst-5 as MeZO's "
+                "run_fewshot.sh)."})
     truncate_head: bool = field(default=False, metadata={
         "help": "A masked LM's prompt longer than --max_seq_length loses its front instead of its end (upstream's "
                 "flag, which upstream applied with demonstrations only). A cut that removes the mask is refused."})
@@ -64,6 +75,11 @@ class Arguments(EngineArguments):
                 yield f"--{flag} {value}: must be >= 1"
         if self.template is not None and self.template.count("*mask*") != 1:
             yield f"--template {self.template!r}: needs exactly one *mask*"
+        if self.num_sample < 1:
+            yield f"--num_sample {self.num_sample}: must be >= 1"
+        if self.few_shot_type == "prompt" and (self.double_demo is not None or not self._is_default("num_sample")):
+            given = "--double_demo" if self.double_demo is not None else f"--num_sample {self.num_sample}"
+            yield f"{given} without --few_shot_type prompt-demo: only demonstrations use it"
         if self.mapping is not None and self.task_name in TASKS:
             yield from self._mapping_problems()
         if self.prefix_tuning:
@@ -113,8 +129,16 @@ class Arguments(EngineArguments):
         return self.template or self.task.template
 
     @property
+    def demos(self) -> bool:
+        return self.few_shot_type == "prompt-demo"
+
+    @property
     def seq_length(self) -> int:
-        return self.max_seq_length or self.task.max_seq_length
+        """The prompt's length limit: the task's or --max_seq_length, doubled for demonstrations with
+        --double_demo (the task's default)."""
+        length = self.max_seq_length or self.task.max_seq_length
+        double = self.task.double_demo if self.double_demo is None else self.double_demo
+        return 2 * length if self.demos and double else length
 
     def sentence_limits(self) -> tuple[int | None, int | None]:
         task = self.task

@@ -4,8 +4,9 @@ sentences, the position of the mask, and the label words' token ids.
 The template language is LM-BFF's: parts between ``*``; ``cls``, ``sep``, ``sep+`` (a separator that starts the
 next segment), ``mask``, ``bos``, ``eos`` are special tokens; ``sent_i`` is sentence ``i``, with the variants
 ``+sent_i`` (a space before it), ``sent-_i`` (its last character dropped), ``sentl_i`` / ``sentu_i`` (its first
-character lower / upper case) and their combinations (``+sentl-_i``, ...); any other part is text, ``_`` standing
-for a space. Each part is tokenised on its own and the ids are joined, as LM-BFF does.
+character lower / upper case) and their combinations (``+sentl-_i``, ...); ``label_i`` is the word of label ``i``
+(in a template with demonstrations); any other part is text, ``_`` standing for a space. Each part is tokenised on
+its own and the ids are joined, as LM-BFF does.
 
 A label word is scored at the mask as one token: ``" " + word`` (a word starting with ``<``, ``[``, ``.`` or
 ``,`` as it is) must be a single token of the tokenizer, else the run is refused.
@@ -27,11 +28,13 @@ instead until it fits.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 SPECIAL = {"cls": "cls_token_id", "sep": "sep_token_id", "sep+": "sep_token_id", "mask": "mask_token_id",
            "bos": "bos_token_id", "eos": "eos_token_id"}
 SENTENCE = re.compile(r"^(\+?)sent([lu]?)(-?)_(\d+)$")
+LABEL = re.compile(r"^label_(\d+)$")  # a demonstration's label word (``demos.demo_template``)
 
 
 class PromptError(ValueError):
@@ -86,10 +89,15 @@ def sentence_text(part: str, texts: list[str]) -> tuple[int, str] | None:
     return index, " " + text if space else text
 
 
-def template_parts(tokenizer, template: str, texts: list[str], causal: bool) -> list[Part]:
-    """The template filled with ``texts`` as token-id parts, in order (a causal LM's parts stop at the mask)."""
+def template_parts(tokenizer, template: str, texts: list[str], causal: bool,
+                   label_ids: Sequence[int] = ()) -> list[Part]:
+    """The template filled with ``texts`` as token-id parts, in order (a causal LM's parts stop at the mask); a
+    ``label_i`` part is the token ``label_ids[i]``."""
     parts, segment = [], 0
     for name in split_template(template):
+        if label := LABEL.match(name):
+            parts.append(Part([label_ids[int(label.group(1))]], segment))
+            continue
         if name == "mask" and causal:
             return parts + [Part([], segment, mask=True)]
         if name in SPECIAL:
@@ -130,11 +138,12 @@ def fit(parts: list[Part], max_length: int) -> bool:
 
 def encode(tokenizer, template: str, texts: list[str], causal: bool, max_length: int,
            first_limit: int | None = None, other_limit: int | None = None, segments: bool = False,
-           truncate_head: bool = False) -> Encoded:
+           truncate_head: bool = False, label_ids: Sequence[int] = ()) -> Encoded:
     """The prompt of an example with sentences ``texts`` (see the module docstring); ``segments``: also return
     segment ids (BERT's token_type_ids), which step up after every ``sep+``; ``truncate_head``: a masked LM's
-    prompt longer than ``max_length`` loses its front rather than its tail."""
-    parts = template_parts(tokenizer, template, texts, causal)
+    prompt longer than ``max_length`` loses its front rather than its tail; ``label_ids``: the label words' token
+    ids for a template with demonstrations (``*label_i*``)."""
+    parts = template_parts(tokenizer, template, texts, causal, label_ids)
     limit_sentences(parts, first_limit, other_limit)
     cut = fit(parts, max_length) if causal else False
     ids, types, position = [], [], None
