@@ -139,3 +139,22 @@ def test_drivers_and_run_refuse_bad_input_with_the_flag_named(roberta_dir, data_
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--task_name 'SST2': unknown LM-BFF task" in proc.stderr
     assert "--prefix_tuning: not built for medium_models" in proc.stderr
+
+
+def test_masked_lm_runs_are_named_anew_and_causal_runs_keep_their_names(roberta_dir, tmp_path):
+    """Upstream's trainable sets, untied decoder and cut changed what a masked LM's run computes, so its result
+    name's hash covers them; a causal LM's run (none of them applies) keeps the name it had."""
+    from medium_models.arguments import default_config, parse_args
+    from mezo_engine import runner
+    from tests.tiny import save_tiny
+    causal_dir = save_tiny("gpt2", tmp_path / "gpt2")
+    names = {}
+    for label, model in (("masked", roberta_dir), ("causal", causal_dir)):
+        args = parse_args(["--model_name", str(model), "--trainer", "zo", "--result_dir", str(tmp_path)])
+        before = runner.result_path(args, "SST-2", None, False, default_config(), tmp_path)
+        now = runner.result_path(args, "SST-2", None, False, default_config(), tmp_path,
+                                 run.rule_settings(args, run.is_masked_lm(str(model))))
+        names[label] = (before.name, now.name)
+    assert names["masked"][0] != names["masked"][1] and names["causal"][0] == names["causal"][1]
+    decayed = parse_args(["--model_name", str(causal_dir), "--trainer", "zo", "--weight_decay", "0.1"])
+    assert run.rule_settings(decayed, False) == {"zo_decay": "all"}
