@@ -31,7 +31,7 @@ from .spec import DRIVERS, ENV_NAME, REPO, RESERVED_FLAGS, SWEEP_KEYS, TABLES, S
 def load_sweep(path: str | Path) -> Sweep:
     """Read and check the sweep file at ``path``; raise SweepError listing every problem found."""
     path = Path(path)
-    data = _read_toml(path)
+    data = read_toml(path)
     problems: list[str] = []
     problems += [f"unknown table [{t}]; known: {', '.join(sorted(TABLES))}" for t in data if t not in TABLES]
     head = _table(data, "sweep", problems)
@@ -59,13 +59,14 @@ def load_or_exit(path: str | Path, prog: str) -> Sweep:
         raise SystemExit(f"{prog}: error: {err}") from None
 
 
-def _read_toml(path: Path) -> dict:
+def read_toml(path: Path, what: str = "sweep file") -> dict:
+    """The TOML file at ``path`` (a sweep, race or study file: ``what``), or a SweepError naming it."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SweepError(f"sweep file {path}: no such file") from None
+        raise SweepError(f"{what} {path}: no such file") from None
     except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"sweep file {path}: not valid TOML ({err})") from None
+        raise SweepError(f"{what} {path}: not valid TOML ({err})") from None
 
 
 def _table(data: dict, name: str, problems: list[str]) -> dict:

@@ -61,8 +61,9 @@ class Point:
 
 
 @dataclass
-class Sweep:
-    """A loaded sweep file; ``points()`` expands its grid."""
+class Campaign:
+    """What a sweep file and a race file share: where they come from, their driver, their results, their fixed
+    settings."""
 
     path: Path
     name: str
@@ -70,6 +71,12 @@ class Sweep:
     driver_label: str
     result_dir: Path
     fixed: dict[str, str]
+
+
+@dataclass
+class Sweep(Campaign):
+    """A loaded sweep file; ``points()`` expands its grid."""
+
     grids: list[dict[str, list[str]]]
     args: list[str] = field(default_factory=list)
     over: str = "SEED"

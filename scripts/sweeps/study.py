@@ -29,7 +29,6 @@ import argparse
 import os
 import statistics
 import sys
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .aggregate import Run, collect, metric_value, summary
-from .load import load_sweep
+from .load import load_sweep, read_toml
 from .plots import dev_curve, loss_curve, merges, save
 from .spec import SweepError
 
@@ -71,10 +70,7 @@ def _picked(runs: list[Run], select: dict[str, str]) -> list[Run]:
 def load_study(path: str | Path) -> Study:
     """Read the study file and every run of its sweeps; SweepError names a bad key or file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, tomllib.TOMLDecodeError) as err:
-        raise SweepError(f"study file {path}: {err}") from None
+    data = read_toml(path, "study file")
     head = data.get("study", {})
     methods = []
     for i, m in enumerate(data.get("method", [])):

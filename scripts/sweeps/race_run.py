@@ -1,0 +1,175 @@
+"""``python scripts/race.py RACE.toml``: run a race (``race.py`` says what one is) until it is decided, then write
+its summary: ``race.json`` (every search and final run), ``race.md`` (the table) and two figures, dev accuracy
+against training forwards and against training CPU seconds, one band (min to max over the seeds) per method.
+
+Each round plans from the result files, runs the round's tasks in a local queue (``--jobs`` runs at once, each
+pinned to its cores, as ``sweep.py``), and plans again; a task that ends short of its budget stops the race (fix
+and run again: everything done is kept).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .local import LocalQueue, SlotError, make_slots
+from .race import BUDGET_VARIABLE, Plan, Race, Search, Task, load_race, make_plan, progress, snapshot_path, \
+    take_snapshots
+from .spec import Point, SweepError
+from .state import read_result
+from .worker import Launch, make_launch
+
+logger = logging.getLogger("race")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="race.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("race", help="the race file (TOML), e.g. docs/race/sst2-lora.toml")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1), each on its share of the cores")
+    p.add_argument("--dry-run", action="store_true", help="print the next round's runs and commands; run nothing")
+    p.add_argument("--report", action="store_true", help="only write race.json, race.md and the figures")
+    return p.parse_args(argv)
+
+
+def launch(race: Race, task: Task) -> Launch:
+    """The driver run that continues ``task.point`` to ``task.budget`` forwards."""
+    base = make_launch(race, task.point)
+    return dataclasses.replace(base, env={**base.env, BUDGET_VARIABLE: str(task.budget)})
+
+
+def print_round(plan: Plan, race: Race) -> None:
+    for state in plan.searches:
+        what = f"chose LR {state.chosen}" if state.chosen else f"{len(state.tasks)} run(s) to go"
+        print(f"{state.method.label:<24} grid {' '.join(state.grid)}: {what}")
+    for task in plan.tasks():
+        print(f"  run {task.label} LR={task.point.variables['LR']} seed={task.point.variables['RUN_SEED']} "
+              f"to {task.budget} forwards\n      {launch(race, task).shell_line()}")
+
+
+def run_round(race: Race, tasks: list[Task], jobs: int) -> list[str]:
+    """Run ``tasks``; the problems of those that ended short of their budget."""
+    LocalQueue(make_slots(jobs, None, None)).run([launch(race, t) for t in tasks])
+    short = []
+    for task in tasks:
+        done = progress(task.point.result_file)
+        if done.forwards < task.budget and not done.status.startswith("diverged"):
+            short.append(f"{task.point.name}: {done.forwards} of {task.budget} forwards ({done.status or 'no result'})"
+                         f"; log {race.result_dir / 'logs' / (task.point.name + '.log')}")
+    return short
+
+
+# ---- the summary -----------------------------------------------------------------------------------------------
+def run_summary(point: Point) -> dict:
+    """One run's numbers: dev and test accuracy, the ledger, peak RSS; test at a third of the budget if kept."""
+    result = read_result(point.result_file) or {}
+    third = read_result(snapshot_path(point)) or {}
+    ledger = result.get("ledger", {})
+    return {"name": point.name, "status": result.get("status"), "dev": result.get("dev", {}).get("accuracy"),
+            "test": result.get("eval", {}).get("accuracy"), "test_at_third": third.get("eval", {}).get("accuracy"),
+            "forwards": ledger.get("forwards"), "train_wall_s": ledger.get("train_wall_s"),
+            "train_cpu_s": ledger.get("train_cpu_s"),
+            "peak_rss_mib": result.get("resources", {}).get("peak_rss_mib")}
+
+
+def method_summary(race: Race, state: Search, winner: str | None) -> dict:
+    """A method's search (grid, rungs, choice) and its final runs, one per seed that has a result."""
+    entry = {"label": state.method.label, "variables": state.method.variables, "grid": state.grid,
+             "rungs": [{"budget": b, "dev": dev} for b, dev in zip(race.rung_budgets(), state.rungs)],
+             "chosen_lr": state.chosen, "finals": []}
+    if state.chosen is not None:
+        zo = winner if state.method.after_winner else None
+        points = [race.point(state.method, state.chosen, seed, zo) for seed in race.seeds]
+        entry["finals"] = [run_summary(p) for p in points if p.result_file.exists()]
+    return entry
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def table(summary: dict) -> str:
+    """The race as a Markdown table: one row per method, means over its final runs."""
+    cols = ["method", "LR", "seeds", "test", "test at 1/3", "dev", "forwards", "train CPU s", "train wall s",
+            "peak RSS MiB"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for m in summary["methods"]:
+        finals = m["finals"]
+        cells = [m["label"], m["chosen_lr"] or "-", str(len(finals))]
+        for key, fmt in (("test", ".3f"), ("test_at_third", ".3f"), ("dev", ".3f"), ("forwards", ".0f"),
+                         ("train_cpu_s", ".0f"), ("train_wall_s", ".0f"), ("peak_rss_mib", ".0f")):
+            value = _mean([f[key] for f in finals])
+            cells.append("-" if value is None else format(value, fmt))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curves(point: Point, x_key: str) -> list[tuple[float, float]]:
+    """(x, dev accuracy) of a run's evaluations, x a ledger column of its log rows."""
+    rows = (read_result(point.result_file) or {}).get("train", {}).get("log_history", [])
+    return [(float(r[x_key]), float(r["eval_accuracy"])) for r in rows if "eval_accuracy" in r and x_key in r]
+
+
+def figure(race: Race, plan: Plan, x_key: str, x_label: str, path: Path) -> None:
+    """Dev accuracy against ``x_key``: per method the band between its seeds' curves and their mean."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for state in (s for s in plan.searches if s.chosen is not None):
+        zo = plan.winner.variables.get("ZO") if state.method.after_winner and plan.winner else None
+        runs = [curves(race.point(state.method, state.chosen, seed, zo), x_key) for seed in race.seeds]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        xs = [statistics.fmean(r[i][0] for r in runs) for i in range(n)]
+        ys = [[r[i][1] for r in runs] for i in range(n)]
+        line, = ax.plot(xs, [statistics.fmean(y) for y in ys], label=state.method.label)
+        ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.2, color=line.get_color())
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("dev accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_summary(race: Race, plan: Plan) -> dict:
+    winner = plan.winner.variables.get("ZO") if plan.winner else None
+    summary = {"race": race.name, "budget": race.budget, "rung_budgets": race.rung_budgets(),
+               "winner": plan.winner.label if plan.winner else None,
+               "methods": [method_summary(race, s, winner) for s in plan.searches],
+               "decided": not plan.tasks()}
+    race.result_dir.mkdir(parents=True, exist_ok=True)
+    (race.result_dir / "race.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (race.result_dir / "race.md").write_text(f"# Race {race.name}\n\n" + table(summary))
+    figure(race, plan, "forwards", "training forwards", race.result_dir / "dev_vs_forwards.png")
+    figure(race, plan, "train_cpu_s", "training CPU seconds", race.result_dir / "dev_vs_cpu.png")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    try:
+        race = load_race(args.race)
+        while True:
+            plan = make_plan(race)
+            take_snapshots(race, plan.points())
+            if args.report or args.dry_run or not plan.tasks():
+                if args.dry_run:
+                    print_round(plan, race)
+                write_summary(race, plan)
+                return 0
+            print_round(plan, race)
+            short = run_round(race, plan.tasks(), args.jobs)
+            if short:
+                write_summary(race, plan)
+                print("race.py: stopped: a run ended short of its budget:\n  " + "\n  ".join(short), file=sys.stderr)
+                return 1
+    except (SweepError, SlotError) as err:
+        sys.exit(f"race.py: error: {err}")

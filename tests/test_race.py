@@ -1,0 +1,114 @@
+"""scripts/race.py: successive halving over a fake driver whose dev accuracy is a known function of the LR and of
+the forwards, so the choice, the grid extensions, the continuation of runs and the snapshots are all known."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sweeps.race import load_race, make_plan, progress
+from sweeps.race_run import main
+from sweeps.spec import SweepError
+
+# A stand-in for mezo.sh, in Python: continues its result from where it stands to MAX_FORWARDS, two forwards a
+# step, dev evaluated every 500 forwards and at the stop. Dev accuracy peaks at BEST_LR (log scale), test accuracy
+# is dev - 0.05; each call appends "<ZO>:<LR> <RUN_SEED> <from> <to>" to calls.txt beside the result.
+FAKE = r'''#!/usr/bin/env python3
+import json, math, os, sys
+from pathlib import Path
+result = Path(sys.argv[sys.argv.index("--result_file") + 1])
+lr, seed, budget = float(os.environ["LR"]), int(os.environ["RUN_SEED"]), int(os.environ["MAX_FORWARDS"])
+best = float(os.environ.get("BEST_LR", "1e-3"))
+old = json.loads(result.read_text()) if result.exists() else {"train": {"log_history": []}, "ledger": {"forwards": 0}}
+start = old["ledger"]["forwards"]
+def dev(f):
+    return round(0.9 - 0.1 * abs(math.log10(lr / best)) - 20.0 / (100 + f) + 0.001 * seed, 6)
+rows = old["train"]["log_history"]
+for f in range(start + 2, budget + 1, 2):
+    rows.append({"loss": 1.0 / (1 + f * lr), "forwards": f, "train_cpu_s": f * 0.1})
+    if f % 500 == 0 or f == budget:
+        rows.append({"eval_accuracy": dev(f), "forwards": f, "train_cpu_s": f * 0.1})
+out = {"status": "budget reached", "train": {"log_history": rows}, "dev": {"accuracy": dev(budget)},
+       "eval": {"accuracy": dev(budget) - 0.05}, "config": {"max_forwards": budget},
+       "ledger": {"forwards": budget, "train_wall_s": budget * 0.1, "train_cpu_s": budget * 0.1},
+       "resources": {"peak_rss_mib": 100.0}}
+result.parent.mkdir(parents=True, exist_ok=True)
+result.write_text(json.dumps(out))
+with open(result.parent / "calls.txt", "a") as calls:
+    calls.write(f"{os.environ['ZO']}:{os.environ['LR']} {seed} {start} {budget}\n")
+'''
+
+
+def write_race(tmp_path: Path, methods: str, head: str = "") -> Path:
+    driver = tmp_path / "fake.py"
+    driver.write_text(FAKE)
+    (tmp_path / "drv.sh").write_text(f'#!/usr/bin/env bash\nexec python "{driver}" "$@"\n')
+    path = tmp_path / "race.toml"
+    path.write_text(f'[race]\nname = "t"\ndriver = "{tmp_path / "drv.sh"}"\nresult_dir = "{tmp_path / "res"}"\n'
+                    f'budget = 3000\nfirst_budget = 750\nseeds = [0, 1]\nfinalists = 1\n{head}\n'
+                    f'[fixed]\nTASK = "SST2"\n{methods}')
+    return path
+
+
+def calls(tmp_path: Path) -> list[tuple[str, int, int, int]]:
+    lines = (tmp_path / "res" / "calls.txt").read_text().split("\n")
+    return [(a, int(b), int(c), int(d)) for a, b, c, d in (line.split() for line in lines if line)]
+
+
+def test_the_race_halves_continues_and_snapshots(tmp_path):
+    race_file = write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nLR = ["1e-4", "3e-4", "1e-3", "3e-3"]\n'
+                                     '[[method]]\nlabel = "B"\nZO = "lozo"\nBEST_LR = "1e-4"\nLR = ["1e-4", "1e-3"]\n')
+    assert load_race(race_file).rung_budgets() == [750, 1500, 3000]
+    assert main([str(race_file), "--jobs", "2"]) == 0
+    summary = json.loads((tmp_path / "res" / "race.json").read_text())
+    methods = {m["label"]: m for m in summary["methods"]}
+    assert methods["A"]["chosen_lr"] == "1e-3"
+    # B's best LR (1e-4) was its grid's lower end at rung 0: one LR below (3e-5) joined that rung, and lost
+    assert methods["B"]["grid"] == ["1e-4", "1e-3", "3e-5"] and methods["B"]["chosen_lr"] == "1e-4"
+    assert methods["B"]["rungs"][0]["dev"] == {"1e-4": pytest.approx(0.9 - 20 / 850), "1e-3": pytest.approx(
+        0.8 - 20 / 850), "3e-5": pytest.approx(0.9 - 0.1 * math.log10(1 / 0.3) - 20 / 850)}
+    runs = calls(tmp_path)
+    # no forward is spent twice: each (LR, seed) continues where it stood
+    for lr, seed in {(lr, seed) for lr, seed, _, _ in runs}:
+        spans = sorted((a, b) for x, s, a, b in runs if (x, s) == (lr, seed))
+        assert spans[0][0] == 0 and all(prev[1] == nxt[0] for prev, nxt in zip(spans, spans[1:]))
+    # A's search: 4 LRs to 750, 2 to 1500 (stopping at 1000, a third of 3000), 1 to 3000
+    a_search = [(lr, b) for lr, s, _, b in runs if s == 0 and lr.startswith("sgd:")]
+    assert sorted(a_search) == sorted([("sgd:1e-4", 750), ("sgd:3e-4", 750), ("sgd:3e-3", 750), ("sgd:1e-3", 750),
+                                       ("sgd:3e-3", 1000), ("sgd:3e-3", 1500), ("sgd:1e-3", 1000),
+                                       ("sgd:1e-3", 1500), ("sgd:1e-3", 3000)])
+    # finals: seed 1 for the best method (A, dev 0.9 at its best LR) only: finalists = 1
+    assert sorted((lr, b) for lr, s, _, b in runs if s == 1) == [("sgd:1e-3", 1000), ("sgd:1e-3", 3000)]
+    final = {f["name"].split("seed=")[1][0]: f for f in methods["A"]["finals"]}
+    dev_third = 0.9 - 20.0 / 1100
+    assert final["1"]["test_at_third"] == pytest.approx(dev_third + 0.001 - 0.05, abs=1e-6)
+    assert final["0"]["test"] == pytest.approx(0.9 - 20.0 / 3100 - 0.05, abs=1e-6)
+    assert methods["B"]["finals"][0]["forwards"] == 3000 and len(methods["B"]["finals"]) == 1
+    assert "| A | 1e-3 | 2 |" in (tmp_path / "res" / "race.md").read_text()
+    assert (tmp_path / "res" / "dev_vs_forwards.png").stat().st_size > 0
+    assert main([str(race_file)]) == 0 and len(calls(tmp_path)) == len(runs)  # decided: nothing runs again
+
+
+def test_a_method_raced_with_the_winner(tmp_path):
+    race_file = write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nLR = ["3e-4", "1e-3", "3e-3"]\n'
+                                     '[[method]]\nlabel = "X"\nMODE = "xgblora"\nZO = "{winner}"\n'
+                                     'LR = ["3e-4", "1e-3", "3e-3"]\n')
+    assert main([str(race_file)]) == 0
+    plan = make_plan(load_race(race_file))
+    assert plan.winner.label == "A" and not plan.tasks()
+    x = next(s for s in plan.searches if s.method.label == "X")
+    point = load_race(race_file).point(x.method, x.chosen, "1", "sgd")
+    assert point.variables["ZO"] == "sgd" and progress(point.result_file).forwards == 3000
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[method]]\nlabel = "A"\nLR = []\n', "LR = []: give a list of learning rates"),
+    ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "label 'A' appears twice"),
+    ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "always_final 'Z': no [[method]] has that label"),
+])
+def test_bad_race_files_are_refused_by_name(tmp_path, body, message):
+    head = 'always_final = ["Z"]' if "always_final" in message else ""
+    with pytest.raises(SweepError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_race(write_race(tmp_path, body, head))
