@@ -104,7 +104,7 @@ class LabelLoss:
 
     def readout(self, logits: torch.Tensor) -> int:
         """The predicted label of one example from its label-word logits, (copies, labels)."""
-        return int(logits.mean(0).argmax())
+        return int(logits.mean(0).argmax().item())
 
 
 class RegressionLoss(LabelLoss):
@@ -129,7 +129,7 @@ class RegressionLoss(LabelLoss):
 
     def readout(self, logits: torch.Tensor) -> float:
         """The predicted score of one example from its label-word logits, (copies, 2)."""
-        return float((self.low + (self.high - self.low) * logits.softmax(-1)[:, 1]).mean())
+        return (self.low + (self.high - self.low) * logits.softmax(-1)[:, 1]).mean().item()
 
 
 @torch.inference_mode()
