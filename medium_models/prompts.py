@@ -4,8 +4,9 @@ sentences, the position of the mask, and the label words' token ids.
 The template language is LM-BFF's: parts between ``*``; ``cls``, ``sep``, ``sep+`` (a separator that starts the
 next segment), ``mask``, ``bos``, ``eos`` are special tokens; ``sent_i`` is sentence ``i``, with the variants
 ``+sent_i`` (a space before it), ``sent-_i`` (its last character dropped), ``sentl_i`` / ``sentu_i`` (its first
-character lower / upper case) and their combinations (``+sentl-_i``, ...); any other part is text, ``_`` standing
-for a space. Each part is tokenised on its own and the ids are joined, as LM-BFF does.
+character lower / upper case) and their combinations (``+sentl-_i``, ...); ``label_i`` is the word of label ``i``
+(in a template with demonstrations); any other part is text, ``_`` standing for a space. Each part is tokenised on
+its own and the ids are joined, as LM-BFF does.
 
 A label word is scored at the mask as one token: ``" " + word`` (a word starting with ``<``, ``[``, ``.`` or
 ``,`` as it is) must be a single token of the tokenizer, else the run is refused.
@@ -18,18 +19,22 @@ tasks means it sees only the first sentence. A template whose mask comes before 
 ``cls`` and ``sep``) are left out, as LM-BFF leaves out GPT-2's ``cls``.
 
 **Lengths**: sentence 0 is cut to ``first_sent_limit`` tokens and every other sentence to ``other_sent_limit``
-(MeZO's per-task limits); a prompt still longer than ``max_length`` loses tokens from the end of its longest
-sentence until it fits, so the mask and the template's own tokens always stay (LM-BFF cut the tail, which could
-drop the mask).
+(MeZO's per-task limits). A masked LM's prompt still longer than ``max_length`` is then cut as upstream (LM-BFF's
+and MeZO's ``tokenize_multipart_input``): its tail goes, the closing separator first (``truncate_head``: its front
+goes instead). A cut that removes the mask is refused (upstream asserts the mask survives). A causal LM's prompt
+ends at the scored position, which a tail cut would remove, so it loses tokens from the end of its longest sentence
+instead until it fits.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 SPECIAL = {"cls": "cls_token_id", "sep": "sep_token_id", "sep+": "sep_token_id", "mask": "mask_token_id",
            "bos": "bos_token_id", "eos": "eos_token_id"}
 SENTENCE = re.compile(r"^(\+?)sent([lu]?)(-?)_(\d+)$")
+LABEL = re.compile(r"^label_(\d+)$")  # a demonstration's label word (``demos.demo_template``)
 
 
 class PromptError(ValueError):
@@ -84,10 +89,15 @@ def sentence_text(part: str, texts: list[str]) -> tuple[int, str] | None:
     return index, " " + text if space else text
 
 
-def template_parts(tokenizer, template: str, texts: list[str], causal: bool) -> list[Part]:
-    """The template filled with ``texts`` as token-id parts, in order (a causal LM's parts stop at the mask)."""
+def template_parts(tokenizer, template: str, texts: list[str], causal: bool,
+                   label_ids: Sequence[int] = ()) -> list[Part]:
+    """The template filled with ``texts`` as token-id parts, in order (a causal LM's parts stop at the mask); a
+    ``label_i`` part is the token ``label_ids[i]``."""
     parts, segment = [], 0
     for name in split_template(template):
+        if label := LABEL.match(name):
+            parts.append(Part([label_ids[int(label.group(1))]], segment))
+            continue
         if name == "mask" and causal:
             return parts + [Part([], segment, mask=True)]
         if name in SPECIAL:
@@ -114,8 +124,8 @@ def limit_sentences(parts: list[Part], first: int | None, other: int | None) -> 
 
 
 def fit(parts: list[Part], max_length: int) -> bool:
-    """Remove tokens from the end of the longest sentence until the parts fit ``max_length``; True if any went.
-    Raises PromptError when the template's own tokens alone are too long."""
+    """A causal LM's cut: remove tokens from the end of the longest sentence until the parts fit ``max_length``;
+    True if any went. Raises PromptError when the template's own tokens alone are too long."""
     cut = False
     while sum(len(p.ids) for p in parts) > max_length:
         longest = max((p for p in parts if p.sentence is not None and p.ids), key=lambda p: len(p.ids), default=None)
@@ -127,19 +137,40 @@ def fit(parts: list[Part], max_length: int) -> bool:
 
 
 def encode(tokenizer, template: str, texts: list[str], causal: bool, max_length: int,
-           first_limit: int | None = None, other_limit: int | None = None, segments: bool = False) -> Encoded:
+           first_limit: int | None = None, other_limit: int | None = None, segments: bool = False,
+           truncate_head: bool = False, label_ids: Sequence[int] = ()) -> Encoded:
     """The prompt of an example with sentences ``texts`` (see the module docstring); ``segments``: also return
-    segment ids (BERT's token_type_ids), which step up after every ``sep+``."""
-    parts = template_parts(tokenizer, template, texts, causal)
+    segment ids (BERT's token_type_ids), which step up after every ``sep+``; ``truncate_head``: a masked LM's
+    prompt longer than ``max_length`` loses its front rather than its tail; ``label_ids``: the label words' token
+    ids for a template with demonstrations (``*label_i*``)."""
+    parts = template_parts(tokenizer, template, texts, causal, label_ids)
     limit_sentences(parts, first_limit, other_limit)
-    cut = fit(parts, max_length)
+    cut = fit(parts, max_length) if causal else False
     ids, types, position = [], [], None
     for part in parts:
         if part.mask:
             position = len(ids) if not causal else len(ids) - 1
         ids += part.ids
         types += [part.segment] * len(part.ids)
-    return Encoded(ids, position, types if segments else None, cut)
+    encoded = Encoded(ids, position, types if segments else None, cut)
+    return encoded if causal else truncate(encoded, max_length, truncate_head)
+
+
+def truncate(encoded: Encoded, max_length: int, head: bool) -> Encoded:
+    """A masked LM's prompt cut to ``max_length`` tokens as upstream cuts it: the tail goes (``head``: the front);
+    refuses a cut that removes the mask."""
+    excess = len(encoded.ids) - max_length
+    if excess <= 0:
+        return encoded
+    keep = slice(excess, None) if head else slice(None, max_length)
+    position = encoded.position - excess if head else encoded.position
+    if not 0 <= position < max_length:
+        raise PromptError(f"the prompt is {len(encoded.ids)} tokens; cutting its {'front' if head else 'end'} to "
+                          f"--max_seq_length {max_length} removes the mask (upstream stops on this too); raise "
+                          f"--max_seq_length or lower --first_sent_limit / --other_sent_limit"
+                          + ("" if head else ", or give --truncate_head"))
+    types = encoded.token_type_ids[keep] if encoded.token_type_ids is not None else None
+    return Encoded(encoded.ids[keep], position, types, cut=True)
 
 
 def check_causal_template(template: str) -> str:

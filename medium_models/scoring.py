@@ -5,6 +5,13 @@ A batch holds prompts (``prompts.Encoded``): a masked LM's right-padded with the
 encoder and applies its MLM head to the mask rows only; a causal LM keeps only its last logits. Either way the
 result is one row of label-word logits per example, and the loss is the cross-entropy over them with the gold
 label, as LM-BFF's prompt-based fine-tuning (and MeZO's medium models) train.
+
+A regression task (STS-B) has two label words, its low and high end; it trains on the KL divergence from the
+target distribution ``[1 - y', y']`` (``y'``: the score scaled to [0, 1] on the task's bounds) to the softmax of
+the two label-word logits, and predicts ``low + (high - low) * p(high word)``, as LM-BFF. LM-BFF wrote the loss as
+``nn.KLDivLoss(log_target=True)`` with the probabilities as target, which reads them as log-probabilities: its
+loss is ``mean(exp(t) * (t - log p))``, minimised at ``p = softmax(t)``, a target squeezed into [0.27, 0.73]. Here
+the target is a distribution (``log_target=False``) and the loss the KL divergence averaged over the batch.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mezo_engine.data import pad_left, pad_right
-from mezo_engine.metrics import binary_f1, matthews_corrcoef
+from mezo_engine.metrics import binary_f1, matthews_corrcoef, pearson, spearman
 from mezo_engine.scoring import float32_or_wider, position_ids, repeat_rows
 
 # The MLM head of each masked-LM family (attribute of the ...ForMaskedLM model), applied to the mask rows only.
@@ -29,7 +36,7 @@ class Feature:
 
     ids: list[int]
     position: int
-    label: int
+    label: int | float  # a regression's score
     token_type_ids: list[int] | None = None
 
 
@@ -82,7 +89,8 @@ def label_logits(model, batch: dict, label_ids: Sequence[int], causal: bool) -> 
 
 
 class LabelLoss:
-    """The training objective: cross-entropy of the label-word logits against the gold labels."""
+    """The training objective: cross-entropy of the label-word logits against the gold labels; a prediction is the
+    label with the highest logit (the first on ties), from the logits averaged over an example's copies."""
 
     def __init__(self, label_ids: Sequence[int], causal: bool):
         self.label_ids, self.causal = list(label_ids), causal
@@ -100,28 +108,68 @@ class LabelLoss:
         """Examples: the loss is a mean over them."""
         return int(batch["labels"].numel())
 
+    def readout(self, logits: torch.Tensor) -> int:
+        """The predicted label of one example from its label-word logits, (copies, labels)."""
+        return int(logits.mean(0).argmax().item())
+
+
+class RegressionLoss(LabelLoss):
+    """A regression's objective (STS-B, see the module docstring): the KL divergence from ``[1 - y', y']`` to the
+    softmax of the two label-word logits, averaged over the batch; a prediction is ``low + (high - low) * p``,
+    ``p`` the high word's probability, averaged over an example's copies."""
+
+    def __init__(self, label_ids: Sequence[int], causal: bool, bounds: tuple[float, float]):
+        super().__init__(label_ids, causal)
+        if len(self.label_ids) != 2:
+            raise ValueError(f"a regression needs two label words (its low and high end), got {len(label_ids)}")
+        self.low, self.high = bounds
+
+    def target(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[1 - y', y']`` per row, ``y'`` the score scaled to [0, 1] on the bounds."""
+        scaled = (scores - self.low) / (self.high - self.low)
+        return torch.stack([1 - scaled, scaled], -1)
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        logp = F.log_softmax(label_logits(model, batch, self.label_ids, self.causal), -1)
+        return F.kl_div(logp, self.target(batch["labels"].to(logp.dtype)), reduction="batchmean")
+
+    def readout(self, logits: torch.Tensor) -> float:
+        """The predicted score of one example from its label-word logits, (copies, 2)."""
+        return (self.low + (self.high - self.low) * logits.softmax(-1)[:, 1]).mean().item()
+
 
 @torch.inference_mode()
-def predict(model, features: Sequence[Feature], collator: Collator, label_ids: Sequence[int], batch_size: int,
-            progress: bool = False) -> list[int]:
-    """The predicted label index of every feature (the highest label-word logit; the first on ties), in batches
-    of similar length."""
+def all_label_logits(model, features: Sequence[Feature], collator: Collator, label_ids: Sequence[int],
+                     batch_size: int, progress: bool = False) -> torch.Tensor:
+    """The label-word logits of every feature, (features, labels) on the CPU, computed in batches of similar
+    length."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     order = sorted(range(len(features)), key=lambda i: -len(features[i].ids))
-    predicted = [0] * len(features)
+    out = torch.zeros(len(features), len(label_ids), dtype=torch.float64)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc="scoring", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in collator([features[i] for i in idx]).items()}
-        for i, p in zip(idx, label_logits(model, batch, label_ids, collator.causal).argmax(-1).tolist()):
-            predicted[i] = p
+        out[idx] = label_logits(model, batch, label_ids, collator.causal).detach().to("cpu", torch.float64)
     model.train(was_training)
-    return predicted
+    return out
 
 
-def metrics(gold: Sequence[int], predicted: Sequence[int], main: str) -> dict[str, float]:
-    """Accuracy, and the task's own dev metric if it is another one (``f1`` of label 1, or ``mcc``)."""
+def predict(model, features: Sequence[Feature], collator: Collator, objective: LabelLoss, batch_size: int,
+            progress: bool = False, copies: int = 1) -> list:
+    """The prediction of every example (``objective.readout``): its label index, or a regression's score.
+    ``features`` holds ``copies`` consecutive prompts per example (the same query with other demonstrations),
+    whose logits the readout averages."""
+    logits = all_label_logits(model, features, collator, objective.label_ids, batch_size, progress)
+    return [objective.readout(group) for group in logits.view(-1, copies, logits.shape[-1])]
+
+
+def metrics(gold: Sequence, predicted: Sequence, main: str) -> dict[str, float]:
+    """Accuracy, and the task's own dev metric if it is another one (``f1`` of label 1, or ``mcc``); for a
+    regression (``pearson``) Pearson's and Spearman's correlation."""
+    if main == "pearson":
+        return {"pearson": pearson(predicted, gold), "spearman": spearman(predicted, gold)}
     out = {"accuracy": sum(g == p for g, p in zip(gold, predicted)) / len(gold)}
     if main == "f1":
         out["f1"] = binary_f1(gold, predicted)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sys
 
-NAMES = ("SST-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec", "CoLA", "MNLI", "SNLI", "QNLI", "QQP", "MRPC", "RTE")
+NAMES = ("SST-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec", "CoLA", "MNLI", "SNLI", "QNLI", "QQP", "MRPC", "RTE",
+         "STS-B")
 
 
 def main(argv: list[str]) -> int:

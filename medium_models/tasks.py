@@ -1,5 +1,10 @@
-"""The 14 LM-BFF tasks MeZO's medium-model experiments run: where each split's file is, its column layout, its
-labels, and LM-BFF's manual prompt (template and label words, as MeZO's ``run_fewshot.sh`` gives them).
+"""The 14 LM-BFF tasks MeZO's medium-model experiments run, and STS-B, which LM-BFF runs and MeZO's drivers do not:
+where each split's file is, its column layout, its labels, and LM-BFF's manual prompt (template and label words, as
+MeZO's ``run_fewshot.sh`` gives them; STS-B's as LM-BFF's ``run_experiment.sh``).
+
+STS-B is a regression as LM-BFF does it: a similarity score on the bounds (0, 5), two label words (``No`` for the
+low end, ``Yes`` for the high end; the ``--mapping`` keys are ``'0'`` and ``'1'``), and Pearson's correlation as
+the dev metric (``scoring.RegressionLoss``).
 
 The data is LM-BFF's k-shot layout, ``<data_dir>/<TASK>/<K>-<seed>/{train,dev,test}.{tsv,csv}`` (MNLI:
 ``dev_matched.tsv`` and ``test_matched.tsv``). GLUE-style tasks are tab-separated without quoting (a header line
@@ -40,8 +45,10 @@ class LmBffTask:
     """One task: its name, layout, labels (as the files write them, in LM-BFF's label order), prompt and limits.
 
     ``label_words[i]`` is the word for ``labels[i]``; ``metric`` is LM-BFF's dev objective (``accuracy``, ``f1``
-    for MRPC and QQP, ``mcc`` for CoLA); accuracy is always reported too. ``max_seq_length``,
-    ``first_sent_limit`` and ``other_sent_limit`` are MeZO's per-task settings (in tokens)."""
+    for MRPC and QQP, ``mcc`` for CoLA, ``pearson`` for STS-B); a classification task reports accuracy too.
+    ``max_seq_length``, ``first_sent_limit`` and ``other_sent_limit`` are MeZO's per-task settings (in tokens).
+    ``bounds``: a regression task's score range (its labels then name the two ends); ``double_demo``: the
+    prompt's length limit doubles with demonstrations (MeZO's run_fewshot.sh gives it for sst-5)."""
 
     name: str
     layout: Layout
@@ -52,6 +59,19 @@ class LmBffTask:
     max_seq_length: int = 128
     first_sent_limit: int | None = None
     other_sent_limit: int | None = None
+    bounds: tuple[float, float] | None = None
+    double_demo: bool = False
+
+    @property
+    def regression(self) -> bool:
+        return self.bounds is not None
+
+    def demo_label(self, gold) -> int:
+        """The label group of a gold answer for sampling demonstrations: the label itself, or for a regression
+        the low (0) or high (1) end, split at the middle of the bounds (LM-BFF's median, 2.5 for STS-B)."""
+        if not self.regression:
+            return gold
+        return int(gold > sum(self.bounds) / 2)
 
     def split_dir(self, data_dir: str | Path, k: int, seed: int) -> Path:
         """``<data_dir>/<TASK>/<K>-<seed>``; a missing folder is reported with what was expected there."""
@@ -79,11 +99,24 @@ class LmBffTask:
             raise DataError(f"{path}, line {number}: {len(row)} field(s), expected at least {width} for task "
                             f"{self.name}")
         label = row[self.layout.label_column].strip()
-        if label not in self.labels:
-            raise DataError(f"{path}, line {number}: label {label!r} is not one of {', '.join(self.labels)}")
         texts = [row[c] for c in self.layout.text_columns]
-        return Sample(id=number, data={"texts": texts}, correct_candidate=self.labels.index(label),
+        return Sample(id=number, data={"texts": texts}, correct_candidate=self._gold(path, number, label),
                       candidates=list(range(len(self.labels))))
+
+    def _gold(self, path: Path, number: int, label: str):
+        """The gold answer of a row: the label's index, or a regression's score (a number within the bounds)."""
+        if not self.regression:
+            if label not in self.labels:
+                raise DataError(f"{path}, line {number}: label {label!r} is not one of {', '.join(self.labels)}")
+            return self.labels.index(label)
+        low, high = self.bounds
+        try:
+            score = float(label)
+        except ValueError:
+            score = None
+        if score is None or not low <= score <= high:
+            raise DataError(f"{path}, line {number}: score {label!r} is not a number from {low:g} to {high:g}")
+        return score
 
 
 def read_rows(path: Path, layout: Layout) -> list[tuple[int, list[str]]]:
@@ -111,7 +144,8 @@ def _csv_task(name: str, words: tuple[str, ...], template: str = SENTIMENT, **li
 NLI_WORDS = ("No", "Yes", "Maybe")  # contradiction, entailment, neutral
 TASKS: dict[str, LmBffTask] = {t.name: t for t in (
     LmBffTask("SST-2", Layout((0,), 1), ("0", "1"), ("terrible", "great"), SENTIMENT),
-    _csv_task("sst-5", ("terrible", "bad", "okay", "good", "great"), first_sent_limit=110, other_sent_limit=20),
+    _csv_task("sst-5", ("terrible", "bad", "okay", "good", "great"), first_sent_limit=110, other_sent_limit=20,
+              double_demo=True),
     _csv_task("mr", ("terrible", "great"), first_sent_limit=110, other_sent_limit=50),
     _csv_task("cr", ("terrible", "great"), first_sent_limit=110, other_sent_limit=50),
     _csv_task("mpqa", ("terrible", "great"), first_sent_limit=110),
@@ -128,6 +162,7 @@ TASKS: dict[str, LmBffTask] = {t.name: t for t in (
     LmBffTask("MRPC", Layout((3, 4), 0), ("0", "1"), ("No", "Yes"), PAIR, metric="f1"),
     LmBffTask("RTE", Layout((1, 2), -1), ("entailment", "not_entailment"), ("Yes", "No"), NLI, max_seq_length=256,
               first_sent_limit=240),
+    LmBffTask("STS-B", Layout((7, 8), -1), ("0", "1"), ("No", "Yes"), PAIR, metric="pearson", bounds=(0.0, 5.0)),
 )}
 
 

@@ -32,7 +32,7 @@ ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler":
            "max_zo_forward_steps": "max_forwards"}
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
-ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout")
+ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout", "zo_weight_decay_all")
 
 
 class ArgumentError(ValueError):
@@ -100,6 +100,11 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 "--adam_epsilon (two buffers); lozo, lozo_m, subzero = low-rank directions in lazily refreshed "
                 "per-matrix subspaces (docs/zo-methods.md). Upstream: large_models trains ZO-SGD only; "
                 "medium_models' --optimizer sgd|adam (default adam) with --zero_order_use_trainer_optim."})
+    zo_weight_decay_all: bool = field(default=False, metadata={
+        "help": "zo with --weight_decay: decay every trained parameter, biases and norm weights too, as upstream "
+                "MeZO's medium_models (its step subtracts lr * wd * theta from each; medium_models/run.py's "
+                "default). Default here: only those the Trainer decays (not biases or norm weights), as upstream "
+                "large_models."})
     zero_order_sample: int | None = field(default=None, metadata={"help": "Alias of --zo_num_samples (upstream name)."})
     zero_order_sample_scheduler: Literal["constant", "linear"] | None = field(default=None, metadata={
         "help": "Alias of --zo_sample_scheduler (upstream name)."})

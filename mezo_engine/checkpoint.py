@@ -10,6 +10,8 @@ also depends on:
   scaling, coefficient), replayed on load with the same float ops in the same order (bit-exact), so a checkpoint
   costs the boosters, not a copy of the base model. LoRA-GA shifts the base weights inside PEFT, so in that mode
   the adapted modules' base weights themselves are stored instead;
+* the parameters an app trains beside an adapter (``Mode.also_train``: ``medium_models``' MLM head with LoRA),
+  which a PEFT model's checkpoint leaves out;
 * the state of the stateful callbacks (boosting history, booster generator, active blocks; best dev value and
   snapshot; the cost ledger, so that a resumed run continues its counts), through their ``state_dict`` /
   ``load_state_dict``;
@@ -30,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -100,12 +102,13 @@ class RunStateCallback(TrainerCallback):
     """Writes ``run_state.pt`` into every checkpoint and restores a run from one (see the module docstring)."""
 
     def __init__(self, model, model_name: str, stateful: dict, store_base: bool = False,
-                 settings: dict | None = None):
+                 settings: dict | None = None, beside_adapter: Sequence[str] = ()):
         self.identity = {"model_name": model_name, "base_sha256": lora.base_fingerprint(model)
                          if lora.lora_layers(model) else None}
         self.settings = settings  # the run's settings a resumed run is checked against (checkpoint_checks)
         self.stateful = stateful  # name -> object with state_dict() / load_state_dict()
         self.store_base = store_base  # LoRA-GA: base weights change outside merges; store them
+        self.beside_adapter = list(beside_adapter)  # trained beside an adapter: not in the PEFT checkpoint
         self.merges: list[lora.MergeFactor] = []
 
     def record(self, report: lora.MergeReport) -> None:
@@ -119,6 +122,9 @@ class RunStateCallback(TrainerCallback):
             state["base_weights"] = {n: w.detach().cpu().clone() for n, w in lora.base_weights(model).items()}
         else:
             state["merges"] = [vars(f) for f in self.merges]
+        if self.beside_adapter:
+            params = dict(model.named_parameters())
+            state["beside_adapter"] = {n: params[n].detach().cpu().clone() for n in self.beside_adapter}
         return state
 
     def on_save(self, args, state, control, model=None, **kwargs):
@@ -144,6 +150,7 @@ class RunStateCallback(TrainerCallback):
         else:
             self.merges = [lora.MergeFactor(**f) for f in state["merges"]]
             lora.replay_merges(model, self.merges)
+        self._restore_beside_adapter(model, state.get("beside_adapter", {}), checkpoint)
         for name, cb in self.stateful.items():
             self._restore_callback(checkpoint, name, cb, state["callbacks"])
         logger.info("restored %s: %d merges replayed", checkpoint, len(self.merges))
@@ -159,6 +166,17 @@ class RunStateCallback(TrainerCallback):
         else:
             raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: it holds no state of the {name} callback "
                                   f"this run needs; resume it with the settings it was made with")
+
+
+    def _restore_beside_adapter(self, model, saved: dict, checkpoint: str) -> None:
+        """Copy the saved parameters trained beside the adapter back; a checkpoint without them is refused."""
+        if missing := sorted(set(self.beside_adapter) - set(saved)):
+            raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: it lacks {', '.join(missing)}, which "
+                                  f"this run trains beside its adapter (a checkpoint of another trainable set)")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in self.beside_adapter:
+                params[name].copy_(saved[name])
 
 
 def write_whole(obj, path: Path) -> None:

@@ -1,5 +1,6 @@
 """Evaluation metrics: accuracy for classification (F1 of the positive label and Matthews correlation for the
-GLUE tasks that use them), SQuAD-style exact match and token F1 for generation.
+GLUE tasks that use them, Pearson's and Spearman's correlation for the regression STS-B), SQuAD-style exact match
+and token F1 for generation.
 
 The definitions follow MeZO's ``large_models/metrics.py``, which in turn follows the official SQuAD v1.1
 evaluation script (normalise, then compare bags of tokens; take the best gold answer).
@@ -112,6 +113,35 @@ def matthews_corrcoef(gold: Sequence[int], predicted: Sequence[int]) -> float:
     fn = sum(g == 1 and p == 0 for g, p in zip(gold, predicted))
     denominator = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
     return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's correlation of two equally long sequences (GLUE's STS-B metric); 0 when either is constant."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / (sxx * syy) ** 0.5 if sxx and syy else 0.0
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks (as ``scipy.stats.rankdata``)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            out[i] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's of the ranks (ties share their mean rank)."""
+    return pearson(ranks(xs), ranks(ys))
 
 
 def warn_if_one_class(predicted: Sequence[Any]) -> None:

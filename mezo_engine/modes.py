@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 def prepare_head(args, model, probe: Callable[[], dict] | None = None) -> dict:
     """Before any training: ``--untie_emb``, and ``--linear_probing`` (which unties first: the probe writes the
     label words' rows of the head, which must not move their input embeddings). ``probe()`` is the app's fit of
-    the probe (``large_models.pipeline.probe``: it knows the prompts and answers); it returns the probe's summary.
+    the probe (``large_models.pipeline.probe``, ``medium_models.probe``: the app knows the prompts and answers); it
+    returns the probe's summary.
     Returns what the result JSON records under ``head`` (empty when neither flag is set)."""
     summary = {}
     if args.linear_probing and probe is None:
-        raise ValueError("--linear_probing: this app gives no probe to fit (large_models/run.py does)")
+        raise ValueError("--linear_probing: this app gives no probe to fit (both run.py files do)")
     if args.untie_emb or args.linear_probing:
         summary["untied"] = head.untie_embeddings(model)
     if args.linear_probing:

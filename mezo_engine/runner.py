@@ -35,15 +35,16 @@ logger = logging.getLogger("run")
 
 
 def result_path(args, task_name: str, set_seed_: int | None, many_sets: bool, defaults: dict,
-                repo_root: Path) -> Path:
+                repo_root: Path, settings: dict | None = None) -> Path:
     """``--result_file`` (with ``-trainset<k>`` before ``.json`` for several train sets), or by default
     ``<result_dir>/<task_name>-<model>-<tag>-<hash>[-trainset<k>].json``, the hash covering every setting that
     changes the result and differs from its value in ``defaults`` (see results.NOT_IN_HASH). ``task_name``: the
-    app's task flag. Call it before anything rewrites ``args``."""
+    app's task flag; ``settings``: what else the app hashes (rules that changed what some of its runs compute, so
+    that those runs are named anew). Call it before anything rewrites ``args``."""
     if args.result_file:
         path = Path(args.result_file)
         return path.with_name(f"{path.stem}-trainset{set_seed_}{path.suffix}") if many_sets else path
-    digest = config_hash(args.to_dict(), args.keep_best_model, defaults)
+    digest = config_hash({**args.to_dict(), **(settings or {})}, args.keep_best_model, defaults)
     name = run_name(task_name, args.model_name, args.tag, digest, set_seed_ if many_sets else None)
     return Path(args.result_dir or repo_root / "result") / f"{name}.json"
 
@@ -111,20 +112,25 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
 
 
 def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
-                 **trainer_kwargs):
+                 also_train: Callable | None = None, **trainer_kwargs):
     """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
     MezoTrainer with the app's ``objective`` and dev ``evaluator`` (None: no dev set; ``run_config.resolve`` then
     turned evaluation during training off) and the run's callbacks. ``args``: the resolved run arguments.
     ``batches()``: a few collated training batches, drawn only by a mode that needs them (LoRA-GA); ``metric``: the
-    dev metric the best model follows; ``trainer_kwargs``: the datasets, collator and tokenizer the app gives the
-    Trainer."""
+    dev metric the best model follows; ``also_train(model)``: the app's own rule for parameters that train beside
+    the mode's (``medium_models``: upstream's MLM head with LoRA and head tuning), called once the mode is prepared;
+    it returns their names, which ``Mode.also_train`` makes trainable; ``trainer_kwargs``: the datasets, collator and tokenizer
+    the app gives the Trainer."""
     mode = mode_for(args)
     try:
         model = mode.prepare(model, objective, batches)
+        if also_train is not None:
+            mode.also_train(model, also_train(model))
     except ModeError as err:
         raise ArgumentError(str(err)) from err
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base(),
-                                 settings=run_settings(args))
+                                 settings=run_settings(args),
+                                 beside_adapter=mode.also_trained if mode.adapter else ())
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flags, under torchrun
     stall = distributed.StallGuard.open(args.zo_stall_timeout if args.trainer == "zo" else 0.0)  # on every rank
     callbacks = build_callbacks(args, metric, mode, run_state, comm, stall)
@@ -233,6 +239,8 @@ def train_summary(trainer, summary: dict) -> dict:
     summary["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
     stateful = _callback(trainer, RunStateCallback).stateful
     summary.update(trainer.mode.summary(stateful))
+    if trainer.mode.also_trained:
+        summary["also_trained"] = list(trainer.mode.also_trained)
     if "best" in stateful:
         summary["best_dev"] = {"value": stateful["best"].best, "step": stateful["best"].best_step}
     summary["ranks"] = distributed.gather(rank_checksums(trainer.model, trainer.mode, summary))

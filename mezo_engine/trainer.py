@@ -12,10 +12,11 @@
   forward hooks form each ``W + eps z`` as its module runs, so only the update writes the weights.
   For ``regular``, the Trainer's own step.
 * ``create_optimizer``: zo gets the ZO optimizer of ``--zo_optimizer`` (``zo_methods``: SGD, momentum, Adam, ...)
-  over every parameter that may train (frozen boosters included), in model order; its LR comes from ``param_groups``,
-  so the Trainer's scheduler drives it, and its state goes into the Trainer's checkpoint. Regular training covers
-  the mode's parameters (``methods.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter parameter, also those
-  of boosters frozen in the current iteration).
+  over every parameter that may train (frozen boosters included), in model order, weight decay on those the
+  Trainer decays (``--zo_weight_decay_all``: on all, as upstream's medium models); its LR comes from
+  ``param_groups``, so the Trainer's scheduler drives it, and its state goes into the Trainer's checkpoint. Regular
+  training covers the mode's parameters (``methods.Mode.optimizer_parameters``: for LoRA/XGBLoRA every adapter
+  parameter, also those of boosters frozen in the current iteration, and what the app trains beside them).
 * ``create_scheduler``: the mode's LR factor, if any (XGBLoRA: ReLoRA-style LR restart after each merge).
 * ``evaluate``: the task metric on the dev samples, not the eval loss: the ``evaluator(model) -> {metric: value}``
   the app hands the trainer (``large_models``: ``pipeline.dev_evaluator``, candidate scoring / generation, under
@@ -217,7 +218,10 @@ class MezoTrainer(Trainer):
         regular: the Trainer's own); a resumed run checks a checkpoint's optimizer state against them."""
         decay = set(self.get_decay_parameter_names(model))
         if self.args.trainer == "zo":
-            return zo_param_groups(zo_named_parameters(model, self.mode), decay, self.args.weight_decay)
+            named = zo_named_parameters(model, self.mode)
+            if self.args.zo_weight_decay_all:  # upstream medium_models: every trained parameter decays
+                decay = {n for n, _ in named}
+            return zo_param_groups(named, decay, self.args.weight_decay)
         if self.mode is None:
             return None
         params = self.mode.optimizer_parameters(model)

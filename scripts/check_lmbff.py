@@ -1,10 +1,11 @@
-"""Load every LM-BFF k-shot split medium_models runs (14 tasks x K 16, 512 x seeds 13, 21, 42, 87, 100 x train,
-dev, test) from the real files and compare the examples read with the row counts of MANIFEST.tsv.
+"""Load every LM-BFF k-shot split medium_models runs (MeZO's 14 tasks and STS-B x K 16, 512 x seeds 13, 21, 42,
+87, 100 x train, dev, test) from the real files and compare the examples read with the row counts of MANIFEST.tsv.
 
     python scripts/check_lmbff.py --data_dir ../shared/data/LM-BFF/k-shot-1k-test
 
 A check, not a test (the test suite never reads ../shared). Prints one line per task and K (examples per split,
-summed over the seeds, and the label counts of the train and dev splits), then every mismatch; exits 1 if any.
+summed over the seeds, and the label counts of the train and dev splits; STS-B's scores counted by the half of
+its range they fall in, 0 for at most 2.5, 1 above), then every mismatch; exits 1 if any.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def check(data_dir: Path, manifest: dict[str, int]) -> tuple[list[str], list[str
                 for split in SPLITS:
                     samples = task.load(folder, split)
                     counts[split] += len(samples)
-                    labels.get(split, Counter()).update(task.labels[s.correct_candidate] for s in samples)
+                    labels.get(split, Counter()).update(task.labels[task.demo_label(s.correct_candidate)]
+                                                        for s in samples)
                     key = f"{data_dir.name}/{task.name}/{k}-{seed}/{task.layout.file(split)}"
                     if manifest.get(key) != len(samples):
                         problems.append(f"{key}: read {len(samples)} examples, MANIFEST.tsv says {manifest.get(key)}")

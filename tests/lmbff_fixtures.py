@@ -18,16 +18,27 @@ ROWS = {
     "RTE": (["index", "sentence1", "sentence2", "label"], lambda s, y: ["7", s[0], s[1], y]),
     "QQP": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], lambda s, y: ["7", "1", "2", s[0], s[1], y]),
     "MRPC": (["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"], lambda s, y: [y, "1", "2", s[0], s[1]]),
+    "STS-B": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+               "score"], lambda s, y: ["7", "main-news", "headlines", "2013", "0352", "none", "none", s[0], s[1], y]),
 }
 CSV_TASKS = ("sst-5", "mr", "cr", "mpqa", "subj", "trec")
 WORDS = ["a great film , really", "it is terrible , sadly", "the plot , well", "Does it? Yes"]
 
 
 def examples(task, n_per_label: int) -> list[tuple[list[str], str]]:
-    """``n_per_label`` examples of every label: (sentences, label as the files write it)."""
+    """``n_per_label`` examples of every label: (sentences, label as the files write it). A regression's labels
+    are scores, ``n_per_label`` at each end of its bounds (1.0, 1.2, ... and 4.0, 4.2, ... for STS-B)."""
     width = len(task.layout.text_columns)
-    return [([f"{WORDS[(i + j) % len(WORDS)]} {i}"] + [f"second {j} of {i}"] * (width - 1), label)
-            for i, label in enumerate(task.labels) for j in range(n_per_label)]
+    return [([f"{WORDS[(i + j) % len(WORDS)]} {i}"] + [f"second {j} of {i}"] * (width - 1), score(task, i, j))
+            for i in range(len(task.labels)) for j in range(n_per_label)]
+
+
+def score(task, i: int, j: int) -> str:
+    """The label of the ``j``-th example of label ``i``: the label itself, or a regression's score at that end."""
+    if not task.regression:
+        return task.labels[i]
+    low, high = task.bounds
+    return f"{low + (high - low) * (0.2 + 0.6 * i) + 0.2 * j:.3f}"
 
 
 def write_split(task, path: Path, rows: list[tuple[list[str], str]]) -> None:

@@ -78,13 +78,48 @@ def test_causal_route_ends_before_the_mask_and_reports_what_it_drops():
         check_causal_template(TASKS["trec"].template)
 
 
-def test_sentence_limits_and_cuts_keep_the_mask():
+def test_sentence_limits_apply_per_sentence():
     t = ROBERTA
     long = "word " * 200
     limited = encode(t, TASKS["SST-2"].template, [long], causal=False, max_length=512, first_limit=10)
     assert len(limited.ids) == 10 + 1 + len(enc(t, " It was")) + 3 and not limited.cut
-    cut = encode(t, TASKS["RTE"].template, [long, long], causal=False, max_length=40)
-    assert len(cut.ids) == 40 and cut.cut and cut.ids[cut.position] == t.mask_token_id
-    assert cut.ids[-1] == t.sep_token_id  # the template's own tokens stay
+
+
+@pytest.mark.parametrize("tokenizer", [ROBERTA, BERT], ids=["roberta", "bert"])
+def test_a_long_prompt_loses_its_tail_as_upstream(tokenizer):
+    """Upstream's final cut keeps the first max_length tokens: the closing separator and the end of the second
+    sentence go (the earlier rule here cut the longest sentence and kept the separator)."""
+    t, long = tokenizer, "word " * 30
+    full = encode(t, TASKS["RTE"].template, ["A short premise.", long], causal=False, max_length=512, segments=True)
+    cut = encode(t, TASKS["RTE"].template, ["A short premise.", long], causal=False, max_length=40, segments=True)
+    assert len(full.ids) > 40 and cut.cut and not full.cut
+    assert cut.ids == full.ids[:40] and cut.ids[-1] != t.sep_token_id
+    assert cut.position == full.position and cut.ids[cut.position] == t.mask_token_id
+    assert cut.token_type_ids == full.token_type_ids[:40]
+
+
+@pytest.mark.parametrize("tokenizer", [ROBERTA, BERT], ids=["roberta", "bert"])
+def test_truncate_head_cuts_the_front_and_a_lost_mask_is_refused(tokenizer):
+    t, long = tokenizer, "word " * 30
+    full = encode(t, TASKS["RTE"].template, [long, "A short hypothesis"], causal=False, max_length=512)
+    front = encode(t, TASKS["RTE"].template, [long, "A short hypothesis"], causal=False, max_length=40,
+                   truncate_head=True)
+    excess = len(full.ids) - 40
+    assert front.ids == full.ids[excess:] and front.position == full.position - excess
+    assert front.ids[front.position] == t.mask_token_id and front.ids[-1] == t.sep_token_id
+    with pytest.raises(PromptError, match="removes the mask.*raise --max_seq_length"):
+        encode(t, TASKS["RTE"].template, [long, "A short hypothesis"], causal=False, max_length=20)
+    with pytest.raises(PromptError, match="cutting its front to --max_seq_length 20 removes the mask"):
+        encode(t, TASKS["trec"].template, [long], causal=False, max_length=20, truncate_head=True)
+
+
+def test_a_causal_prompt_still_keeps_its_scored_position():
+    t = make_tokenizer(merges=True)
+    long = "word " * 200
+    cut = encode(t, TASKS["SST-2"].template, [long], causal=True, max_length=40)
+    assert len(cut.ids) == 40 and cut.cut and cut.ids[-len(enc(t, " It was")):] == enc(t, " It was")
+
+
+def test_a_template_needs_exactly_one_mask():
     with pytest.raises(PromptError, match="exactly one"):
-        encode(t, "*cls**sent_0*", ["x"], causal=False, max_length=10)
+        encode(ROBERTA, "*cls**sent_0*", ["x"], causal=False, max_length=10)

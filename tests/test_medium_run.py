@@ -11,6 +11,7 @@ import pytest
 
 from medium_models import run
 from medium_models.tasks import TASKS
+from mezo_engine.metrics import pearson, spearman
 from sweeps.aggregate import metric_value
 from sweeps.state import read_state
 from tests.lmbff_fixtures import write_kshot
@@ -67,18 +68,56 @@ def test_a_forward_budget_stops_the_masked_lm_run_and_the_sweeps_count_it_finish
     assert state.finished and state.action == "skip"
 
 
-def test_untie_emb_gives_the_head_tuned_decoder_its_own_weight(roberta_dir, data_dir, tmp_path):
-    """--untie_emb is applied, not just accepted: without it head tuning trains the tied input embeddings, with it
-    the decoder's own copy (and the result records the untying)."""
+def test_head_tuning_is_untied_by_default_and_tie_emb_restores_the_tied_head(roberta_dir, data_dir, tmp_path):
+    """A masked LM's decoder is untied before training (upstream's prompt models), so head tuning leaves the input
+    embeddings alone; --tie_emb keeps the earlier, tied head, whose training moves the embeddings."""
     trained = {}
-    for extra in ([], ["--untie_emb"]):
+    for extra in ([], ["--tie_emb"]):
         result = run.main(["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),
                            "--model_name", str(roberta_dir), "--trainer", "zo", "--head_tuning", "--max_steps", "1",
                            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--disable_tqdm", "True",
                            "--result_file", str(tmp_path / f"r{len(extra)}.json"), *extra])
         trained[bool(extra)] = (result.get("head"), sorted(result["train"]["trainable"]))
-    assert trained[False] == (None, ["lm_head.bias", "roberta.embeddings.word_embeddings.weight"])
-    assert trained[True] == ({"untied": True}, ["lm_head.bias", "lm_head.decoder.weight"])
+    head = ["lm_head.bias", "lm_head.dense.bias", "lm_head.dense.weight", "lm_head.layer_norm.bias",
+            "lm_head.layer_norm.weight"]
+    assert trained[False] == ({"untied": True}, sorted(head + ["lm_head.decoder.weight"]))
+    assert trained[True] == (None, sorted(head + ["roberta.embeddings.word_embeddings.weight"]))
+
+
+@pytest.fixture(scope="module")
+def stsb_dir(tmp_path_factory):
+    return write_kshot(TASKS["STS-B"], tmp_path_factory.mktemp("stsb"), k=4, seed=42)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_sts_b_trains_as_a_regression_and_reports_pearson_and_spearman(kind, stsb_dir, tmp_path):
+    model_dir = save_tiny_mlm(kind, tmp_path / kind)
+    result = run.main(["--task_name", "STS-B", "--num_k", "4", "--seed", "42", "--data_dir", str(stsb_dir),
+                       "--model_name", str(model_dir), "--trainer", "zo", "--max_steps", "2",
+                       "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--eval_strategy", "steps",
+                       "--eval_steps", "1", "--load_best_model_at_end", "--disable_tqdm", "True",
+                       "--result_file", str(tmp_path / "r.json")])
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert set(written["eval"]) == {"pearson", "spearman"} and set(written["dev"]) == {"pearson", "spearman"}
+    predicted = written["eval_predictions"]
+    gold = [1.0, 1.2, 1.4, 4.0, 4.2, 4.4]  # tests/lmbff_fixtures.py: three test scores at each end
+    assert len(predicted) == 6 and all(0 < p < 5 for p in predicted) and len(set(predicted)) == 6
+    assert written["eval"]["pearson"] == pytest.approx(pearson(predicted, gold), abs=1e-12)
+    assert written["eval"]["spearman"] == pytest.approx(spearman(predicted, gold), abs=1e-12)
+    assert [h["step"] for h in written["train"]["log_history"] if "eval_pearson" in h] == [1, 2]
+    assert written["prompt"]["label_words"] == ["No", "Yes"] and result["mode"] == "ft"
+
+
+@pytest.mark.slow
+def test_sts_b_runs_through_the_mezo_driver(roberta_dir, stsb_dir, tmp_path):
+    out = tmp_path / "stsb.json"
+    proc = driver("medium_models/mezo.sh", {"MODEL": str(roberta_dir), "DATA_DIR": str(stsb_dir), "TASK": "STS-B",
+                                            "K": "4", "BS": "4", "STEP": "2", "EVAL_STEP": "1"},
+                  "--result_file", str(out), "--disable_tqdm", "True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["eval"]) == {"pearson", "spearman"} and result["train"]["best_dev"]["step"] in (1, 2)
+    assert metric_value(result, "eval.pearson") == result["eval"]["pearson"]
 
 
 @pytest.mark.slow
@@ -114,3 +153,22 @@ def test_drivers_and_run_refuse_bad_input_with_the_flag_named(roberta_dir, data_
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--task_name 'SST2': unknown LM-BFF task" in proc.stderr
     assert "--prefix_tuning: not built for medium_models" in proc.stderr
+
+
+def test_masked_lm_runs_are_named_anew_and_causal_runs_keep_their_names(roberta_dir, tmp_path):
+    """Upstream's trainable sets, untied decoder and cut changed what a masked LM's run computes, so its result
+    name's hash covers them; a causal LM's run (none of them applies) keeps the name it had."""
+    from medium_models.arguments import default_config, parse_args
+    from mezo_engine import runner
+    from tests.tiny import save_tiny
+    causal_dir = save_tiny("gpt2", tmp_path / "gpt2")
+    names = {}
+    for label, model in (("masked", roberta_dir), ("causal", causal_dir)):
+        args = parse_args(["--model_name", str(model), "--trainer", "zo", "--result_dir", str(tmp_path)])
+        before = runner.result_path(args, "SST-2", None, False, default_config(), tmp_path)
+        now = runner.result_path(args, "SST-2", None, False, default_config(), tmp_path,
+                                 run.rule_settings(args, run.is_masked_lm(str(model))))
+        names[label] = (before.name, now.name)
+    assert names["masked"][0] != names["masked"][1] and names["causal"][0] == names["causal"][1]
+    decayed = parse_args(["--model_name", str(causal_dir), "--trainer", "zo", "--weight_decay", "0.1"])
+    assert run.rule_settings(decayed, False) == {"zo_decay": "all"}

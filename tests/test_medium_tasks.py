@@ -16,7 +16,8 @@ def test_each_task_reads_its_own_columns(name, tmp_path):
         samples = task.load(folder, split)
         expected = examples(task, n)
         assert [s.data["texts"] for s in samples] == [texts for texts, _ in expected]
-        assert [s.correct_candidate for s in samples] == [task.labels.index(y) for _, y in expected]
+        gold = [float(y) if task.regression else task.labels.index(y) for _, y in expected]
+        assert [s.correct_candidate for s in samples] == gold
         assert all(s.candidates == list(range(len(task.labels))) for s in samples)
 
 
@@ -62,3 +63,14 @@ def test_task_names_are_lm_bff_names():
     assert get_task("SST-2").name == "SST-2"
     with pytest.raises(ValueError, match="task 'SST2' unknown \\(LM-BFF's name is 'SST-2'\\)"):
         get_task("SST2")
+
+
+def test_sts_b_reads_scores_and_refuses_one_outside_its_bounds(tmp_path):
+    task = TASKS["STS-B"]
+    folder = task.split_dir(write_kshot(task, tmp_path, k=2, seed=42), 2, 42)
+    assert [s.correct_candidate for s in task.load(folder, "train")] == [1.0, 1.2, 4.0, 4.2]
+    assert [task.demo_label(s.correct_candidate) for s in task.load(folder, "train")] == [0, 0, 1, 1]
+    lines = (folder / "dev.tsv").read_text().splitlines()
+    (folder / "dev.tsv").write_text("\n".join([lines[0], lines[1].rsplit("\t", 1)[0] + "\t5.5"]) + "\n")
+    with pytest.raises(DataError, match=r"dev.tsv, line 2: score '5.5' is not a number from 0 to 5"):
+        task.load(folder, "dev")

@@ -1,6 +1,7 @@
 """medium_models/scoring.py with the engine: label-word logits at the mask on tiny RoBERTa and BERT (the head on
-the mask rows equals the full forward; padding changes nothing), the causal route, bit-exact restore around a zo
-estimate, XGBLoRA merges that keep the function, and the trainer's merge count.
+the mask rows equals the full forward; padding changes nothing), the causal route, STS-B's regression loss and
+readout, copies of an example averaged, bit-exact restore around a zo estimate, XGBLoRA merges that keep the
+function, and the trainer's merge count.
 
 The equivalences run in float64 models: the two sides run other shapes (the head on the mask rows against the full
 forward, a padded batch against one row, W + s B A merged against the adapter beside W), which in float32 round by
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medium_models.prompts import encode, label_word_ids
-from medium_models.scoring import Collator, Feature, LabelLoss, label_logits, metrics, predict
+from medium_models.scoring import Collator, Feature, LabelLoss, RegressionLoss, label_logits, metrics, predict
 from medium_models.tasks import TASKS
 from mezo_engine import lora, zo
 from tests.tiny import make_mlm, make_model, make_tokenizer
@@ -75,7 +76,7 @@ def test_loss_is_cross_entropy_over_label_words_and_predictions_follow_the_logit
     model, ids, feats, collate, batch, logits = scored
     loss = LabelLoss(ids, causal=False)(model, batch)
     assert loss.item() == F.cross_entropy(logits, batch["labels"]).item()  # the same ops on the same batch
-    predicted = predict(model, feats, collate, ids, batch_size=3)
+    predicted = predict(model, feats, collate, LabelLoss(ids, causal=False), batch_size=3)
     assert predicted == logits.argmax(-1).tolist()
     scores = metrics([f.label for f in feats], predicted, "mcc")
     assert scores["accuracy"] == sum(p == f.label for p, f in zip(predicted, feats)) / 4 and "mcc" in scores
@@ -111,3 +112,35 @@ def test_xgblora_merge_keeps_the_function_and_restarts_the_booster(mlm):
     assert report.num_modules == 4 and report.delta_norm > 0  # query and value of 2 layers
     assert torch.allclose(before, after, rtol=0, atol=ATOL)
     assert all(float(layer.lora_B["default"].weight.detach().abs().sum()) == 0 for _, layer in lora.lora_layers(model))
+
+
+def test_regression_loss_is_the_kl_divergence_to_the_scaled_score(scored):
+    """STS-B: KL([1 - y', y'] || softmax(logits)), averaged over the batch; zero where the softmax equals the
+    target, which LM-BFF's log_target=True version is not (it reads the probabilities as log-probabilities)."""
+    model, ids, feats, collate, batch, logits = scored
+    objective = RegressionLoss(ids, causal=False, bounds=(0.0, 5.0))
+    batch["labels"] = torch.tensor([4.0, 1.0, 2.5, 0.0], dtype=F64)
+    t = torch.tensor([[0.2, 0.8], [0.8, 0.2], [0.5, 0.5], [1.0, 0.0]], dtype=F64)
+    logp = logits.log_softmax(-1)
+    by_hand = sum(sum(ti * (math.log(ti) - li) for ti, li in zip(tr.tolist(), lr.tolist()) if ti > 0)
+                  for tr, lr in zip(t, logp)) / 4
+    assert math.isclose(objective(model, batch).item(), by_hand, rel_tol=0, abs_tol=ATOL)
+    exact = torch.nn.functional.kl_div(t.clamp_min(1e-300).log(), t, reduction="batchmean")
+    assert abs(exact.item()) < ATOL  # the minimum is the target itself
+    lm_bff = torch.nn.KLDivLoss(log_target=True)(t.clamp_min(1e-300).log(), t)
+    assert lm_bff.item() > 0.1
+    assert objective.readout(logits[:1]) == pytest.approx(5 * logits[0].softmax(-1)[1].item(), abs=ATOL)
+
+
+def test_copies_of_an_example_are_averaged(scored):
+    """With demonstrations an example has several prompts: classification averages their logits, a regression
+    its predicted scores."""
+    model, ids, feats, collate, batch, logits = scored
+    labels = LabelLoss(ids, causal=False)
+    assert predict(model, feats, collate, labels, batch_size=3, copies=2) == \
+        [int(logits[:2].mean(0).argmax()), int(logits[2:].mean(0).argmax())]
+    regression = RegressionLoss(ids, causal=False, bounds=(0.0, 5.0))
+    got = predict(model, feats, collate, regression, batch_size=3, copies=4)
+    assert got == pytest.approx([5 * logits.softmax(-1)[:, 1].mean().item()], abs=ATOL)
+    scores = metrics([0.5, 1.0, 4.0], [0.3, 1.4, 3.0], "pearson")
+    assert set(scores) == {"pearson", "spearman"} and scores["spearman"] == 1.0 and scores["pearson"] < 1

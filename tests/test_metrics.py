@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from mezo_engine.metrics import Prediction, calculate_metric, exact_match, f1_score, normalize_answer
+from mezo_engine.metrics import (Prediction, calculate_metric, exact_match, f1_score, normalize_answer, pearson, ranks,
+                                 spearman)
 
 
 def test_normalize_answer():
@@ -56,3 +57,13 @@ def test_calculate_metric_errors():
         calculate_metric([Prediction(1, 1)], "bleu")
     with pytest.raises(ValueError, match="at least one prediction"):
         calculate_metric([], "accuracy")
+
+
+def test_pearson_and_spearman_match_scipy_with_ties():
+    """STS-B's metrics (as GLUE computes them with scipy.stats), on scores with tied values."""
+    from scipy import stats  # scikit-learn's dependency, so the project's
+    xs, ys = [0.5, 2.0, 2.0, 3.5, 4.8, 1.0, 2.0], [1.0, 1.5, 2.5, 2.5, 5.0, 0.2, 3.0]
+    assert ranks(xs) == list(stats.rankdata(xs))
+    assert pearson(xs, ys) == pytest.approx(stats.pearsonr(xs, ys)[0], abs=1e-12)
+    assert spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys)[0], abs=1e-12)
+    assert pearson([1.0, 1.0, 1.0], ys[:3]) == 0.0  # constant predictions: 0, as matthews_corrcoef

@@ -9,7 +9,7 @@ result JSON. Its flags are a dataclass that ``EngineArguments`` inherits, its ch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class Mode:
 
     def __init__(self, args):
         self.args = args
+        self.also_trained: list[str] = []  # parameters the app trains beside the mode's own (``also_train``)
 
     def prepare(self, model, objective: Callable | None = None, batches: Callable | None = None):
         """``model`` ready to train in this mode (adapters attached, only the mode's parameters trainable).
@@ -42,6 +43,16 @@ class Mode:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+
+    def also_train(self, model, names: Sequence[str]) -> None:
+        """Make the parameters ``names`` (the app's rule, e.g. an MLM head beside LoRA) trainable too; an optimizer
+        covers them, a best-dev snapshot and a checkpoint keep them. Raises ModeError for a name the model lacks."""
+        params = dict(model.named_parameters())
+        if missing := [n for n in names if n not in params]:
+            raise ModeError(f"{self.name} training: no parameter {', '.join(missing)} in this model")
+        for name in names:
+            params[name].requires_grad_(True)
+        self.also_trained = list(names)
 
     def optimizer_parameters(self, model) -> list[torch.nn.Parameter]:
         """What the optimizer covers (the ZO one besides what requires grad now)."""

@@ -57,7 +57,7 @@ class HeadMode(Mode):
         return model
 
     def summary(self, callbacks):
-        return {"trainable": self.trainable}
+        return {"trainable": self.trainable + [n for n in self.also_trained if n not in self.trainable]}
 
 
 METHOD = Method(HeadMode, problems, flags=HeadFlags)

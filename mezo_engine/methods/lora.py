@@ -135,7 +135,10 @@ class LoraMode(Mode):
         return estimate
 
     def optimizer_parameters(self, model):
-        return lora.trainable_lora_parameters(model, include_frozen=True)  # frozen boosters may train later
+        """Every adapter parameter (frozen boosters may train later) and whatever else trains (``also_train``),
+        in model order."""
+        adapters = {id(p) for p in lora.trainable_lora_parameters(model, include_frozen=True)}
+        return [p for p in model.parameters() if p.requires_grad or id(p) in adapters]
 
     def mutable_parameters(self, model):
         """Besides the trainable ones: every adapter and the base weights merges write into."""
