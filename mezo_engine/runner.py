@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mezo_engine import distributed, resources, run_lock
+from mezo_engine import distributed, int8, resources, run_lock
 from mezo_engine.arguments import ArgumentError, launched_world_size
 from mezo_engine.checkpoint import RESUMABLE_EXIT, RunStateCallback, StopOnSignal, resolve_resume
 from mezo_engine.methods import Mode, ModeError, mode_for
@@ -87,6 +87,22 @@ def model_placement(args) -> str:
                      torch.cuda.is_available(), fsdp=bool(args.fsdp))
 
 
+def int8_base(args, model, mode: Mode | None = None) -> int8.Int8Report | None:
+    """``--load_int8`` on the CPU: the model's frozen linear layers become int8 (``int8.quantize_frozen_linears_``),
+    the LM head and the bases ``mode`` merges into (``Mode.merged_bases``) staying float32. Call it once the mode
+    has attached its adapters (PEFT wraps float layers), or right after loading for evaluation alone (``mode``
+    None). Nothing happens on CUDA, where bitsandbytes loaded the 8-bit layers, or without ``--load_int8``."""
+    if not args.load_int8 or model_placement(args) != "cpu":
+        return None
+    report = int8.quantize_frozen_linears_(model, mode.merged_bases(model) if mode is not None else set())
+    if not report.layers:
+        logger.warning("--load_int8: no frozen nn.Linear layer to quantise (GPT-2's Conv1D layers stay float)")
+    logger.info("--load_int8: %d linear layers in int8 (%.1f MiB of weights -> %.1f MiB); %d kept float: %s",
+                report.layers, report.float_bytes / 2**20, report.int8_bytes / 2**20, len(report.kept_float),
+                ", ".join(report.kept_float[:3] + (["..."] if len(report.kept_float) > 3 else [])))
+    return report
+
+
 def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
                     comm: distributed.CommCounter | None = None) -> list:
     """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``metric``:
@@ -112,6 +128,7 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
         model = mode.prepare(model, objective, batches)
     except ModeError as err:
         raise ArgumentError(str(err)) from err
+    int8_base(args, model, mode)
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
     return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm),
