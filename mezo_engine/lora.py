@@ -229,15 +229,21 @@ class NonFiniteDeltaError(ArithmeticError):
 MERGE_WARN_RATIO = 1.0
 
 
+def float_base_weight(layer: LoraLayer) -> torch.Tensor:
+    """The float weight a merge adds to; an 8-bit base (``--load_int8``) is refused by name."""
+    base = layer.get_base_layer()
+    if not has_float_weight(base):
+        raise ValueError(f"cannot merge into the 8-bit base layer {type(base).__name__}: the mode must keep the "
+                         f"bases it merges into float (Mode.merged_bases)")
+    return base.weight
+
+
 @torch.no_grad()
 def _add_to_base_(layer: LoraLayer, delta: torch.Tensor) -> None:
     """W += delta, computed in float32 and cast back to W's dtype, in place on W.data (same Parameter object)."""
     if layer.merged:
         raise ValueError("LoRA layer is marked merged by PEFT; unmerge it before XGBLoRA merges")
-    if not has_float_weight(layer.get_base_layer()):
-        raise ValueError(f"cannot merge into the 8-bit base layer {type(layer.get_base_layer()).__name__}: the mode "
-                         f"must keep the bases it merges into float (Mode.merged_bases)")
-    weight = layer.get_base_layer().weight
+    weight = float_base_weight(layer)
     weight.data.copy_((float32_or_wider(weight.data) + delta.to(weight.device)).to(weight.dtype))
 
 
@@ -289,7 +295,7 @@ def _merge_layers(
     Every delta is checked before any is added, so a non-finite one leaves the model untouched."""
     deltas = [coeff * delta_weight(layer) for _, layer in selected]
     for (name, layer), delta in zip(selected, deltas):
-        _check_delta(name, delta, layer.get_base_layer().weight, warn_ratio)
+        _check_delta(name, delta, float_base_weight(layer), warn_ratio)
     report, sq = MergeReport(), 0.0
     for (name, layer), delta in zip(selected, deltas):
         if bool(_lora_AB(layer)[1].any()):  # a zero booster (frozen block) adds nothing: nothing to replay
