@@ -196,3 +196,42 @@ def test_run_py_trains_evaluates_and_saves_with_int8_on_the_cpu(tmp_path, tiny_o
     from transformers import AutoModelForCausalLM
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")  # de-quantised: a plain float model
     assert saved.model.decoder.layers[0].fc1.weight.dtype == torch.float32
+
+
+# ---- the scripts that measure it (scripts/int8_check.py, scripts/benchmark.py --int8) ---------------------------
+def test_compare_scores_counts_differences_agreement_and_accuracy():
+    import int8_check
+    got = int8_check.compare_scores([[-1.0, -2.0], [-3.0, -1.5], [-0.5, -0.4]],
+                                    [[-1.1, -2.0], [-1.0, -1.5], [-0.5, -0.6]], gold=[0, 1, 1])
+    assert got["candidates"] == 6 and got["max_abs_logprob_diff"] == pytest.approx(2.0)
+    assert got["mean_abs_logprob_diff"] == pytest.approx((0.1 + 2.0 + 0.2) / 6)
+    assert got["prediction_agreement"] == pytest.approx(1 / 3)  # sentence 2 flips 1 -> 0, sentence 3 flips 1 -> 0
+    assert (got["accuracy_float32"], got["accuracy_int8"]) == (pytest.approx(1.0), pytest.approx(1 / 3))
+
+
+def test_requantising_loses_a_delta_below_half_a_step_and_keeps_a_large_one():
+    import int8_check
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    step = float(int8.quantize_weight(weight)[1].min())  # the finest row's quantisation step
+    tiny = int8_check.requantisation(weight, [0.01 * step], torch.Generator().manual_seed(1))
+    large = int8_check.requantisation(weight, [100 * float(weight.norm())], torch.Generator().manual_seed(1))
+    # Rounded away: only the rows' scales move (their largest elements changed), shifting each row by about as much
+    # as the delta, in no relation to it; the error is then at least the whole delta.
+    assert tiny["kept"] == pytest.approx(0.0, abs=0.05) and tiny["first"] > 0.95
+    assert large["kept"] == pytest.approx(1.0, abs=1e-2) and large["first"] < 1e-2  # ~1/254 of |delta|
+
+
+def test_the_int8_check_and_benchmark_run_on_a_tiny_model(tmp_path, tiny_opt_dir, sst2_dir):
+    import benchmark
+    import int8_check
+    check = int8_check.main(["--model", str(tiny_opt_dir), "--data-dir", str(sst2_dir), "--out",
+                             str(tmp_path / "check.json")])
+    assert check["int8_layers"] == 12 and check["kept_float"] == ["lm_head"] and check["scores"]["sentences"] == 8
+    assert check["requantising_merges"]["modules"] == 4  # q_proj and v_proj of 2 blocks
+    bench = benchmark.main(["--int8", "--device", "cpu", "--trainer-step-model", str(tiny_opt_dir), "--data-dir",
+                            str(sst2_dir), "--examples", "4", "--repeats", "1", "--warmup", "0", "--variants",
+                            "lora,xgblora", "--out", str(tmp_path / "bench.json")])
+    times, ratio = bench["times"], bench["ratios"]["int8_step_over_float32/lora"]
+    assert ratio["value"] == times["int8_bench_step_int8/lora"]["median"] / times["int8_bench_step_float32/lora"]["median"]
+    assert ratio["target"] == "<= 0.6" and "int8_mlp_over_float32/fbgemm" in bench["ratios"]
+    assert bench["weights"]["lora"]["int8"]["int8_layers"] == 12 and bench["weights"]["xgblora"]["int8"]["int8_layers"] == 8
