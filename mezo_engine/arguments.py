@@ -81,7 +81,8 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
     zo_eps: float = field(default=1e-3, metadata={"help": "MeZO perturbation scale eps."})
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
-                "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
+                "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical. "
+                "Layers over an 8-bit base (--load_int8) keep PEFT's path: W + s B A would be a float copy."})
     zo_perturb: Literal["in_place", "out_of_place"] = field(default="in_place", metadata={
         "help": "How a full-parameter zo step perturbs the weights. in_place (MeZO's way): theta += eps z, "
                 "-= 2 eps z, += eps z in place, then the update; in fp16/bf16 the restore by arithmetic drifts a "

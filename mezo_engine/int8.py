@@ -25,7 +25,6 @@ de-quantised for the backward (regular training of adapters below it); its own i
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -35,23 +34,26 @@ QMAX = 127  # symmetric int8: q in [-127, 127]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The kernel (torch's dynamic-quantisation ops, deprecated in favour of torchao): these two functions only
+# The kernel
 
 
-def _pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-    """fbgemm's packed weight for int8 values ``q`` (out, in) with per-row ``scale`` and a float ``bias``."""
-    with warnings.catch_warnings():  # torch warns that quantized tensors are deprecated (see the module docstring)
-        warnings.simplefilter("ignore")
-        zeros = torch.zeros(q.shape[0], dtype=torch.long)
-        weight = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
-        return torch.ops.quantized.linear_prepack(weight, bias)
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 of a 2-D float ``x``: ``(xq, step)`` with ``step = max|x_row| / 127`` (a tiny floor
+    for an all-zero row) and ``xq = round(x / step)``, so ``|x - step xq| <= step / 2`` element by element."""
+    step = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30) / QMAX
+    return torch.round(x / step).to(torch.int8), step
 
 
-def _int8_linear(x: torch.Tensor, packed) -> torch.Tensor:
-    """``x @ W.T + b`` by fbgemm: ``x`` (float32) quantised per tensor to 7 bits (``reduce_range``, as torch's
-    ``DynamicQuantizedLinear`` does, so the kernel's 16-bit pair sums never saturate), int8 x int8 products
-    summed in int32, scaled back to float32."""
-    return torch.ops.quantized.linear_dynamic(x, packed, True)
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + b`` with ``W = scale[:, None] * q``: each row of ``x`` (float32, any leading shape) quantised
+    to int8 by its own step (``quantize_rows``), int8 x int8 products summed exactly in int32 (``torch._int_mm``),
+    then scaled back by the row's step and the output channel's scale."""
+    rows = x.reshape(-1, x.shape[-1])
+    xq, step = quantize_rows(rows)
+    y = torch._int_mm(xq, q.t()).float().mul_(step).mul_(scale)
+    if bias is not None:
+        y.add_(bias)
+    return y.reshape(*x.shape[:-1], q.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ class _Int8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer):
         ctx.layer = layer
-        return _int8_linear(x, layer.packed)
+        return int8_matmul(x, layer.weight_int8, layer.weight_scale, layer.bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -95,19 +97,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale.float())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.packed = _pack(self.weight_int8, self.weight_scale, self.bias)
-        self.register_load_state_dict_post_hook(Int8Linear._repack_after_load)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
         """The int8 copy of ``linear`` (``quantize_weight``); ``linear`` itself is left as it was."""
         q, scale = quantize_weight(linear.weight)
         return cls(q, scale, linear.bias)
-
-    @staticmethod
-    def _repack_after_load(module: "Int8Linear", incompatible_keys) -> None:
-        """``load_state_dict`` wrote new buffers: rebuild the kernel's packed weight from them."""
-        module.packed = _pack(module.weight_int8, module.weight_scale, module.bias)
 
     def dequantized_weight(self) -> torch.Tensor:
         """``scale[:, None] * q`` in float32: the weight this layer computes with."""

@@ -14,6 +14,10 @@ requantising a merge would lose.
    after the first merge, ``|Q(W8 + delta) - (W8 + delta)| / |delta|`` (W8: the int8 weight the model holds), and
    after the last, requantised after every merge against summed in float32: the distance over the norm of the
    merged sum, and the share of that sum that survives; medians and extremes over the modules.
+3. The kernels' error, layer by layer: on the first ``--batch-size`` prompts, every frozen linear layer's output
+   relative to float32 for the engine's kernel (activations quantised per row), torch's ``quantize_dynamic``
+   (fbgemm; the same weight grid, activations per tensor to 7 bits) and the int8 weight with float32 activations
+   (the weight's share of the error).
 
     python scripts/int8_check.py --model smollm2-135m --data-dir ../shared/data --threads 1
 """
@@ -116,6 +120,45 @@ def requantisation_table(model, norms: list[float], targets: list[str], seed: in
             "merged_sum_kept_median": statistics.median(column["kept"]), "merged_sum_kept_min": min(column["kept"])}
 
 
+# ---- 3. the kernels' error, layer by layer ----------------------------------------------------------------------
+def _fbgemm_per_tensor(linear: torch.nn.Linear):
+    """torch's ``quantize_dynamic`` (fbgemm): the same int8 weight grid, activations per tensor to 7 bits."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                            dtype=torch.qint8)
+
+
+def _weight_only(linear: torch.nn.Linear):
+    """The int8 weight de-quantised, float32 activations: the weight's share of the error alone."""
+    return lambda x: torch.nn.functional.linear(x, _dequantised(linear.weight), linear.bias)
+
+
+KERNELS = {"engine_per_row": int8.Int8Linear.from_linear, "fbgemm_per_tensor": _fbgemm_per_tensor,
+           "weight_only": _weight_only}
+
+
+def kernel_errors(model, tokenizer, samples: list) -> dict:
+    """For every frozen linear layer of the float32 ``model`` on the prompts of ``samples`` (one batch), the
+    relative error ``|y_int8 - y| / |y|`` over the real tokens, per kernel: median and largest over the layers."""
+    texts = [get_task("SST2").template.encode(s) for s in samples]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    real = batch["attention_mask"].bool().reshape(-1)  # a layer may see (batch, length, n) or (batch * length, n)
+    errors: dict[str, list[float]] = {k: [] for k in KERNELS}
+
+    def hook(module, inputs, output):
+        x, y = inputs[0].reshape(real.numel(), -1)[real], output.reshape(real.numel(), -1)[real]
+        bare = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        bare.load_state_dict(module.state_dict())  # without this hook, which quantize_dynamic would carry over
+        for name, make in KERNELS.items():
+            errors[name].append(float((make(bare)(x) - y).norm() / y.norm()))
+    handles = [model.get_submodule(n).register_forward_hook(hook) for n in int8.frozen_linears(model)]
+    with torch.no_grad():
+        model(**batch)
+    for handle in handles:
+        handle.remove()
+    return {k: {"median": statistics.median(v), "max": max(v), "layers": len(v)} for k, v in errors.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Score in float32, quantise, score in int8; the requantisation table on the float weights; print, write."""
     args = parse_args(argv)
@@ -125,13 +168,15 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model, torch.float32, where="cpu")
     model.requires_grad_(False)
     requant = requantisation_table(model, merge_norms(args.merges), args.targets.split(","), args.seed)
+    kernels = kernel_errors(model, tokenizer, samples[:args.batch_size])
     float_scores, float_s = score(model, tokenizer, samples, args.batch_size)
     report = int8.quantize_frozen_linears_(model)
     int8_scores, int8_s = score(model, tokenizer, samples, args.batch_size)
     gold = [s.candidates.index(s.correct_candidate) for s in samples]
     result = {"model": args.model, "threads": torch.get_num_threads(), "int8_layers": report.layers,
               "kept_float": report.kept_float, "scores": compare_scores(float_scores, int8_scores, gold),
-              "scoring_seconds": {"float32": float_s, "int8": int8_s}, "requantising_merges": requant}
+              "scoring_seconds": {"float32": float_s, "int8": int8_s}, "requantising_merges": requant,
+              "kernel_errors": kernels}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

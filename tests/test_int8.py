@@ -1,11 +1,10 @@
 """The int8 frozen base on the CPU (``--load_int8`` without CUDA, mezo_engine/int8.py), on tiny models.
 
 Tolerances come from int8's resolution. A weight row j is stored as ``s_j q`` with ``s_j = max|W_j| / 127``, so
-each element is off by at most ``s_j / 2``; the kernel quantises its input per tensor to 7 bits, a step
-``s_x = (max(x, 0) - min(x, 0)) / 127``, each element off by at most ``s_x`` (the zero point's rounding can push
-the top of the range one step). Output j of an input row x is then off by at most
-``s_j / 2 * (|x|_1 + n s_x) + s_x |W_j|_1``: the per-channel scale over 127 times the activation's norm, plus the
-weight's norm times the activation step.
+each element is off by at most ``s_j / 2``; the kernel quantises each input row x the same way, a step
+``t = max|x| / 127``, each element off by at most ``t / 2``. Output j of row x is then off by at most
+``s_j / 2 * (|x|_1 + n t / 2) + t / 2 * |W_j|_1``: the per-channel scale over 127 times the activation's norm,
+plus the weight's norm times the activation's step.
 """
 import json
 
@@ -19,7 +18,7 @@ from tests.test_boosting import SAMPLES, _args, _boosting
 from large_models.tasks import get_task
 from tests.tiny import make_model, make_tokenizer
 
-FLOAT32_SLACK = 1e-5  # float32 sums of 32-64 products: relative rounding well under 1e-5 of sum |W||x|
+FLOAT32_SLACK = 1e-5  # int32 sums are exact; the float32 rescaling and bias add round at ~1e-7 of sum |W||x|
 
 
 def _int8_copy(kind: str, seed: int = 0):
@@ -36,10 +35,9 @@ def _ids(batch: int = 3, length: int = 12) -> torch.Tensor:
 
 def _bound(x: torch.Tensor, weight: torch.Tensor, layer: int8.Int8Linear) -> torch.Tensor:
     """The worst-case error of each output of ``layer`` on rows ``x`` (module docstring), plus float32 slack."""
-    step_x = (x.max().clamp(min=0) - x.min().clamp(max=0)) / 127
-    rows = x.abs().sum(-1, keepdim=True) + x.shape[-1] * step_x
-    weight_part = layer.weight_scale / 2 * rows
-    activation_part = step_x * weight.abs().sum(1)
+    step = x.abs().amax(-1, keepdim=True) / 127
+    weight_part = layer.weight_scale / 2 * (x.abs().sum(-1, keepdim=True) + x.shape[-1] * step / 2)
+    activation_part = step / 2 * weight.abs().sum(1)
     return weight_part + activation_part + FLOAT32_SLACK * (x.abs() @ weight.abs().T) + 1e-7
 
 
@@ -94,15 +92,6 @@ def test_quantize_weight_rounds_each_row_to_its_own_scale():
     q, scale = int8.quantize_weight(weight)
     assert torch.allclose(scale, torch.tensor([0.01, 1.0, 0.02]))  # max|row| / 127; an all-zero row gets 1
     assert q.tolist() == [[50, -127, 0], [0, 0, 0], [127, 50, 0]]  # -0.01 / 0.02 = -0.5 rounds to even 0
-
-
-def test_a_state_dict_round_trip_repacks_the_kernel():
-    source = int8.Int8Linear.from_linear(nn.Linear(16, 8))
-    target = int8.Int8Linear.from_linear(nn.Linear(16, 8))
-    x = torch.randn(4, 16)
-    assert not torch.equal(target(x), source(x))
-    target.load_state_dict(source.state_dict())
-    assert torch.equal(target(x), source(x))
 
 
 # ---- training beside the int8 base ------------------------------------------------------------------------------
@@ -228,10 +217,11 @@ def test_the_int8_check_and_benchmark_run_on_a_tiny_model(tmp_path, tiny_opt_dir
                              str(tmp_path / "check.json")])
     assert check["int8_layers"] == 12 and check["kept_float"] == ["lm_head"] and check["scores"]["sentences"] == 8
     assert check["requantising_merges"]["modules"] == 4  # q_proj and v_proj of 2 blocks
+    assert all(check["kernel_errors"][k]["layers"] == 12 for k in ("engine_per_row", "fbgemm_per_tensor"))
     bench = benchmark.main(["--int8", "--device", "cpu", "--trainer-step-model", str(tiny_opt_dir), "--data-dir",
                             str(sst2_dir), "--examples", "4", "--repeats", "1", "--warmup", "0", "--variants",
                             "lora,xgblora", "--out", str(tmp_path / "bench.json")])
     times, ratio = bench["times"], bench["ratios"]["int8_step_over_float32/lora"]
     assert ratio["value"] == times["int8_bench_step_int8/lora"]["median"] / times["int8_bench_step_float32/lora"]["median"]
-    assert ratio["target"] == "<= 0.6" and "int8_mlp_over_float32/fbgemm" in bench["ratios"]
+    assert ratio["target"] == "<= 0.6" and {"int8_mlp_over_float32/engine_per_row", "int8_mlp_over_float32/fbgemm_per_tensor"} <= set(bench["ratios"])
     assert bench["weights"]["lora"]["int8"]["int8_layers"] == 12 and bench["weights"]["xgblora"]["int8"]["int8_layers"] == 8

@@ -69,16 +69,11 @@ def weight_bytes(model: nn.Module) -> dict:
 
 
 # ---- the kernels ---------------------------------------------------------------------------------------------------
-def _per_row_int_mm(linear: nn.Linear):
-    """``torch._int_mm`` with the activations quantised per row to int8 by hand and the weight per channel."""
-    q, scale = int8.quantize_weight(linear.weight)
-    qt = q.t().contiguous()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        x_scale = x.abs().amax(1, keepdim=True).clamp(min=1e-12) / int8.QMAX
-        xq = torch.round(x / x_scale).to(torch.int8)
-        return torch._int_mm(xq, qt).float() * x_scale * scale
-    return forward
+def _fbgemm_per_tensor(linear: nn.Linear):
+    """torch's ``quantize_dynamic`` (fbgemm, deprecated for torchao): per-channel int8 weight, activations
+    quantised per tensor to 7 bits."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    return quantize_dynamic(nn.Sequential(linear), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def _torchao(linear: nn.Linear):
@@ -90,7 +85,7 @@ def _torchao(linear: nn.Linear):
     return module
 
 
-KERNELS = {"fbgemm": int8.Int8Linear.from_linear, "int_mm": _per_row_int_mm}
+KERNELS = {"engine_per_row": int8.Int8Linear.from_linear, "fbgemm_per_tensor": _fbgemm_per_tensor}
 
 
 def kernel_cases(hidden: int, intermediate: int, tokens: int, seed: int) -> dict:
