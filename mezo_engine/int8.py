@@ -1,8 +1,9 @@
 """8-bit frozen linear layers on the CPU (``--load_int8`` without CUDA), beside float32 adapters.
 
 Each frozen ``nn.Linear`` of the model becomes an ``Int8Linear``: its weight stored as int8 per output channel
-(``W ~ scale[:, None] * q``, ``scale = max|W_row| / 127``, symmetric), its bias in float, and its matmul run by
-an int8 kernel that quantises the activations on the fly, per tensor (dynamic quantisation). What stays float:
+(``W ~ scale[:, None] * q``, ``scale = max|W_row| / 127``, symmetric), its bias in float32. Its matmul quantises
+each input row to int8 by its own step (``max|x_row| / 127``, dynamic quantisation per token), sums the int8
+products exactly in int32 (``torch._int_mm``) and scales the result back to float32. What stays float32:
 
 * the LM head (the module that holds the output embeddings, with the head around it: ``lm_head``), whose logits
   every score reads;
@@ -10,15 +11,16 @@ an int8 kernel that quantises the activations on the fly, per tensor (dynamic qu
 * the base weights a merge writes into (XGBLoRA's boosters, ``--lora_merge_every``, LoRA-GA's shift): the mode
   names them (``Mode.merged_bases``). A merge adds ``s B A`` to a float32 weight exactly as without int8; kept
   beside an int8 weight instead, the merged delta would need a dense float matrix of its own (5 bytes a weight
-  against 4 for float32) and one more matmul, and requantising ``W + delta`` into int8 loses most of a small
-  delta (``scripts/int8_check.py`` measures how much on SmolLM2).
+  against 4 for float32) and one more matmul; requantising ``W + delta`` after every merge adds an error that
+  ``scripts/int8_check.py`` measures on SmolLM2 (docs/benchmarks.md).
 
-The kernel is the one ``torch.ao.quantization.quantize_dynamic`` runs (fbgemm's ``quantized::linear_dynamic``):
-on SmolLM2's MLP shapes at one thread it ran the two linears in 0.27-0.30x of float32, against 0.42-0.54x for
-``torch._int_mm`` with the activations quantised per row by hand and 0.78x for torchao 0.18's ``quantize_`` with
-``Int8DynamicActivationInt8WeightConfig`` (``scripts/bench/int8.py``, docs/benchmarks.md). Torch marks these
-ops for removal in favour of torchao: ``_pack`` and ``_int8_linear`` are the only two functions that touch them,
-so a later kernel replaces those two.
+Why this kernel (docs/benchmarks.md#an-int8-frozen-base-on-the-cpu, ``scripts/benchmark.py --int8``): torch's
+``torch.ao.quantization.quantize_dynamic`` (fbgemm) runs SmolLM2's two MLP linears faster (0.29x of float32 at
+one thread, against 0.34x here), but quantises the activations per tensor, to 7 bits; SmolLM2's activations have
+outliers (a value 30 to 1400 times the median), so its layers' outputs were off by 5-31% and the candidate
+log-probabilities of SST-2 by 1.16 nats on average. Per row the layers are off by 2-6%. torchao 0.18's
+``quantize_`` with ``Int8DynamicActivationInt8WeightConfig`` (the same scheme) ran at 0.78x, and torch marks its
+own quantized ops for removal in favour of torchao; ``torch._int_mm`` is the op torchao itself calls.
 
 Training through an ``Int8Linear`` works: the gradient with respect to its input is ``grad_out @ W``, with ``W``
 de-quantised for the backward (regular training of adapters below it); its own int8 weight never changes.
@@ -164,7 +166,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def quantize_frozen_linears_(model: nn.Module, keep: set[str] = frozenset()) -> Int8Report:
     """Replace every layer ``frozen_linears`` names by its ``Int8Linear``, in place; report what changed.
 
-    The model must be on the CPU (the kernel is fbgemm's). ``keep``: qualified module names to leave float (the
+    The model must be on the CPU (``torch._int_mm`` runs there). ``keep``: qualified module names to leave float (the
     bases a mode merges into)."""
     names = frozen_linears(model, keep)
     report = Int8Report()

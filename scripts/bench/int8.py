@@ -5,9 +5,9 @@ weights (``--trainer-step-model``) and a real SST-2 batch (``--data-dir``).
   over the same step in float32, per adapter variant (LoRA r=8: target <= 0.6; XGBLoRA rank 1, whose adapted
   layers stay float32 for its merges: information);
 * the kernels on the model's MLP shapes at the batch's token count: the two linears (hidden -> intermediate ->
-  hidden) in int8 over float32, for the kernel the engine uses (fbgemm's ``quantized::linear_dynamic``, as
-  ``torch.ao.quantization.quantize_dynamic`` runs it) and the candidates it was chosen over: ``torch._int_mm``
-  with the activations quantised per row by hand, and torchao's ``quantize_`` with
+  hidden) in int8 over float32, for the engine's kernel (activations per row, ``torch._int_mm``) and the ones it
+  was chosen over: torch's ``quantize_dynamic`` (fbgemm, activations per tensor to 7 bits; faster, and far less
+  accurate on SmolLM2: ``scripts/int8_check.py``), and torchao's ``quantize_`` with
   ``Int8DynamicActivationInt8WeightConfig`` when torchao is importable (``pip install torchao``).
 
 Cases of a variant run in interleaved rounds (``harness.run_rounds``), so machine load hits both sides alike."""
