@@ -19,7 +19,7 @@ Why this kernel (docs/benchmarks.md#an-int8-frozen-base-on-the-cpu, ``scripts/be
 one thread, against 0.34x here), but quantises the activations per tensor, to 7 bits; SmolLM2's activations have
 outliers (a value 30 to 1400 times the median), so its layers' outputs were off by 5-31% and the candidate
 log-probabilities of SST-2 by 1.16 nats on average. Per row the layers are off by 2-6%. torchao 0.18's
-``quantize_`` with ``Int8DynamicActivationInt8WeightConfig`` (the same scheme) ran at 0.78x, and torch marks its
+``quantize_`` with ``Int8DynamicActivationInt8WeightConfig`` (the same scheme) ran at 0.50x, and torch marks its
 own quantized ops for removal in favour of torchao; ``torch._int_mm`` is the op torchao itself calls.
 
 Training through an ``Int8Linear`` works: the gradient with respect to its input is ``grad_out @ W``, with ``W``
