@@ -21,12 +21,16 @@ LR=${LR:-$DEFAULT_LR}
 task_args
 data_args
 launcher
+run_seed_args
+budget_args
 DEV=${DEV:-$DEFAULT_DEV}
-TAG=$MODE_TAG-$EPOCH-$BS-$LR-$SEED
+TAG=$MODE_TAG-$EPOCH-$BS-$LR-$SEED$RUN_SEED_TAG
 fsdp_args
 
-print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE NUM_GPU=$NUM_GPU BS=$BS LR=$LR SEED=$SEED TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL" \
-    "EPOCH=$EPOCH FSDP=$FSDP SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
+print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE NUM_GPU=$NUM_GPU BS=$BS LR=$LR SEED=$SEED" \
+    "RUN_SEED=${RUN_SEED:-<default>} TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL EPOCH=$EPOCH FSDP=$FSDP SAVE_STEPS=$SAVE_STEPS" \
+    "RESUME=$RESUME MAX_FORWARDS=${MAX_FORWARDS:-<none>} MAX_TIME=${MAX_TIME:-<none>} DATA_DIR=${DATA_DIR:-<hub>}" \
+    "TAG=$TAG extra: $*"
 
 EVAL_ARGS=(--eval_strategy epoch --load_best_model_at_end)
 [ "$FSDP" = 0 ] || EVAL_ARGS=(--eval_strategy epoch)  # the in-memory best-model snapshot is not for shards
@@ -39,4 +43,5 @@ exec "${LAUNCH[@]}" "$HERE/run.py" \
     --trainer regular --learning_rate "$LR" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS" \
     --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 \
     --resume_from_checkpoint "$RESUME" "${EVAL_ARGS[@]}" \
-    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" "${FSDP_ARGS[@]}" "$@"
+    "${RUN_SEED_ARGS[@]}" "${BUDGET_ARGS[@]}" "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" \
+    "${FSDP_ARGS[@]}" "$@"

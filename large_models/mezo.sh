@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # MeZO (zeroth-order) fine-tuning. Usage: MODE=xgblora TASK=SST2 bash mezo.sh [extra run.py flags]
+# SEED draws the train set; RUN_SEED (optional) seeds the run itself; ZO picks the ZO method; MAX_FORWARDS and
+# MAX_TIME are budgets (docs/flags.md, Driver variables).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/common.sh"
@@ -22,11 +24,14 @@ EPS=${EPS:-$DEFAULT_EPS}
 task_args
 data_args
 launcher
+run_seed_args
+budget_args
 DEV=${DEV:-$DEFAULT_DEV}
-TAG=mezo-$MODE_TAG-$STEPS-$BS-$LR-$EPS-$SEED
+TAG=mezo-$MODE_TAG-$STEPS-$BS-$LR-$EPS-$SEED$RUN_SEED_TAG
 
-print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE NUM_GPU=$NUM_GPU BS=$BS LR=$LR EPS=$EPS SEED=$SEED TRAIN=$TRAIN DEV=$DEV" \
-    "EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME" \
+print_config "TASK=$TASK MODEL=$MODEL MODE=$MODE ZO=${ZO:-sgd} NUM_GPU=$NUM_GPU BS=$BS LR=$LR EPS=$EPS SEED=$SEED" \
+    "RUN_SEED=${RUN_SEED:-<default>} TRAIN=$TRAIN DEV=$DEV EVAL=$EVAL STEPS=$STEPS EVAL_STEPS=$EVAL_STEPS" \
+    "SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME MAX_FORWARDS=${MAX_FORWARDS:-<none>} MAX_TIME=${MAX_TIME:-<none>}" \
     "DATA_DIR=${DATA_DIR:-<hub>} TAG=$TAG extra: $*"
 
 # exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it (see docs/troubleshooting.md, Preemption)
@@ -37,4 +42,5 @@ exec "${LAUNCH[@]}" "$HERE/run.py" \
     --per_device_train_batch_size "$BS" --lr_scheduler_type constant --load_best_model_at_end \
     --eval_strategy steps --eval_steps "$EVAL_STEPS" \
     --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 --resume_from_checkpoint "$RESUME" \
-    "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${LP_ARGS[@]}" "${TASK_ARGS[@]}" "$@"
+    "${RUN_SEED_ARGS[@]}" "${BUDGET_ARGS[@]}" "${DATA_ARGS[@]}" "${MODE_ARGS[@]}" "${ZO_ARGS[@]}" "${LP_ARGS[@]}" \
+    "${TASK_ARGS[@]}" "$@"

@@ -194,10 +194,11 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
     trainer = None
     if args.trainer != "none":
         trainer, result["train"], status = train(args, task, model, tokenizer, train_samples, dev_samples)
+        result.update(runner.ledger_record(trainer))
         model, result["status"] = trainer.model, status.format()
     else:
         runner.int8_base(args, model)  # --load_int8 on the CPU (training quantises once its adapters are on)
-    if not status.is_completed:
+    if not status.is_finished:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     cfg, shard = eval_config(args), not args.fsdp  # FSDP's forwards must run in step on every rank: no sharding
     if not args.no_eval:
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         paths = [result_path(args, s, len(seeds) > 1) for s in seeds]
         out_dirs = [run_output_dir(args, p, len(seeds) > 1) for p in paths]
         for path in paths:  # before any data or model is loaded, so a bad path costs nothing
-            check_result_path(path, args.overwrite)
+            check_result_path(path, args.overwrite, args.budget)
         lock_output_dirs(out_dirs)  # one job per output folder, before anything loads
         task = get_task(args.task_name)
         valid = task.load("validation", args.data_dir)

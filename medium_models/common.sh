@@ -18,8 +18,8 @@ check_data() {
         "<TASK>/<K>-<SEED>/ (LM-BFF's k-shot layout), e.g. DATA_DIR=../shared/data/LM-BFF/k-shot-1k-test"
 }
 
-# setup DRIVER (medium-mezo, medium-finetune): the defaults both drivers share (upstream's env vars), the input
-# checks, the mode's flags and default LR / EPS (mode_args: upstream's medium-model README runs MeZO full-parameter at
+# setup DRIVER (medium-mezo, medium-finetune): the defaults both drivers share (upstream's env vars; RUN_SEED,
+# MAX_FORWARDS, MAX_TIME and, for mezo.sh, ZO as in mezo_engine/drivers.sh), the input checks, the mode's flags and default LR / EPS (mode_args: upstream's medium-model README runs MeZO full-parameter at
 # 1e-6, MeZO + LoRA at 1e-4, Adam at 1e-5, Adam + LoRA at 1e-4; XGBLoRA's boosters take LoRA's), and the run.py flags
 # both pass (RUN_ARGS). The driver sets BS, STEP and EVAL_STEP first.
 setup() {
@@ -35,9 +35,14 @@ setup() {
     check_task
     check_data
     mode_args "$1"
-    RUN_ARGS=(--model_name "$MODEL" --task_name "$TASK" --num_k "$K" --seed "$SEED" --data_dir "$DATA_DIR"
+    run_seed_args
+    budget_args
+    # upstream's --seed is both the split's and the run's seed; with RUN_SEED the split keeps SEED (--data_seed)
+    SEED_ARGS=(--seed "$SEED")
+    [ -z "${RUN_SEED:-}" ] || SEED_ARGS=("${RUN_SEED_ARGS[@]}" --data_seed "$SEED")
+    RUN_ARGS=(--model_name "$MODEL" --task_name "$TASK" --num_k "$K" "${SEED_ARGS[@]}" --data_dir "$DATA_DIR"
               --weight_decay "$WD" --per_device_train_batch_size "$BS" --max_steps "$STEP" --logging_steps 10
               --eval_strategy steps --eval_steps "$EVAL_STEP" --load_best_model_at_end
               --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 --resume_from_checkpoint "$RESUME"
-              "${MODE_ARGS[@]}" "${LP_ARGS[@]}")
+              "${BUDGET_ARGS[@]}" "${MODE_ARGS[@]}" "${ZO_ARGS[@]}" "${LP_ARGS[@]}")
 }

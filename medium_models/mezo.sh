@@ -11,10 +11,11 @@ EVAL_STEP=${EVAL_STEP:-10000}
 setup medium-mezo
 LR=${LR:-$DEFAULT_LR}
 EPS=${EPS:-$DEFAULT_EPS}
-TAG=k$K-mezo-$MODE_TAG-$STEP-$BS-$LR-$EPS-$WD-$SEED
+TAG=k$K-mezo-$MODE_TAG-$STEP-$BS-$LR-$EPS-$WD-$SEED$RUN_SEED_TAG
 
-print_config "TASK=$TASK K=$K SEED=$SEED MODEL=$MODEL MODE=$MODE BS=$BS LR=$LR EPS=$EPS WD=$WD STEP=$STEP" \
-    "EVAL_STEP=$EVAL_STEP SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME DATA_DIR=$DATA_DIR TAG=$TAG extra: $*"
+print_config "TASK=$TASK K=$K SEED=$SEED RUN_SEED=${RUN_SEED:-<SEED>} MODEL=$MODEL MODE=$MODE ZO=${ZO:-sgd} BS=$BS" \
+    "LR=$LR EPS=$EPS WD=$WD STEP=$STEP EVAL_STEP=$EVAL_STEP SAVE_STEPS=$SAVE_STEPS RESUME=$RESUME" \
+    "MAX_FORWARDS=${MAX_FORWARDS:-<none>} MAX_TIME=${MAX_TIME:-<none>} DATA_DIR=$DATA_DIR TAG=$TAG extra: $*"
 
 # exec: run.py replaces the shell, so a scheduler's SIGTERM reaches it
 exec python "$HERE/run.py" "${RUN_ARGS[@]}" --tag "$TAG" \

@@ -118,10 +118,11 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
     if args.trainer != "none":
         trainer = build_trainer(args, model, tokenizer, prompting, features, collator)
         trainer, result["train"], status = runner.train(args, trainer)
+        result.update(runner.ledger_record(trainer))
         model, result["status"] = trainer.model, status.format()
     else:
         runner.int8_base(args, model)  # --load_int8 on the CPU (training quantises once its adapters are on)
-    if not status.is_completed:
+    if not status.is_finished:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     if not args.no_eval:
         result["eval"], predicted = evaluate(args, model, features["test"], collator, prompting.label_ids)
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = run_config.freeze(parse_args(argv))
     try:
         path = runner.result_path(args, args.task_name, None, False, default_config(), REPO_ROOT)
-        check_result_path(path, args.overwrite)  # before any data or model is loaded, so a bad path costs nothing
+        # before any data or model is loaded, so a bad path costs nothing
+        check_result_path(path, args.overwrite, args.budget)
         output_dir = run_output_dir(args, path, False)
         runner.lock_output_dirs([output_dir])  # one job per output folder, before anything loads
         return run_one(args, load_splits(args), path, output_dir)

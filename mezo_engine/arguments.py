@@ -17,14 +17,17 @@ from typing import Literal
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
 
 from mezo_engine import divergence, methods, registry, run_config, zo_methods
+from mezo_engine.ledger import Budget
 from mezo_engine.zo_methods import spsa
 
 
 
 # Upstream MeZO's names (medium_models) -> ours; run.py accepts both.
-ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler"}
+ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler": "zo_sample_scheduler",
+           "max_zo_forward_steps": "max_forwards"}
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
 ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb")
@@ -99,6 +102,23 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
     zero_order_sample: int | None = field(default=None, metadata={"help": "Alias of --zo_num_samples (upstream name)."})
     zero_order_sample_scheduler: Literal["constant", "linear"] | None = field(default=None, metadata={
         "help": "Alias of --zo_sample_scheduler (upstream name)."})
+    # ---- budgets (mezo_engine/ledger.py) -------------------------------------------------------------------
+    max_forwards: int = field(default=0, metadata={
+        "help": "Stop training after the first step at which the run has made this many training forwards (one "
+                "forward: one pass over a batch; a ZO-SGD step costs 2, n-SPSA 2n, a backprop micro-batch 1), "
+                "save a checkpoint, evaluate, and record status 'budget reached' (0: no limit). --max_steps stays "
+                "the schedule's horizon; a larger budget continues the run from its checkpoint."})
+    max_zo_forward_steps: int | None = field(default=None, metadata={
+        "help": "Alias of --max_forwards (upstream name)."})
+    max_time: float = field(default=0.0, metadata={
+        "help": "Stop training, as --max_forwards does, once the training steps have taken this many wall-clock "
+                "seconds, summed over resumed processes; evaluation and checkpoint saving do not count (0: no "
+                "limit)."})
+    eval_forwards: int = field(default=0, metadata={
+        "help": "Also evaluate on dev after each step at which the training forwards pass a multiple of this "
+                "number (0: only --eval_steps' schedule): runs whose steps cost different numbers of forwards are "
+                "then compared at the same forwards. Needs --eval_strategy steps (give a large --eval_steps to "
+                "evaluate on forwards alone)."})
     # ---- the training mode ---------------------------------------------------------------------------------
     method: str | None = field(default=None, metadata={
         "help": "A registered training mode without a flag of its own (methods.METHODS; the built-in modes are "
@@ -210,6 +230,7 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
             if getattr(self, flag) < 1:
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
+        yield from self._budget_problems()
         yield from self._zo_problems()
         yield from self._mode_problems()
         yield from self._task_problems()
@@ -247,6 +268,25 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                    f"(or -1 to train --num_train_epochs epochs)")
         if not self.learning_rate > 0:
             yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
+
+    def _budget_problems(self):
+        """``--max_forwards`` and ``--max_time``: 0 (no limit) or positive, and only where training runs."""
+        for flag in ("max_forwards", "max_time"):
+            value = getattr(self, flag)
+            if not 0 <= value < float("inf"):
+                yield f"{self._flag(flag)}: must be >= 0 (0: no limit)"
+            elif value and self.trainer == "none":
+                yield f"{self._flag(flag)} with --trainer none: a budget limits training; drop it"
+        if self.eval_forwards < 0:
+            yield f"--eval_forwards {self.eval_forwards}: must be >= 0 (0: evaluate on --eval_steps' schedule only)"
+        elif self.eval_forwards and self.eval_strategy != IntervalStrategy.STEPS:
+            yield (f"--eval_forwards {self.eval_forwards} with --eval_strategy {self.eval_strategy}: needs "
+                   f"--eval_strategy steps")
+
+    @property
+    def budget(self) -> Budget:
+        """The limits ``trainer.LedgerCallback`` stops training at."""
+        return Budget(self.max_forwards, self.max_time)
 
     def _is_default(self, flag: str) -> bool:
         return getattr(self, flag) == type(self).__dataclass_fields__[flag].default

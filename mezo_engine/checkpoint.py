@@ -11,7 +11,8 @@ also depends on:
   costs the boosters, not a copy of the base model. LoRA-GA shifts the base weights inside PEFT, so in that mode
   the adapted modules' base weights themselves are stored instead;
 * the state of the stateful callbacks (boosting history, booster generator, active blocks; best dev value and
-  snapshot), through their ``state_dict`` / ``load_state_dict``.
+  snapshot; the cost ledger, so that a resumed run continues its counts), through their ``state_dict`` /
+  ``load_state_dict``.
 
 The zo step seed is a function of the run seed and the step (``zo.step_seed``), so the step count restores it.
 
@@ -105,8 +106,20 @@ class RunStateCallback(TrainerCallback):
             self.merges = [lora.MergeFactor(**f) for f in state["merges"]]
             lora.replay_merges(model, self.merges)
         for name, cb in self.stateful.items():
-            cb.load_state_dict(state["callbacks"][name])
+            self._restore_callback(checkpoint, name, cb, state["callbacks"])
         logger.info("restored %s: %d merges replayed", checkpoint, len(self.merges))
+
+    @staticmethod
+    def _restore_callback(checkpoint: str, name: str, cb, saved: dict) -> None:
+        """Load ``cb``'s state from the checkpoint's ``saved`` states. A checkpoint without it is refused, unless
+        the callback can start afresh there (``optional_state``: the cost ledger, which older checkpoints lack)."""
+        if name in saved:
+            cb.load_state_dict(saved[name])
+        elif getattr(cb, "optional_state", False):
+            logger.warning("%s holds no %s state (an older checkpoint): it starts afresh there", checkpoint, name)
+        else:
+            raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: it holds no state of the {name} callback "
+                                  f"this run needs; resume it with the settings it was made with")
 
 
 class StopOnSignal(TrainerCallback):

@@ -12,9 +12,11 @@ This module is also the drivers' command (run by path, so it needs no installed 
 
     python3 mezo_engine/registry.py modes                      # ft lora xgblora prefix head
     python3 mezo_engine/registry.py defaults MODE DRIVER [ZO]  # LR=1e-5 EPS=1e-3
-    python3 mezo_engine/registry.py driver MODE DRIVER         # shell assignments: MODE_ARGS, MODE_TAG, DEFAULT_*
+    python3 mezo_engine/registry.py driver MODE DRIVER [ZO]    # shell assignments: MODE_ARGS, MODE_TAG, ZO_ARGS,
+                                                               # DEFAULT_*
 
-``DRIVER`` is one of ``DRIVERS``; ``driver`` reads the method's environment variables (``LORA_R``, ...).
+``DRIVER`` is one of ``DRIVERS``; ``driver`` reads the method's environment variables (``LORA_R``, ...); ``ZO``
+(the drivers' variable of that name, for the MeZO drivers only) is the ZO method.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DRIVERS = ("mezo", "finetune", "medium-mezo", "medium-finetune")
+ZO_DRIVERS = ("mezo", "medium-mezo")  # the drivers that train with --trainer zo
 BASE = "ft"  # full-parameter training: the mode of a run that selects none
 ZO_BASE = "sgd"  # MeZO's ZO-SGD: the --zo_optimizer of a run that names none
 HERE = Path(__file__).resolve().parent
@@ -159,7 +162,7 @@ def adapter(name: str) -> AdapterSpec:
     return _lookup(ADAPTERS, name, "MODE")
 
 
-def defaults(mode: str, driver: str, zo: str = "sgd") -> Defaults:
+def defaults(mode: str, driver: str, zo: str = ZO_BASE) -> Defaults:
     """The default LR and EPS of ``driver`` for ``mode`` trained with ZO method ``zo`` (the ZO method's win)."""
     _lookup(dict.fromkeys(DRIVERS), driver, "driver")
     own = _lookup(ZO_METHODS, zo, "--zo_optimizer").defaults
@@ -177,12 +180,32 @@ def driver_variables() -> set[str]:
     return {m.group(1) for t in texts for m in _ENV.finditer(t)}
 
 
-def driver_assignments(mode: str, driver: str, env: dict[str, str]) -> str:
-    """Shell assignments of ``MODE_ARGS`` (run.py flags), ``MODE_TAG``, ``DEFAULT_LR`` and ``DEFAULT_EPS``."""
-    spec, chosen = adapter(mode), defaults(mode, driver)
+def _driver_zo(driver: str, zo: str | None) -> str:
+    """The ZO method a driver runs (``ZO``; unset: the default), refused for a driver that does not train with zo."""
+    _lookup(dict.fromkeys(DRIVERS), driver, "driver")
+    if zo is None:
+        return ZO_BASE
+    _lookup(ZO_METHODS, zo, "ZO")
+    if driver not in ZO_DRIVERS:
+        raise RegistryError(f"ZO={zo}: the {driver} driver trains with backprop; ZO is for the MeZO drivers "
+                            f"({', '.join(ZO_DRIVERS)})")
+    return zo
+
+
+def _array(name: str, words: list[str]) -> str:
+    return f"{name}=({' '.join(shlex.quote(w) for w in words)})"
+
+
+def driver_assignments(mode: str, driver: str, env: dict[str, str], zo: str | None = None) -> str:
+    """Shell assignments of ``MODE_ARGS`` (run.py flags), ``MODE_TAG``, ``ZO_ARGS`` (``--zo_optimizer zo`` when
+    ``zo`` is given), ``DEFAULT_LR`` and ``DEFAULT_EPS`` (the ZO method's own, where it has them). A ZO method other
+    than the default adds ``-<zo>`` to the tag; the default keeps the tag (and the run's name) it had unset."""
+    spec, method = adapter(mode), _driver_zo(driver, zo)
+    chosen = defaults(mode, driver, method)
     flags = [*spec.selection(), *(expand(a, env) for a in spec.driver_args)]
-    return "\n".join((f"MODE_ARGS=({' '.join(shlex.quote(f) for f in flags)})",
-                      f"MODE_TAG={shlex.quote(expand(spec.tag or spec.name, env))}",
+    tag = expand(spec.tag or spec.name, env) + ("" if method == ZO_BASE else f"-{method}")
+    return "\n".join((_array("MODE_ARGS", flags), f"MODE_TAG={shlex.quote(tag)}",
+                      _array("ZO_ARGS", ["--zo_optimizer", zo] if zo else []),
                       f"DEFAULT_LR={shlex.quote(chosen.lr)}", f"DEFAULT_EPS={shlex.quote(chosen.eps)}"))
 
 
@@ -190,7 +213,7 @@ def main(argv: list[str]) -> int:
     """The drivers' command (see the module docstring); an unknown name prints the error and returns 2."""
     commands = {"modes": lambda: " ".join(ADAPTERS),
                 "defaults": lambda mode, driver, zo="sgd": "LR={0.lr} EPS={0.eps}".format(defaults(mode, driver, zo)),
-                "driver": lambda mode, driver: driver_assignments(mode, driver, dict(os.environ))}
+                "driver": lambda mode, driver, zo=None: driver_assignments(mode, driver, dict(os.environ), zo)}
     if not argv or argv[0] not in commands:
         print(f"usage: registry.py {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mezo_engine.status import Status
+from mezo_engine.ledger import Budget, Ledger
+from mezo_engine.status import Kind, Status
 
 # Settings that do not change what a run computes: where things are written, how progress is logged or shown,
 # resuming and checkpointing, evaluation speed. They are left out of the name's hash, so that re-running or
@@ -49,11 +50,16 @@ NOT_IN_HASH = frozenset({
     "torch_empty_cache_steps", "local_rank",
     # where the data files lie, not what they hold (local files and the hub give the same samples, tested)
     "data_dir",
-    # aliases, copied into eval_strategy, zo_num_samples and zo_sample_scheduler
-    "evaluation_strategy", "zero_order_sample", "zero_order_sample_scheduler",
+    # aliases, copied into eval_strategy, zo_num_samples, zo_sample_scheduler and max_forwards
+    "evaluation_strategy", "zero_order_sample", "zero_order_sample_scheduler", "max_zo_forward_steps",
+    # budgets: they only end training early, after a step like any other (the schedule's horizon stays
+    # --max_steps), so every step up to the stop is the same as a larger budget's; a larger budget continues the
+    # run under the same name, from the checkpoint saved at the stop (completed_status), and the result records
+    # the budget it was evaluated at
+    "max_forwards", "max_time",
 })
 # When to evaluate on dev changes the result only when the best dev model is kept (do_eval follows eval_strategy).
-EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval"})
+EVAL_SCHEDULE = frozenset({"eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_eval", "eval_forwards"})
 
 
 WHERE_ELSE = "choose another --result_file or --result_dir"
@@ -126,11 +132,13 @@ def write_result(path: str | Path, result: dict) -> Path:
     return path
 
 
-def completed_status(path: Path) -> str | None:
+def completed_status(path: Path, budget: Budget | None = None) -> str | None:
     """Why the file at ``path`` must not be replaced without --overwrite, or None if it may be.
 
     A JSON object whose ``status`` is something other than ``completed`` (an interrupted or diverged run) may be
-    replaced; a completed result, an older result without a status, or any other file may not.
+    replaced; a completed result, an older result without a status, or any other file may not. A ``budget
+    reached`` result may be replaced by a run with a ``budget`` (default: none) that its recorded ledger has not
+    reached: that run continues it.
     """
     if not path.exists():
         return None
@@ -141,7 +149,21 @@ def completed_status(path: Path) -> str | None:
     if not isinstance(data, dict):
         return "it exists and is not a result JSON"
     status = Status.parse(data.get("status"))
+    if status.kind is Kind.BUDGET:
+        return _spent_budget(data.get("ledger"), budget or Budget())
     return f"it holds a {status} result" if status.is_completed else None
+
+
+def _spent_budget(record, budget: Budget) -> str | None:
+    """Why a ``budget reached`` result with ledger ``record`` cannot be continued under ``budget``, or None."""
+    if not isinstance(record, dict):
+        return "it holds a budget reached result without a ledger"
+    ledger = Ledger.from_record(record)
+    flag = budget.reached_by(ledger)
+    if flag is None:
+        return None
+    return (f"it holds a budget reached result whose run has spent {budget.spent(ledger, flag)}; raise --{flag} "
+            f"(or 0 for none) to continue it")
 
 
 def _check_parent(path: Path) -> None:
@@ -159,24 +181,25 @@ def _check_parent(path: Path) -> None:
                               f"{WHERE_ELSE}") from None
 
 
-def check_result_path(path: str | Path, overwrite: bool) -> None:
-    """Raise ResultPathError unless a result can be written to ``path`` without replacing a complete one."""
+def check_result_path(path: str | Path, overwrite: bool, budget: Budget | None = None) -> None:
+    """Raise ResultPathError unless a result can be written to ``path`` without replacing a complete one (a run
+    with ``budget`` may continue a ``budget reached`` one that has room under it)."""
     path = Path(path)
     if path.is_dir():
         raise ResultPathError(f"result file {path}: is a directory; give a file name such as {path / 'result.json'}")
     _check_parent(path)
-    reason = None if overwrite else completed_status(path)
+    reason = None if overwrite else completed_status(path, budget)
     if reason:
         raise ResultPathError(f"result file {path}: {reason}; pass --overwrite to replace it, or choose "
                               f"another --result_file or --tag")
 
 
-def publish_result(path: Path, result: dict, overwrite: bool) -> Path:
+def publish_result(path: Path, result: dict, overwrite: bool, budget: Budget | None = None) -> Path:
     """Write ``result`` to ``path``, or beside it if another run completed ``path`` while this one ran.
 
     The check before the run cannot see a run started at the same time; rather than replace that run's result,
     this one is written to ``<name>.<time>-<pid>.json`` and the returned path says where.
     """
-    if not overwrite and completed_status(path):
+    if not overwrite and completed_status(path, budget):
         path = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{path.suffix}")
     return write_result(path, result)

@@ -3,8 +3,8 @@ with resume and stop signals, the training summary, saving, publishing the resul
 
 An app (``large_models/run.py``, ``medium_models/run.py``) parses its arguments, loads its data and model, builds a
 ``MezoTrainer`` with ``make_trainer`` (its objective, dev evaluator, features and collator), calls ``train`` and
-evaluates; the result JSON has the same layout and conventions in both apps (``status``, ``train``, ``eval``,
-``dev``, ``config``, ``resources``).
+evaluates; the result JSON has the same layout and conventions in both apps (``status``, ``train``, ``ledger``,
+``budget``, ``eval``, ``dev``, ``config``, ``resources``).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import torch
 
 from mezo_engine import distributed, int8, resources, run_lock
 from mezo_engine.arguments import ArgumentError, launched_world_size
-from mezo_engine.checkpoint import RESUMABLE_EXIT, RunStateCallback, StopOnSignal, resolve_resume
+from mezo_engine.checkpoint import RESUMABLE_EXIT, CheckpointError, RunStateCallback, StopOnSignal, resolve_resume
 from mezo_engine.methods import Mode, ModeError, mode_for
 from mezo_engine.placement import placement
 from mezo_engine.results import config_hash, publish_result, run_name
 from mezo_engine.status import Status
-from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, MezoTrainer
+from mezo_engine.trainer import BestModelCallback, DivergenceCallback, DivergenceError, LedgerCallback, MezoTrainer
 
 logger = logging.getLogger("run")
 
@@ -106,13 +106,16 @@ def int8_base(args, model, mode: Mode | None = None) -> int8.Int8Report | None:
 def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
                     comm: distributed.CommCounter | None = None) -> list:
     """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``metric``:
-    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduce under torchrun."""
+    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduces under torchrun. The
+    ledger comes last, so that the steps it times include the other callbacks' work at a step's end (merges)."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
+    callbacks = [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm),
+                 DivergenceCallback(args.divergence_limits)]
+    stateful["ledger"] = LedgerCallback(args.budget, comm=comm)
     run_state.stateful = stateful
-    return [*stateful.values(), run_state, StopOnSignal(args.save_on_interrupt, comm),
-            DivergenceCallback(args.divergence_limits)]
+    return [*callbacks, stateful["ledger"]]
 
 
 def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
@@ -130,9 +133,10 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
         raise ArgumentError(str(err)) from err
     int8_base(args, model, mode)
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base())
-    comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flag, under torchrun
-    return MezoTrainer(model=model, args=args, callbacks=build_callbacks(args, metric, mode, run_state, comm),
-                       objective=objective, evaluator=evaluator, mode=mode, comm=comm, **trainer_kwargs)
+    comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flags, under torchrun
+    callbacks = build_callbacks(args, metric, mode, run_state, comm)
+    return MezoTrainer(model=model, args=args, callbacks=callbacks, objective=objective, evaluator=evaluator,
+                       mode=mode, comm=comm, ledger=run_state.stateful["ledger"].ledger, **trainer_kwargs)
 
 
 def _callback(trainer, cls):
@@ -141,10 +145,12 @@ def _callback(trainer, cls):
 
 def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     """Fine-tune with ``trainer`` (resuming if asked); returns the trainer (``trainer.model`` is the trained model),
-    a summary for the result JSON and the status: completed, interrupted at step N or diverged at step N."""
+    a summary for the result JSON and the status: completed, budget reached, interrupted at step N or diverged at
+    step N."""
     checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if checkpoint:
         _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint)
+        check_budget_left(checkpoint, _callback(trainer, LedgerCallback))
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
     status, summary = Status.completed(), {}
@@ -158,10 +164,29 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     finally:
         stopper.restore_handlers()
     summary.update(resources.training_speed(time.time() - started, first_step, trainer.state.global_step))
+    if _callback(trainer, LedgerCallback).reached and status.is_completed:
+        status = Status.budget_reached()  # even with a signal at the same step: the run is done, evaluate it
     if stopper.stopped and status.is_completed:
         status = Status.interrupted(stopper.stopped[1])
         summary["signal"] = stopper.stopped[0]
     return trainer, train_summary(trainer, summary), status
+
+
+def check_budget_left(checkpoint: str, ledger: LedgerCallback) -> None:
+    """Refuse to resume from a checkpoint whose restored ledger has reached this run's budget already (the Trainer
+    would take one more step before the budget could stop it)."""
+    flag = ledger.budget.reached_by(ledger.ledger)
+    if flag:
+        raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: the run has spent "
+                              f"{ledger.budget.spent(ledger.ledger, flag)} already; raise --{flag} (0: no limit) "
+                              f"to continue it")
+
+
+def ledger_record(trainer: MezoTrainer) -> dict:
+    """The result JSON's ``ledger`` (``ledger.Ledger``: the training's cost over every process) and ``budget``
+    (the limits, and which one ended training at which step, if one did)."""
+    ledger = _callback(trainer, LedgerCallback)
+    return {"ledger": ledger.ledger.state_dict(), "budget": ledger.budget.record(ledger.reached)}
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
@@ -174,6 +199,7 @@ def train_summary(trainer, summary: dict) -> dict:
     summary["log_history"] = trainer.state.log_history
     # what trains at a step (XGBLoRA with Ls < all: the active boosters), as the README's parameter counts
     summary["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    summary["optimizer_state_bytes"] = optimizer_state_bytes(trainer.optimizer)
     stateful = _callback(trainer, RunStateCallback).stateful
     summary.update(trainer.mode.summary(stateful))
     if "best" in stateful:
@@ -181,6 +207,14 @@ def train_summary(trainer, summary: dict) -> dict:
     summary["ranks"] = distributed.gather(rank_checksums(trainer.model, trainer.mode, summary))
     summary["collectives"] = {"calls": trainer.comm.calls, "bytes": trainer.comm.bytes}
     return summary
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the tensors the optimizer keeps per parameter (momentum, Adam moments, HiZOO's Hessian, ...), as
+    at the end of training; 0 without an optimizer (accelerate's wrapper is looked through)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    states = inner.state.values() if inner is not None else ()
+    return sum(v.numel() * v.element_size() for state in states for v in state.values() if torch.is_tensor(v))
 
 
 def rank_checksums(model, mode: Mode, summary: dict) -> dict:
@@ -208,9 +242,10 @@ def save(args, model, tokenizer, trainer: MezoTrainer | None = None) -> None:
     logger.info("saved the trained model to %s", args.output_dir)
 
 
-def publish(path: Path, result: dict, overwrite: bool) -> Path:
-    """``results.publish_result`` on rank 0; the other ranks write nothing and get ``path`` back."""
-    return publish_result(path, result, overwrite) if distributed.is_main() else path
+def publish(path: Path, result: dict, overwrite: bool, budget=None) -> Path:
+    """``results.publish_result`` on rank 0; the other ranks write nothing and get ``path`` back. ``budget``: the
+    run's (``ledger.Budget``), which may continue a ``budget reached`` result at ``path``."""
+    return publish_result(path, result, overwrite, budget) if distributed.is_main() else path
 
 
 def stamp(args, result: dict, start: float) -> None:
@@ -227,7 +262,7 @@ def finish(args, result: dict, path: Path, start: float, model, tokenizer, train
     stamp(args, result, start)
     if args.save_model:
         save(args, model, tokenizer, trainer)
-    written = publish(path, result, args.overwrite)
+    written = publish(path, result, args.overwrite, args.budget)
     if written != path:
         logger.error("another run completed %s while this one ran; this run's result is in %s", path, written)
     return written
@@ -247,7 +282,7 @@ def stopped_run(args, result: dict, path: Path, model, tokenizer, start: float, 
     signal_name = result["train"].get("signal")
     if signal_name in ("SIGUSR1", "SIGINT"):  # --save_on_interrupt: save the model as trained so far
         save(args, model, tokenizer, trainer)
-    written = publish(path, result, args.overwrite)
+    written = publish(path, result, args.overwrite, args.budget)
     if signal_name:
         raise RunStopped(f"{result['status']} ({signal_name}); checkpoint in {args.output_dir}, result in "
                          f"{written}; re-run with --resume_from_checkpoint auto to continue", RESUMABLE_EXIT)

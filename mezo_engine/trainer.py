@@ -53,9 +53,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 
 from mezo_engine import distributed, divergence, methods, zo
 from mezo_engine.errors import DivergenceError
+from mezo_engine.ledger import Budget, Ledger, StepClock
 from mezo_engine.objectives import Objective, batch_weight
 from mezo_engine.zo_methods import ZOOptimizer, make_zo_optimizer
 from mezo_engine.zo_methods.spsa import num_samples
@@ -110,14 +112,16 @@ class MezoTrainer(Trainer):
     """Trainer for ``--trainer zo`` and ``--trainer regular``; see the module docstring."""
 
     def __init__(self, *args, objective: Objective, evaluator: Callable[[torch.nn.Module], dict[str, float]] | None,
-                 mode=None, comm: distributed.CommCounter | None = None, **kwargs):
+                 mode=None, comm: distributed.CommCounter | None = None, ledger: Ledger | None = None, **kwargs):
         """``objective(model, batch) -> loss``: the training loss; ``evaluator(model) -> {metric: value}``: the dev
         evaluation (None: the run has no dev set, ``evaluate`` returns nothing). Both come from the app, which
         knows its prompts and flags; the trainer builds neither. ``mode``: the run's ``methods.Mode`` (which
         parameters the regular optimizer covers); ``comm``: counts the bytes of the zo loss all-reduces across
-        ranks."""
+        ranks; ``ledger``: where the steps' forwards and backwards are counted (``LedgerCallback`` times the
+        steps and checks the budgets with the same one)."""
         super().__init__(*args, **kwargs)
         self.objective, self.evaluator = objective, evaluator
+        self.ledger = ledger if ledger is not None else Ledger()
         self.comm = comm if comm is not None else distributed.CommCounter()
         self.mode = mode
         self._total: int | None = None
@@ -134,6 +138,7 @@ class MezoTrainer(Trainer):
         step = self.state.global_step + 1
         if self.args.trainer != "zo":
             loss = super().training_step(model, inputs, num_items_in_batch)
+            self.ledger.count(forwards=1, backwards=1)  # one micro-batch
             # under torchrun the first non-finite loss of any rank: every rank stops at the same step
             check_finite(step, "regular", loss=_worst_over_ranks(float(loss)))
             return loss
@@ -155,6 +160,7 @@ class MezoTrainer(Trainer):
         cache = self._run_mode().caches_perturbation(trainable, self._total_params(model))
         seeds = zo.sample_seeds(self.args.seed, self.state.global_step, num_samples(
             self.args.zo_sample_scheduler, self.args.zo_num_samples, self.state.global_step, self.state.max_steps))
+        self.ledger.count(forwards=optimizer.forwards_per_step(len(seeds)))
         if self.args.zo_perturb == "out_of_place":
             return optimizer.out_of_place_step(model, loss_fn, seeds, self.args.zo_eps)
         return optimizer.zo_step(loss_fn, seeds, self.args.zo_eps, cache)
@@ -186,11 +192,12 @@ class MezoTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's logging, plus for zo the statistics of |projected gradient| over the steps since the last
-        logged loss (one value per direction): ``projected_grad_abs_mean``, ``_std``, ``_max``."""
+        logged loss (one value per direction): ``projected_grad_abs_mean``, ``_std``, ``_max``; and in every row
+        the ledger so far (``Ledger.row``: forwards, backwards, training wall and CPU seconds)."""
         if "loss" in logs and self._projected:
             logs = {**logs, **projected_stats(self._projected)}
             self._projected = []
-        super().log(logs, start_time)
+        super().log({**logs, **self.ledger.row()}, start_time)
 
     # ---- optimizer and schedule --------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -225,6 +232,7 @@ class MezoTrainer(Trainer):
         if self.evaluator is None:
             return {}
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(self.model).items()}
+        self.ledger.dev_evaluations += 1
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -294,3 +302,68 @@ class DivergenceCallback(TrainerCallback):
         reason = self.watch.observe(logs or {}, state.global_step)
         if reason:
             raise DivergenceError(state.global_step, reason)
+
+
+class LedgerCallback(TrainerCallback):
+    """Keeps the run's ``ledger.Ledger`` (the trainer counts the passes into the same one): times each training
+    step from its start to its end (after the callbacks before this one, so merges are in and evaluation, logging
+    and saving are out), and stops the run after the first step at which ``budget`` is reached, before
+    ``--max_steps``, as the Trainer ends a run at ``--max_steps``: a dev evaluation there with a step-based eval
+    strategy (so the log has the dev metric at the budget), and a checkpoint whatever ``--save_strategy`` says (so a
+    larger budget continues from it). ``reached`` is then ``(flag, step)``. Stateful (``RunStateCallback``): a resumed run
+    continues the counts; a checkpoint made before the ledger existed has none, so the counts then start at its
+    step (``optional_state``). Under torchrun with ``--max_time`` the ranks agree after every step (one float64,
+    counted in ``comm``), as their clocks differ; the forward count is the same on every rank."""
+
+    optional_state = True
+
+    def __init__(self, budget: Budget, ledger: Ledger | None = None, comm: distributed.CommCounter | None = None):
+        self.budget, self.comm = budget, comm
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.clock = StepClock()
+        self.reached: tuple[str, int] | None = None
+        self.forwards_before = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.ledger.processes += 1
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.clock.start()
+        self.forwards_before = self.ledger.forwards
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ledger.add_time(*self.clock.stop())
+        if forwards_pass_multiple(self.forwards_before, self.ledger.forwards, args.eval_forwards):
+            control.should_evaluate = True
+        if self.reached is not None or state.global_step >= state.max_steps:
+            return  # at max_steps the run ends as completed
+        flag = self._agreed(self.budget.reached_by(self.ledger))
+        if flag:
+            control.should_training_stop = control.should_save = True
+            control.should_evaluate = control.should_evaluate or evaluates_at(args, state.global_step)
+            self.reached = (flag, state.global_step)
+            logger.info("budget reached after step %d: %s", state.global_step, self.budget.spent(self.ledger, flag))
+
+    def _agreed(self, flag: str | None) -> str | None:
+        """``flag``, or under torchrun with a time budget ``max_time`` when any rank's clock reached it."""
+        if not (self.budget.max_time and distributed.active()):
+            return flag
+        anywhere = distributed.max_over_ranks(float(flag is not None), self.comm)
+        return flag or ("max_time" if anywhere else None)
+
+    def state_dict(self) -> dict:
+        return self.ledger.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ledger.load_state_dict(state)
+
+
+def forwards_pass_multiple(before: int, after: int, every: int) -> bool:
+    """Whether the forwards went past a multiple of ``every`` (0: never) in a step from ``before`` to ``after``."""
+    return bool(every) and before // every < after // every
+
+
+def evaluates_at(args, step: int) -> bool:
+    """Whether a run that ends after ``step`` evaluates on dev there (as the Trainer's last step does: a step-based
+    eval strategy, past ``--eval_delay``)."""
+    return args.eval_strategy == IntervalStrategy.STEPS and args.eval_delay <= step

@@ -1,4 +1,5 @@
-"""Raw-format task files for the end-to-end tests: SST-2 TSVs and SQuAD JSON in the layout of ../shared/data."""
+"""Raw-format task files for the end-to-end tests: SST-2 TSVs and SQuAD JSON in the layout of ../shared/data; and
+a short zo run of large_models/run.py on the SST-2 files."""
 from __future__ import annotations
 
 import json
@@ -27,3 +28,16 @@ def write_squad(root: Path) -> Path:
     for name in ("train-v1.1.json", "dev-v1.1.json"):
         (root / "SQuAD" / name).write_text(json.dumps(data))
     return root
+
+
+def run_zo_sst2(tmp_path: Path, model_dir: Path, data_dir: Path, *flags: str) -> dict:
+    """The result JSON of a two-step ``--trainer zo`` classification run on ``write_sst2``'s files (8 training
+    examples in batches of 4, 4 evaluated), with ``flags`` added."""
+    from large_models import run  # the app, imported only by the tests that run it
+
+    out = tmp_path / "result.json"
+    run.main(["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(data_dir), "--result_file",
+              str(out), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "True", "--num_train", "8",
+              "--train_set_seed", "0", "--num_eval", "4", "--max_steps", "2", "--per_device_train_batch_size", "4",
+              "--train_as_classification", "--trainer", "zo", "--report_to", "none", *flags])
+    return json.loads(out.read_text())

@@ -121,6 +121,19 @@ def _max_param_diff(a_dir: Path, b_dir: Path) -> float:
 
 
 # ---- two ranks against one process on the same global batch -------------------------------------------------
+def _two_ranks_match_one_process(tmp_path, model_dir, data_dir, task: str, zo: list) -> tuple[dict, dict]:
+    """Run ``zo`` on 2 ranks x 4 examples and in one process x 8; assert the ranks end bit-identical and the two
+    runs agree within the module's tolerances (losses, saved weights); return both results."""
+    two = _torchrun(tmp_path / "two", _flags(model_dir, data_dir, task, tmp_path / "two", *zo,
+                                             "--per_device_train_batch_size", "4"))
+    one = _single(tmp_path / "one", _flags(model_dir, data_dir, task, tmp_path / "one", *zo,
+                                           "--per_device_train_batch_size", "8"))
+    _assert_ranks_identical(two)
+    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
+    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
+    return two, one
+
+
 @pytest.mark.slow
 def test_zo_xgblora_classification_on_two_ranks_is_the_one_process_run(tmp_path, tiny_opt_dir, data_dir):
     """2 ranks x 4 examples = one process x 8, step for step: losses, merges (booster blocks drawn on every rank
@@ -152,14 +165,23 @@ def test_zo_copa_lm_loss_weights_ranks_by_answer_tokens(tmp_path, tiny_opt_dir, 
     token-weighted average is the one-process loss of the global batch."""
     zo = ["--trainer", "zo", "--max_steps", "4", "--learning_rate", "1e-2", "--zo_eps", "1e-2", "--save_model",
           "--load_float64"]
-    two = _torchrun(tmp_path / "two", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "two", *zo,
-                                             "--per_device_train_batch_size", "4"))
-    one = _single(tmp_path / "one", _flags(tiny_opt_dir, data_dir, "Copa", tmp_path / "one", *zo,
-                                           "--per_device_train_batch_size", "8"))
-    _assert_ranks_identical(two)
-    assert _within_a_float32_ulp(_losses(two), _losses(one)), (_losses(two), _losses(one))
-    assert _max_param_diff(tmp_path / "two/out/model", tmp_path / "one/out/model") < PARAM_ATOL
+    two, one = _two_ranks_match_one_process(tmp_path, tiny_opt_dir, data_dir, "Copa", zo)
     assert two["eval"] == one["eval"] and two["eval_predictions"] == one["eval_predictions"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [["--zo_optimizer", "hizoo", "--hizoo_smooth", "0.1"],
+                                    ["--zo_optimizer", "sparse_mezo", "--zo_num_samples", "2"]],
+                         ids=["hizoo", "sparse_mezo"])
+def test_zo_methods_on_two_ranks_are_the_one_process_run(tmp_path, tiny_opt_dir, data_dir, method):
+    """HiZOO (L0 averaged over the ranks too; its Hessian state alike on every rank) and Sparse MeZO (thresholds
+    from the same weights on every rank), full-parameter: 2 ranks x 4 = one process x 8, within the module's
+    tolerances. HiZOO's steps are along z / sqrt(D) with D >= 0.9^4 over 4 steps at alpha = 0.1, at most 1.24x
+    MeZO's, so PARAM_ATOL's margin of 4 over MeZO's bound holds."""
+    zo = ["--trainer", "zo", "--train_as_classification", "--max_steps", "4", "--learning_rate", "1e-2",
+          "--zo_eps", "1e-2", "--save_model", "--load_float64", *method]
+    two, one = _two_ranks_match_one_process(tmp_path, tiny_opt_dir, data_dir, "SST2", zo)
+    assert two["train"]["optimizer_state_bytes"] == one["train"]["optimizer_state_bytes"] > 0
 
 
 @pytest.mark.slow

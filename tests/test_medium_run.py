@@ -53,6 +53,20 @@ def test_zo_xgblora_run_merges_every_kappa_steps_and_keeps_the_best_dev_model(ro
     assert result["dev"]["accuracy"] == written["dev"]["accuracy"]
 
 
+def test_a_forward_budget_stops_the_masked_lm_run_and_the_sweeps_count_it_finished(roberta_dir, data_dir, tmp_path):
+    out = tmp_path / "r.json"
+    run.main(["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),
+              "--model_name", str(roberta_dir), "--trainer", "zo", "--zo_num_samples", "2", "--max_steps", "6",
+              "--max_zo_forward_steps", "8", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2",
+              "--result_file", str(out), "--disable_tqdm", "True"])
+    written = json.loads(out.read_text())
+    assert written["status"] == "budget reached" and written["train"]["global_step"] == 2  # 2n = 4 a step
+    assert written["budget"] == {"max_forwards": 8, "max_time": 0.0, "reached": "max_forwards", "step": 2}
+    assert written["ledger"]["forwards"] == 8 and "accuracy" in written["eval"] and "accuracy" in written["dev"]
+    state = read_state(out)
+    assert state.finished and state.action == "skip"
+
+
 def test_untie_emb_gives_the_head_tuned_decoder_its_own_weight(roberta_dir, data_dir, tmp_path):
     """--untie_emb is applied, not just accepted: without it head tuning trains the tied input embeddings, with it
     the decoder's own copy (and the result records the untying)."""

@@ -25,6 +25,12 @@ MODES = {
     "zo-xgblora-adam-nspsa": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2",
                               "--xgblora_num_layers", "1", "--zo_optimizer", "adam", "--zo_num_samples", "3",
                               "--zo_sample_scheduler", "linear"],
+    # HiZOO's Hessian (D - 1, zeroed at each merge) and Sparse MeZO's thresholds travel in optimizer.pt too
+    "zo-full-hizoo": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "hizoo", "--hizoo_smooth", "0.5"],
+    "zo-xgblora-hizoo": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2", "--xgblora_num_layers",
+                         "1", "--zo_optimizer", "hizoo", "--hizoo_smooth", "0.5"],
+    "zo-full-sparse_mezo-nspsa": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "sparse_mezo",
+                                  "--zo_num_samples", "2"],
     "regular-xgblora-lora_ga": ["--trainer", "regular", "--xgblora", "--xgblora_steps_per_iteration", "2",
                                 "--lora_init", "lora_ga", "--lora_ga_batches", "1"],
     "regular-lora-partial": ["--trainer", "regular", "--lora", "--lora_r", "2", "--lora_merge_every", "2"],

@@ -30,6 +30,14 @@ def test_parse_reads_the_first_word_and_formats_back_the_same_string(text, kind,
     assert Status.parse(text) == status == text  # a value: equal strings, equal statuses
 
 
+def test_a_budget_reached_run_is_finished_but_not_completed():
+    status = Status.budget_reached()
+    assert (status.format(), status.kind, status.step) == ("budget reached", Kind.BUDGET, None)
+    assert status.is_finished and not status.is_completed  # evaluated; a larger budget continues it
+    assert Status.completed().is_finished
+    assert not any(s.is_finished for s in (Status.interrupted(3), Status.diverged(3), Status.parse("queued")))
+
+
 def test_a_result_without_status_is_an_older_completed_one():
     assert Status.parse(None) == Status.completed() and Status.parse(None).is_completed
     assert not Status.parse("interrupted at step 2").is_completed

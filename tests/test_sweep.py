@@ -87,14 +87,15 @@ def test_unknown_driver_is_named(tmp_path):
 
 def test_states_from_result_files(tmp_path):
     cases = {"done": {"status": "completed"}, "old": {"eval": {}}, "div": {"status": "diverged at step 7"},
-             "int": {"status": "interrupted at step 40"}, "junk": "not json {"}
+             "int": {"status": "interrupted at step 40"}, "junk": "not json {", "budget": {"status": "budget reached"}}
     for name, content in cases.items():
         write_result(tmp_path / f"{name}.json", content if isinstance(content, str) else json.dumps(content))
     (tmp_path / "ckpt" / "checkpoint-20").mkdir(parents=True)
     (tmp_path / "ckpt" / "checkpoint-100").mkdir()
     got = {n: read_state(tmp_path / f"{n}.json") for n in cases}
     assert {n: s.action for n, s in got.items()} == {"done": "skip", "old": "skip", "div": "no retry",
-                                                       "int": "resume", "junk": "refuse"}
+                                                       "int": "resume", "junk": "refuse", "budget": "skip"}
+    assert [n for n, s in got.items() if s.finished] == ["done", "old", "budget"]  # evaluated: aggregated
     assert got["div"].detail == "diverged at step 7"
     missing = read_state(tmp_path / "ckpt.json", tmp_path / "ckpt")
     assert missing.runs and "checkpoint-100" in missing.detail  # the highest step, not the last in name order

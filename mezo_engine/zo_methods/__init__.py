@@ -5,6 +5,8 @@
 | ``sgd``    | ``sgd.py``     | MeZO's ZO-SGD (fused step for one direction) | none                               |
 | ``momentum`` | ``momentum.py`` | heavy-ball momentum (``--zo_momentum``)  | ``momentum_buffer``                 |
 | ``adam``   | ``adam.py``    | MeZO-Adam (the Trainer's Adam betas, eps)   | ``exp_avg``, ``exp_avg_sq``, ``step`` |
+| ``hizoo``  | ``hizoo.py``   | HiZOO: 3 forwards, diagonal-Hessian preconditioned SPSA | ``hessian_minus_one`` |
+| ``sparse_mezo`` | ``sparse_mezo.py`` | MeZO on the small-magnitude weights | ``threshold`` (one per tensor) |
 
 A method is one file, ``<name>.py``, that declares ``OPTIMIZER``, a ``base.ZOOptimizer`` subclass named ``<name>``
 (its flag dataclass ``flags``, inherited by EngineArguments; its checks ``problems(args)``; ``from_args``; its

@@ -83,6 +83,16 @@ class ZOOptimizer(torch.optim.Optimizer):
         """The parameters a ZO step perturbs now, in the order z is drawn: hand this list to ``zo.estimate``."""
         return [p for _, p in self._active()]
 
+    def _load_keeping_dtype(self, state_dict: dict, keys: Sequence[str]) -> None:
+        """``load_state_dict``, with the state under ``keys`` in the dtype it was saved in: torch casts floating
+        state to its parameter's dtype, which would round a float32 state of a bf16 parameter to bf16."""
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            for key in keys:
+                if key in saved:
+                    self.state[params[index]][key] = saved[key].to(params[index].device, copy=True)
+
     def _active(self) -> list[tuple[dict, torch.Tensor]]:
         return [(group, p) for group in self.param_groups for p in group["params"] if p.requires_grad]
 

@@ -45,7 +45,7 @@ def collect(sweep: Sweep) -> list[Run]:
     runs = []
     for point in sweep.points():
         state = read_state(point.result_file, point.output_dir)
-        runs.append(Run(point, state, read_result(point.result_file) if state.kind == "completed" else None))
+        runs.append(Run(point, state, read_result(point.result_file) if state.finished else None))
     return runs
 
 
@@ -73,7 +73,7 @@ def group(runs: list[Run], by: list[str]) -> list[Cell]:
     for run in runs:
         key = tuple(run.point.variables.get(v, NONE) for v in by)
         cell = cells.setdefault(key, Cell(key))
-        (cell.done if run.state.kind == "completed" else cell.missing).append(run)
+        (cell.done if run.state.finished else cell.missing).append(run)
     return list(cells.values())
 
 
@@ -98,7 +98,7 @@ class Table:
         return summary([v for v in values if v is not None])
 
     def missing(self) -> list[Run]:
-        return [r for r in self.runs if r.state.kind != "completed"]
+        return [r for r in self.runs if not r.state.finished]
 
 
 def build_table(sweep: Sweep, over: str | None = None, metrics: list[str] | None = None) -> Table:

@@ -82,8 +82,9 @@ def report(outcomes: dict[str, str]) -> int:
     """Print each outcome; exit status 1 if any run failed, stopped early or did not start."""
     for name, outcome in outcomes.items():
         print(f"{name}: {outcome}")
-    bad = [o for o in outcomes.values() if Status.parse(o).kind not in (Kind.COMPLETED, Kind.DIVERGED)]
-    print(f"{len(outcomes)} runs: {len(outcomes) - len(bad)} finished (completed or diverged), {len(bad)} not")
+    bad = [o for o in outcomes.values() if Status.parse(o).kind not in (Kind.COMPLETED, Kind.BUDGET, Kind.DIVERGED)]
+    print(f"{len(outcomes)} runs: {len(outcomes) - len(bad)} finished (completed, budget reached or diverged), "
+          f"{len(bad)} not")
     return 1 if bad else 0
 
 

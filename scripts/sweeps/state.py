@@ -1,8 +1,8 @@
 """Where a point stands, read from its result file, and what a (re-)run does with it.
 
-run.py writes ``status``: ``completed``, ``interrupted at step N`` or ``diverged at step N`` (a result without a
-status is an older completed one), read here with the runner's own type (``mezo_engine.status``, standard library
-only). A sweep skips completed points, runs missing and interrupted ones again (the
+run.py writes ``status``: ``completed``, ``budget reached``, ``interrupted at step N`` or ``diverged at step N``
+(a result without a status is an older completed one), read here with the runner's own type (``mezo_engine.status``,
+standard library only). A sweep skips completed points and those whose budget was reached (both evaluated), runs missing and interrupted ones again (the
 drivers' ``RESUME=auto`` continues from the latest checkpoint), never retries a diverged one (it would diverge
 again from the same checkpoint; change its settings instead), and refuses a result file that is not a result JSON,
 which run.py would refuse to replace too.
@@ -17,7 +17,7 @@ from pathlib import Path
 from mezo_engine.status import Kind, Status
 
 # kind -> what a sweep does with the point: a run's status (``mezo_engine.status.Kind``), or its file's state
-ACTIONS = {Kind.COMPLETED.value: "skip", Kind.DIVERGED.value: "no retry", "unreadable": "refuse",
+ACTIONS = {Kind.COMPLETED.value: "skip", Kind.BUDGET.value: "skip", Kind.DIVERGED.value: "no retry", "unreadable": "refuse",
            Kind.INTERRUPTED.value: "resume", "missing": "run", Kind.OTHER.value: "run"}
 
 
@@ -31,6 +31,11 @@ class State:
     @property
     def action(self) -> str:
         return ACTIONS[self.kind]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the point has an evaluated result: completed, or stopped at its budget."""
+        return self.kind in (Kind.COMPLETED.value, Kind.BUDGET.value)
 
     @property
     def runs(self) -> bool:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mezo_engine.status import Kind, Status
+from mezo_engine.status import Kind
 
 from .spec import Point, Sweep
 from .state import read_state
@@ -61,10 +61,10 @@ def make_launch(sweep: Sweep, point: Point) -> Launch:
 
 
 def outcome(launch: Launch, returncode: int) -> str:
-    """What a finished run left: ``completed``, ``interrupted ...``, ``diverged ...`` or ``failed ...``."""
+    """What a finished run left: ``completed``, ``budget reached``, ``interrupted ...``, ``diverged ...`` or ``failed ...``."""
     state = launch.state()
-    if returncode == 0 and state.kind == Kind.COMPLETED.value:
-        return Status.completed().format()
+    if returncode == 0 and state.finished:
+        return state.detail
     if state.kind in (Kind.INTERRUPTED.value, Kind.DIVERGED.value):
         return state.detail
     hint = " (interrupted: re-run the sweep to resume)" if returncode == RESUMABLE_EXIT else ""
