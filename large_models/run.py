@@ -212,6 +212,8 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
         trainer, result["train"], status = train(args, task, model, tokenizer, train_samples, dev_samples)
         result.update(runner.ledger_record(trainer))
         model, result["status"] = trainer.model, status.format()
+    else:
+        runner.int8_base(args, model)  # --load_int8 on the CPU (training quantises once its adapters are on)
     if not status.is_finished:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     cfg, shard = eval_config(args), not args.fsdp  # FSDP's forwards must run in step on every rank: no sharding

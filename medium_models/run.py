@@ -180,6 +180,8 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
         trainer, result["train"], status = runner.train(args, trainer)
         result.update(runner.ledger_record(trainer))
         model, result["status"] = trainer.model, status.format()
+    else:
+        runner.int8_base(args, model)  # --load_int8 on the CPU (training quantises once its adapters are on)
     if not status.is_finished:
         return stopped_run(args, result, path, model, tokenizer, start, trainer)
     if not args.no_eval:

@@ -45,6 +45,12 @@ def launched_world_size() -> int:
     return int(value) if value.isdigit() else 1
 
 
+def int8_trains(mode: type, cuda: bool) -> bool:
+    """Whether ``mode`` can train beside 8-bit base weights: one that leaves the base frozen (``frozen_base``), or
+    on the CPU any adapter mode (the CPU path keeps the layers a merge writes into float32: ``Mode.merged_bases``)."""
+    return getattr(mode, "frozen_base", False) or (not cuda and getattr(mode, "adapter", False))
+
+
 @dataclass
 class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
     """The shared flags: these, TrainingArguments' and each method's flag dataclass (``methods.FLAGS``,
@@ -65,9 +71,10 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 "differently batched runs in it). The Trainer still logs losses through float32, and models whose "
                 "norms cast to float32 (LLaMA's RMSNorm in transformers) round there."})
     load_int8: bool = field(default=False, metadata={
-        "help": "Load the linear weights in 8 bits (bitsandbytes LLM.int8(), as upstream MeZO); CUDA only. For "
-                "evaluation and adapter training (--lora, --prefix_tuning): base weights that are perturbed or merged "
-                "cannot be 8-bit."})
+        "help": "Linear weights in 8 bits, for evaluation and adapter training. On CUDA: bitsandbytes LLM.int8() (as "
+                "upstream MeZO), with --lora or --prefix_tuning (no merges). On the CPU: every frozen linear layer "
+                "but the LM head becomes int8 (mezo_engine/int8.py) once the adapters are attached; --lora, "
+                "--xgblora, --prefix_tuning; the layers merges write into stay float32, and adapters run unfolded."})
     no_auto_device: bool = field(default=False, metadata={
         "help": "Do not spread the model over the GPUs with device_map='auto' (upstream MeZO's flag). By default, on "
                 "a CUDA machine and in a single process, the model is split over every GPU, each capped at its free "
@@ -85,7 +92,8 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 "saves are not cut short. 0: no bound."})
     zo_fold_adapters: bool = field(default=True, metadata={
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
-                "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical."})
+                "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical. "
+                "Layers over an 8-bit base (--load_int8) keep PEFT's path: W + s B A would be a float copy."})
     zo_perturb: Literal["in_place", "out_of_place"] = field(default="in_place", metadata={
         "help": "How a full-parameter zo step perturbs the weights. in_place (MeZO's way): theta += eps z, "
                 "-= 2 eps z, += eps z in place, then the update; in fp16/bf16 the restore by arithmetic drifts a "
@@ -254,16 +262,14 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         return iter(())
 
     def _int8_problems(self):
-        """8-bit base weights: on CUDA, and under training only beside a mode that leaves the base frozen (the
-        modes that merge into it say so in their own checks)."""
+        """8-bit base weights: under training only beside a mode that leaves them unchanged (``int8_trains``; on
+        CUDA the modes that merge into the base say so in their own checks)."""
         if not self.load_int8:
             return
-        if not torch.cuda.is_available():
-            yield ("--load_int8: needs CUDA (bitsandbytes' 8-bit layers have no CPU path); drop it on this machine, "
-                   "or use --load_bfloat16 / --load_float16 on a GPU")
-        frozen = [registry.adapter(n) for n, m in methods.METHODS.items() if getattr(m.mode, "frozen_base", False)]
-        if self.trainer != "none" and not any(self._selects(spec) for spec in frozen):
-            given = "/".join(" ".join(spec.selection()) for spec in frozen)
+        modes = [registry.adapter(n) for n, m in methods.METHODS.items()
+                 if int8_trains(m.mode, torch.cuda.is_available())]
+        if self.trainer != "none" and not any(self._selects(spec) for spec in modes):
+            given = "/".join(" ".join(spec.selection()) for spec in modes)
             yield (f"--load_int8 with --trainer {self.trainer} and no {given}: training would change "
                    "the 8-bit base weights themselves; train an adapter (--lora) or evaluate only (--trainer none)")
 

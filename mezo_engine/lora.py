@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
 
+from mezo_engine import int8
 from mezo_engine.scoring import float32_or_wider
 
 _QV = ["q_proj", "v_proj"]
@@ -150,6 +151,19 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer) and len(m.lora_A) > 0]
 
 
+def base_layer_names(model: nn.Module) -> set[str]:
+    """Qualified names of the base layers the LoRA layers wrap (the weights merges write into)."""
+    bases = {id(layer.get_base_layer()) for _, layer in lora_layers(model)}
+    return {name for name, module in model.named_modules() if id(module) in bases}
+
+
+def has_float_weight(module: nn.Module) -> bool:
+    """Whether ``module`` holds a floating-point ``weight`` tensor a merge or a fold can add to (not an 8-bit
+    base: ``int8.Int8Linear`` has none, bitsandbytes' is int8)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point
+
+
 def layer_index(name: str) -> int | None:
     """Transformer block index in a module name (".layers.3.", ".h.3.", ".layer.3."), or None if it has none."""
     match = _BLOCK_RE.search(name)
@@ -222,12 +236,21 @@ class NonFiniteDeltaError(ArithmeticError):
 MERGE_WARN_RATIO = 1.0
 
 
+def float_base_weight(layer: LoraLayer) -> torch.Tensor:
+    """The float weight a merge adds to; an 8-bit base (``--load_int8``) is refused by name."""
+    base = layer.get_base_layer()
+    if not has_float_weight(base):
+        raise ValueError(f"cannot merge into the 8-bit base layer {type(base).__name__}: the mode must keep the "
+                         f"bases it merges into float (Mode.merged_bases)")
+    return base.weight
+
+
 @torch.no_grad()
 def _add_to_base_(layer: LoraLayer, delta: torch.Tensor) -> None:
     """W += delta, computed in float32 and cast back to W's dtype, in place on W.data (same Parameter object)."""
     if layer.merged:
         raise ValueError("LoRA layer is marked merged by PEFT; unmerge it before XGBLoRA merges")
-    weight = layer.get_base_layer().weight
+    weight = float_base_weight(layer)
     weight.data.copy_((float32_or_wider(weight.data) + delta.to(weight.device)).to(weight.dtype))
 
 
@@ -279,7 +302,7 @@ def _merge_layers(
     Every delta is checked before any is added, so a non-finite one leaves the model untouched."""
     deltas = [coeff * delta_weight(layer) for _, layer in selected]
     for (name, layer), delta in zip(selected, deltas):
-        _check_delta(name, delta, layer.get_base_layer().weight, warn_ratio)
+        _check_delta(name, delta, float_base_weight(layer), warn_ratio)
     report, sq = MergeReport(), 0.0
     for (name, layer), delta in zip(selected, deltas):
         if bool(_lora_AB(layer)[1].any()):  # a zero booster (frozen block) adds nothing: nothing to replay
@@ -309,12 +332,20 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: layer.get_base_layer().weight for name, layer in lora_layers(model)}
 
 
+def _base_tensors(layer: LoraLayer) -> list[torch.Tensor]:
+    """The tensors that define a LoRA layer's base weight: the weight, or an 8-bit base's int8 values and scales."""
+    base = layer.get_base_layer()
+    return [base.weight_int8, base.weight_scale] if isinstance(base, int8.Int8Linear) else [base.weight]
+
+
 def base_fingerprint(model: nn.Module) -> str:
-    """sha256 of the LoRA layers' base weights (names, shapes, dtypes, bytes): the identity of the base model."""
+    """sha256 of the LoRA layers' base weights (names, shapes, dtypes, bytes): the identity of the base model. An
+    8-bit base (``int8.Int8Linear``) counts by its int8 values and scales, so an int8 run resumes only an int8 run."""
     digest = hashlib.sha256()
-    for name, weight in base_weights(model).items():
-        digest.update(f"{name}:{tuple(weight.shape)}:{weight.dtype}".encode())
-        digest.update(weight.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for name, layer in lora_layers(model):
+        for weight in _base_tensors(layer):
+            digest.update(f"{name}:{tuple(weight.shape)}:{weight.dtype}".encode())
+            digest.update(weight.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -398,7 +429,10 @@ def save_adapters(model: PeftModel, path: str | Path) -> None:
 
 
 def merged_base_model(model: PeftModel) -> PreTrainedModel:
-    """A plain HF model with the live booster merged too (PEFT merge_and_unload; `model` is consumed)."""
+    """A plain HF model with the live booster merged too (PEFT merge_and_unload; `model` is consumed). 8-bit
+    layers (``--load_int8`` on the CPU) are first de-quantised to float32 (``int8.dequantize_``), so the saved
+    model holds the weights the run computed with and loads anywhere."""
+    int8.dequantize_(model)
     return model.merge_and_unload()
 
 
@@ -571,9 +605,12 @@ def folded_adapters(model: nn.Module) -> Iterator[None]:
     nothing, so its layer simply runs plain. Scores equal PEFT's within float rounding (the product is summed in
     another order). Dropout must be inactive (eval mode), as it is in a zo step. Not for backprop: no gradient
     reaches ``A`` and ``B`` through the swapped weight.
+
+    8-bit bases (``--load_int8``: ``int8.Int8Linear`` on the CPU, bitsandbytes on CUDA) are not folded: ``W + s B
+    A`` would be a float copy of the weight, undoing the saving, so the adapters run unfolded on PEFT's path.
     """
     layers = lora_layers(model) if isinstance(model, PeftModel) else []  # one walk of the model per forward
-    if not layers:
+    if not layers or not all(has_float_weight(layer.get_base_layer()) for _, layer in layers):
         yield
         return
     if any(m.training for m in model.modules()):

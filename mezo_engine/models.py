@@ -196,17 +196,18 @@ def load_tokenizer(path: str, model_type: str):
 
 
 def int8_config():
-    """``--load_int8``: bitsandbytes 8-bit linear weights (LLM.int8(), as upstream MeZO's ``load_in_8bit``).
-    CUDA only: bitsandbytes has no working CPU path for these layers; ``arguments.py`` refuses the flag without
-    CUDA before anything loads."""
+    """``--load_int8`` on CUDA: bitsandbytes 8-bit linear weights (LLM.int8(), as upstream MeZO's
+    ``load_in_8bit``). bitsandbytes has no working CPU path for these layers: on the CPU the model loads in float
+    and ``mezo_engine/int8.py`` quantises its frozen layers once the adapters are attached (``runner.int8_base``)."""
     from transformers import BitsAndBytesConfig
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8: bool = False,
                              where: str | None = None, auto_class=AutoModelForCausalLM):
-    """The model (eval mode) and its left-padding tokenizer; ``int8``: 8-bit linear weights through bitsandbytes
-    (CUDA only, placed by ``device_map='auto'``), the rest in ``dtype``. ``where``: ``placement.placement``'s
+    """The model (eval mode) and its left-padding tokenizer; ``int8`` off the CPU: 8-bit linear weights through
+    bitsandbytes (placed by ``device_map='auto'``), the rest in ``dtype``; ``int8`` on the CPU changes nothing here
+    (``runner.int8_base`` quantises later, once adapters are attached). ``where``: ``placement.placement``'s
     answer (``cpu``, ``cuda:<i>`` or ``auto``: split over the GPUs and the CPU); default ``cuda:0`` when CUDA is
     available, else the CPU.
 
@@ -215,6 +216,8 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
     model cannot be found or read.
     """
     path = resolve_model_path(name)
+    where = where or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    int8 = int8 and where != "cpu"  # bitsandbytes
     extra = {"quantization_config": int8_config(), "device_map": "auto"} if int8 else {}
     try:
         model, info = auto_class.from_pretrained(path, dtype=dtype, output_loading_info=True, **extra,
@@ -226,7 +229,7 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32, int8
         raise ModelError(problem)
     if not int8:  # an 8-bit model is placed by device_map, and cannot be moved
         try:
-            model = place(model, where or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+            model = place(model, where)
         except MemoryError as err:
             raise ModelError(f"--model_name {name!r}: {err}; use a smaller model or dtype") from err
     model.eval()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mezo_engine import checkpoint_checks, disk, distributed, lora, resources, run_lock
+from mezo_engine import checkpoint_checks, disk, distributed, int8, lora, resources, run_lock
 from mezo_engine.arguments import ArgumentError, default_config_of, launched_world_size
 from mezo_engine.checkpoint import (RESUMABLE_EXIT, RUN_STATE, CheckpointError, RunStateCallback, StopOnSignal,
                                      resolve_resume)
@@ -93,6 +93,22 @@ def model_placement(args) -> str:
                      torch.cuda.is_available(), fsdp=bool(args.fsdp))
 
 
+def int8_base(args, model, mode: Mode | None = None) -> int8.Int8Report | None:
+    """``--load_int8`` on the CPU: the model's frozen linear layers become int8 (``int8.quantize_frozen_linears_``),
+    the LM head and the bases ``mode`` merges into (``Mode.merged_bases``) staying float32. Call it once the mode
+    has attached its adapters (PEFT wraps float layers), or right after loading for evaluation alone (``mode``
+    None). Nothing happens on CUDA, where bitsandbytes loaded the 8-bit layers, or without ``--load_int8``."""
+    if not args.load_int8 or model_placement(args) != "cpu":
+        return None
+    report = int8.quantize_frozen_linears_(model, mode.merged_bases(model) if mode is not None else set())
+    if not report.layers:
+        logger.warning("--load_int8: no frozen nn.Linear layer to quantise (GPT-2's Conv1D layers stay float)")
+    logger.info("--load_int8: %d linear layers in int8 (%.1f MiB of weights -> %.1f MiB); %d kept float: %s",
+                report.layers, report.float_bytes / 2**20, report.int8_bytes / 2**20, len(report.kept_float),
+                ", ".join(report.kept_float[:3] + (["..."] if len(report.kept_float) > 3 else [])))
+    return report
+
+
 def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
                     comm: distributed.CommCounter | None = None,
                     stall: distributed.StallGuard | None = None) -> list:
@@ -128,6 +144,7 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
             mode.also_train(model, also_train(model))
     except ModeError as err:
         raise ArgumentError(str(err)) from err
+    int8_base(args, model, mode)
     run_state = RunStateCallback(model, args.model_name, {}, store_base=mode.stores_base(),
                                  settings=run_settings(args),
                                  beside_adapter=mode.also_trained if mode.adapter else ())

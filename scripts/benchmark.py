@@ -21,6 +21,10 @@ i. full-parameter ``--zo_perturb out_of_place`` (``zo_out_of_place.zo_step``: ho
    runs): its step over the in-place step (target <= 1.1), and its peak memory over the inference peak plus the
    largest single weight (target <= 1).
 
+``--int8`` measures the int8 frozen base on the CPU (``--load_int8``) against float32 instead: the Trainer's ZO-LoRA
+and ZO-XGBLoRA steps with real weights (``--trainer-step-model``) on a real SST-2 batch (``--data-dir``), int8 base
+over float32 base (LoRA's target <= 0.6), and the int8 kernels on that model's MLP shapes (``bench/int8.py``).
+
 ``--masked-lm`` measures the masked-LM path of ``medium_models`` instead: on a RoBERTa config (random weights), a
 batch of SST-2-shaped prompts (64 rows of 32 to 48 tokens, one mask each, upstream's batch size), one forward of
 the label-word loss (``medium_models.scoring.LabelLoss``: encoder, MLM head on the mask rows only) against one
@@ -38,6 +42,7 @@ the parameters the trainer's zo step perturbs, with its weight decay and cache c
     python scripts/benchmark.py --model opt-125m-config
     python scripts/benchmark.py --device cuda --model opt-1.3b-config --dtype bf16
     python scripts/benchmark.py --masked-lm --model roberta-base-config --threads 1
+    python scripts/benchmark.py --int8 --trainer-step-model smollm2-135m --data-dir ../shared/data --threads 1
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import masked_lm, memory, suite
+from bench import int8, masked_lm, memory, suite
 from bench.masked_lm import MASKED_LM_NAMES
 from bench.workload import DTYPES, MODEL_NAMES, TASKS, VARIANTS, make_context
 
@@ -57,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--masked-lm", action="store_true",
                    help="time medium_models' masked-LM ZO step instead (--model: a RoBERTa config; --examples 64)")
+    p.add_argument("--int8", action="store_true",
+                   help="time the ZO step with an int8 base (--load_int8 on the CPU) against float32, real weights "
+                        "(--trainer-step-model) and SST-2 (--data-dir), and the int8 kernels (--variants lora,xgblora)")
     p.add_argument("--model", choices=MODEL_NAMES + MASKED_LM_NAMES, default=None,
                    help="config to build (default: smollm2-135m-config on CPU, opt-1.3b-config on CUDA)")
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="batch shape of a real task")
@@ -94,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory_child:
         print(json.dumps(memory.measure_memory_here(args.memory_child, make_context(args, device, dtype))))
         return {}
+    if args.int8:
+        out = Path(args.out or ROOT / "result" / "benchmark-int8-cpu.json")
+        return int8.write_int8(args, int8.run_int8(args, device), out)
     if args.masked_lm:
         out = Path(args.out or ROOT / "result" / f"benchmark-masked-lm-{device.type}.json")
         return masked_lm.write_masked_lm(args, masked_lm.run_masked_lm(args, device, dtype), out, device)

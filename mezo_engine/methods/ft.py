@@ -84,6 +84,11 @@ class Mode:
         """Whether a checkpoint must hold the adapted base weights themselves (they move outside merges)."""
         return False
 
+    def merged_bases(self, model) -> set[str]:
+        """Qualified names of the frozen layers whose weights training writes into (merges): an 8-bit base
+        (``--load_int8`` on the CPU, ``int8.quantize_frozen_linears_``) keeps them float32. None here."""
+        return set()
+
     def save(self, model, tokenizer, out: Path) -> None:
         """Write what this mode trained under ``out`` (``out/model``: a model ``--model_name`` can load)."""
         model.save_pretrained(out / "model")

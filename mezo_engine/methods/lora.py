@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from transformers import TrainerCallback
 
 from mezo_engine import lora
@@ -46,9 +47,9 @@ def problems(args):
         yield f"--lora_merge_alpha {args.lora_merge_alpha}: must be in (0, 1]"
     if args.lora_merge_every and not args.lora:
         yield f"--lora_merge_every {args.lora_merge_every}: needs --lora"
-    if args.load_int8 and args.lora_merge_every and not args.xgblora:
-        yield f"--load_int8 with --lora_merge_every {args.lora_merge_every}: merges write into the base weights, " \
-              "which cannot be 8-bit"
+    if args.load_int8 and args.lora_merge_every and not args.xgblora and torch.cuda.is_available():
+        yield f"--load_int8 with --lora_merge_every {args.lora_merge_every} on CUDA: merges write into the base " \
+              "weights, which bitsandbytes keeps 8-bit (on the CPU the merged layers stay float32)"
     if args.lora_init == "lora_ga" and args.mode not in ("lora", "xgblora"):
         yield "--lora_init lora_ga: needs --lora or --xgblora"
     if args.lora_init == "lora_ga" and args.trainer == "zo":
@@ -158,6 +159,14 @@ class LoraMode(Mode):
 
     def stores_base(self) -> bool:
         return self.args.lora_init == "lora_ga"  # LoRA-GA shifts the base weights inside PEFT
+
+    def writes_bases(self) -> bool:
+        """Whether training writes into the adapted base weights: partial merges, or LoRA-GA's shift."""
+        return bool(self.args.lora_merge_every) or self.stores_base()
+
+    def merged_bases(self, model) -> set[str]:
+        """The adapted base layers when training writes into them (``writes_bases``), else none."""
+        return lora.base_layer_names(model) if self.writes_bases() else set()
 
     def save(self, model, tokenizer, out):
         lora.save_adapters(model, out / "adapter")

@@ -45,8 +45,9 @@ def problems(args):
     for flag in ("xgblora_steps_per_iteration", "xgblora_num_layers", "xgblora_restart_warmup_steps"):
         if getattr(args, flag) < 0:
             yield f"--{flag} {getattr(args, flag)}: must be >= 0"
-    if args.load_int8 and args.xgblora:
-        yield "--load_int8 with --xgblora: merges write into the base weights, which cannot be 8-bit"
+    if args.load_int8 and args.xgblora and torch.cuda.is_available():
+        yield ("--load_int8 with --xgblora on CUDA: merges write into the base weights, which bitsandbytes keeps "
+               "8-bit (on the CPU the merged layers stay float32)")
     if args.lora and args.xgblora:
         yield "--lora and --xgblora: choose one (--xgblora trains rank --xgblora_rank boosters)"
     if not args.xgblora_merge_scale > 0:
@@ -206,6 +207,9 @@ class XGBLoraMode(LoraMode):
 
     def _initialise(self, model) -> None:
         pass  # the boosting callback initialises every booster (the first included) on its blocks
+
+    def writes_bases(self) -> bool:
+        return True  # every merge adds its boosters into the base weights
 
     def lr_factor(self):
         """``--xgblora_restart_warmup_steps``: ReLoRA's warm-up after each merge (``jagged_factor``)."""

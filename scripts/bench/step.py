@@ -110,27 +110,39 @@ def merge_case(model, ctx: Context) -> Cases:
     return {"merge/xgblora": lambda: lora.merge_and_reinit(model, generator=gen)}
 
 
-def _trainer_flags(args: argparse.Namespace, out_dir: str) -> list[str]:
-    """run.py's flags for the Trainer's ZO-XGBLoRA step on ``args.examples`` real SST-2 examples."""
+XGBLORA_FLAGS = ("--xgblora", "--xgblora_steps_per_iteration", "1000")
+
+
+def _trainer_flags(args: argparse.Namespace, out_dir: str, mode: tuple[str, ...] = XGBLORA_FLAGS) -> list[str]:
+    """run.py's flags for the Trainer's ZO step in ``mode`` (default XGBLoRA) on ``args.examples`` real SST-2
+    examples."""
     size = str(args.examples)
     return ["--model_name", args.trainer_step_model, "--task_name", "SST2", "--data_dir", args.data_dir,
-            "--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "1000", "--num_train", size,
+            "--trainer", "zo", *mode, "--num_train", size,
             "--train_set_seed", "0", "--per_device_train_batch_size", size, "--train_as_classification",
             "--learning_rate", "1e-4", "--zo_eps", "1e-3", "--max_steps", "1000", "--output_dir", out_dir,
             "--disable_tqdm", "True", "--report_to", "none", "--seed", str(args.seed)]
+
+
+def real_trainer(args: argparse.Namespace, out_dir: str, mode: tuple[str, ...] = XGBLORA_FLAGS,
+                 extra: tuple[str, ...] = ()) -> tuple[MezoTrainer, object]:
+    """The MezoTrainer run.py builds for a ZO step in ``mode`` (its flags, then ``extra``) with the real weights of
+    ``--trainer-step-model`` on ``args.examples`` SST-2 training examples from ``--data-dir``; and the tokenizer."""
+    targs = run.parse_args(_trainer_flags(args, out_dir, mode) + list(extra))
+    task = get_task("SST2")
+    samples = task.sample_train_sets(task.load("train", args.data_dir), args.examples, None, [0])[0]
+    model, tokenizer = load_model_and_tokenizer(args.trainer_step_model)
+    trainer = run.build_trainer(targs, task, model, tokenizer, samples, [])
+    trainer.create_optimizer_and_scheduler(num_training_steps=targs.max_steps)
+    return trainer, tokenizer
 
 
 def trainer_step_cases(args: argparse.Namespace, out_dir: str) -> Cases:
     """The ZO-XGBLoRA step as the Trainer runs it (``MezoTrainer.training_step`` on a freshly collated batch) with
     real weights (``--trainer-step-model``) and a real SST-2 batch (``--data-dir``), and REF on that batch: two
     forwards of the plain model (a second copy without an adapter) over upstream's row layout."""
-    targs = run.parse_args(_trainer_flags(args, out_dir))
-    task = get_task("SST2")
-    samples = task.sample_train_sets(task.load("train", args.data_dir), args.examples, None, [0])[0]
-    model, tokenizer = load_model_and_tokenizer(args.trainer_step_model)
+    trainer, tokenizer = real_trainer(args, out_dir)
     plain, _ = load_model_and_tokenizer(args.trainer_step_model)
-    trainer = run.build_trainer(targs, task, model, tokenizer, samples, [])
-    trainer.create_optimizer_and_scheduler(num_training_steps=targs.max_steps)
     features, collate = list(trainer.train_dataset), trainer.data_collator
     rows = make_batch(features, tokenizer.pad_token_id, next(plain.parameters()).device, shared=False)
     ref = loss_fn_for(plain, rows)
