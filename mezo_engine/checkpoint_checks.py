@@ -282,13 +282,18 @@ def optimizer_problem(folder: Path, expected: list[list[tuple[int, ...]]] | None
     return buffers_problem(found.name, saved["state"], [s for g in expected for s in g])
 
 
+# Optimizer buffers the size of their parameter (momentum, Adam's moments, HiZOO's Hessian); others, such as
+# LOZO-M's factored momentum (m x r), have shapes of their own and are not compared.
+FULL_SIZE_BUFFERS = frozenset({"momentum_buffer", "exp_avg", "exp_avg_sq", "hessian_minus_one"})
+
+
 def buffers_problem(name: str, state: dict, shapes: list[tuple[int, ...]]) -> str | None:
-    """Whether each saved optimizer buffer (momentum, Adam's moments) has its parameter's shape; ``state`` maps a
-    parameter's index (groups in order) to its buffers, ``shapes`` lists the parameters' shapes in that order."""
+    """Whether each saved full-size optimizer buffer (``FULL_SIZE_BUFFERS``) has its parameter's shape; ``state``
+    maps a parameter's index (groups in order) to its buffers, ``shapes`` lists the parameters' shapes in order."""
     for index, buffers in state.items():
         shape = shapes[index] if 0 <= index < len(shapes) else None
         for key, value in buffers.items():
-            if torch.is_tensor(value) and value.dim() and tuple(value.shape) != shape:
+            if key in FULL_SIZE_BUFFERS and torch.is_tensor(value) and value.dim() and tuple(value.shape) != shape:
                 return f"{name}: buffer {key} of parameter {index} has shape {list(value.shape)}, the parameter " \
                        f"{list(shape) if shape else 'does not exist'}"
     return None
