@@ -15,14 +15,17 @@ A rank that stops without dying (a stuck device, a hung file system, SIGSTOP) wo
 the step's all-reduce until the process group's timeout (the Trainer's ``--ddp_timeout``, 30 minutes). A
 ``StallGuard`` bounds those waits once it is armed: the all-reduce runs asynchronously and is waited for
 ``timeout`` seconds; past that, every rank that gave up asks every other for a sign of life on a gloo group of its
-own (``missing_ranks``) and raises ``StalledRanks`` naming the ranks that gave none.
+own (``missing_ranks``) and raises ``StalledRanks`` naming the ranks that gave none. The collectives between two
+steps that this code does not make (the Trainer's gathers when it logs, the next batch's) cannot be waited for
+with a bound; ``StallGuard.watch`` bounds that whole stretch instead, from a watchdog thread.
 """
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -77,6 +80,8 @@ class StallGuard:
     timeout: float = 0.0
     group: object = None
     armed: bool = False
+    on_stall: Callable[[StalledRanks], None] | None = None  # what a watch that ran out does (it must not return)
+    _watch: threading.Timer | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, timeout: float) -> StallGuard:
@@ -93,9 +98,34 @@ class StallGuard:
             work.wait(timedelta(seconds=self.timeout))
         except RuntimeError as err:
             missing = missing_ranks(self.group, min(self.timeout, PROBE_S))
-            who = (f"rank(s) {', '.join(map(str, missing))} did not answer (stopped, hung or lost)" if missing else
-                   "every rank answers, but one did not reach it in time")
-            raise StalledRanks(f"rank {rank()} waited {self.timeout:g} s in {what}: {who}") from err
+            raise StalledRanks(f"rank {rank()} waited {self.timeout:g} s in {what}: {_who(missing)}") from err
+
+
+    def watch(self, what: str) -> None:
+        """Bound the time until ``unwatch``: a stretch of the step loop whose collectives this code does not make
+        (the Trainer's loss and FLOP gathers when it logs, the next batch's), so that no wait of theirs can be
+        bounded. Armed, a watchdog thread that is not cancelled within ``timeout`` seconds asks the other ranks
+        for a sign of life and hands ``StalledRanks`` to ``on_stall`` (the main thread is blocked inside the
+        collective: it cannot raise)."""
+        self.unwatch()
+        if self.armed and self.timeout and self.group is not None and self.on_stall is not None:
+            self._watch = threading.Timer(self.timeout, self._ran_out, (what,))
+            self._watch.daemon = True
+            self._watch.start()
+
+    def unwatch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _ran_out(self, what: str) -> None:
+        missing = missing_ranks(self.group, min(self.timeout, PROBE_S))
+        self.on_stall(StalledRanks(f"rank {rank()} waited {self.timeout:g} s in {what}: {_who(missing)}"))
+
+
+def _who(missing: list[int]) -> str:
+    return (f"rank(s) {', '.join(map(str, missing))} did not answer (stopped, hung or lost)" if missing else
+            "every rank answers, but one did not reach it in time")
 
 
 def missing_ranks(group, timeout: float) -> list[int]:

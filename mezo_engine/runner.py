@@ -150,10 +150,23 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
                                  beside_adapter=mode.also_trained if mode.adapter else ())
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flags, under torchrun
     stall = distributed.StallGuard.open(args.zo_stall_timeout if args.trainer == "zo" else 0.0)  # on every rank
+    stall.on_stall = end_stalled_job
     callbacks = build_callbacks(args, metric, mode, run_state, comm, stall)
     return MezoTrainer(model=model, args=args, callbacks=callbacks, objective=objective, evaluator=evaluator,
                        mode=mode, comm=comm, ledger=run_state.stateful["ledger"].ledger, stall=stall,
                        **trainer_kwargs)
+
+
+def stalled_message(err: distributed.StalledRanks) -> str:
+    return (f"run.py: error: {err}; ending the job (exit {RESUMABLE_EXIT}) to resume from its latest checkpoint "
+            f"(--zo_stall_timeout)")
+
+
+def end_stalled_job(err: distributed.StalledRanks) -> None:
+    """A ``StallGuard`` watch ran out (in its watchdog thread, the main thread blocked in a collective that has no
+    bound): say so as a stall in the step's all-reduce is said, and end the process at once (resumable)."""
+    print(stalled_message(err), file=sys.stderr, flush=True)
+    os._exit(RESUMABLE_EXIT)
 
 
 def _callback(trainer, cls):
@@ -204,8 +217,7 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
         logger.error("%s", err)
         status, summary["error"] = Status.diverged(err.step), str(err)
     except distributed.StalledRanks as err:  # no collective can run any more: no summary, no result
-        raise RunStopped(f"run.py: error: {err}; ending the job (exit {RESUMABLE_EXIT}) to resume from its latest "
-                         f"checkpoint (--zo_stall_timeout)", RESUMABLE_EXIT, error=True, abandon=True) from err
+        raise RunStopped(stalled_message(err), RESUMABLE_EXIT, error=True, abandon=True) from err
     except Exception as err:  # a checkpoint the disk could not take: stop resumably, else a real error
         message = disk.failed_checkpoint(err, args.output_dir, trainer.state.global_step, RUN_STATE)
         if message is None:

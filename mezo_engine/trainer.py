@@ -311,7 +311,9 @@ class BestModelCallback(TrainerCallback):
 class StallCallback(TrainerCallback):
     """Arms the run's ``distributed.StallGuard`` once the ranks have met in a step, and disarms it for the waits
     that may legitimately be long: the first step (ranks load and resume at their own pace), and the step after a
-    checkpoint save (rank 0 writes while the others go on) or a dev evaluation."""
+    checkpoint save (rank 0 writes while the others go on) or a dev evaluation. Between a step's end and the next
+    step's begin (the Trainer's gathers when it logs, the next batch) it keeps a watch (``StallGuard.watch``),
+    unless that stretch holds a save, an evaluation or the end of training."""
 
     def __init__(self, guard: distributed.StallGuard):
         self.guard = guard
@@ -319,14 +321,24 @@ class StallCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.guard.armed = False
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.guard.unwatch()
+
     def on_step_end(self, args, state, control, **kwargs):
         self.guard.armed = True
+        if not (control.should_save or control.should_evaluate or control.should_training_stop):
+            self.guard.watch("the Trainer's gathers between steps")
 
     def on_save(self, args, state, control, **kwargs):
         self.guard.armed = False
+        self.guard.unwatch()
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.guard.armed = False
+        self.guard.unwatch()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.guard.unwatch()
 
 
 class DivergenceCallback(TrainerCallback):

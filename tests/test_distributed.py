@@ -376,6 +376,60 @@ def test_the_stall_guard_bounds_only_an_armed_wait(tmp_path, armed):
     assert seen[1]["error"].startswith("rank 1 waited 1 s in the test's all-reduce: rank(s) 0 did not answer")
 
 
+def _watch_worker(rank: int, init_file: str, out: str) -> None:
+    """Rank 0 keeps a 1 s watch over a collective that has no bound of its own (a plain all-reduce, as the
+    Trainer's gathers); rank 1 reaches it 3 s late. The watchdog must name rank 1 while rank 0 is still blocked."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    guard = distributed.StallGuard.open(1.0)
+    guard.armed = True
+
+    def on_stall(err):
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"error": str(err)}))
+        os._exit(0)
+
+    guard.on_stall = on_stall
+    if rank == 1:
+        time.sleep(3.0)
+    guard.watch("the test's gather")
+    try:
+        dist.all_reduce(torch.ones(1))
+        seen = {"reduced": True}
+    except RuntimeError:  # rank 1, late: rank 0 has gone
+        seen = {"gone": True}
+    guard.unwatch()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    os._exit(0)
+
+
+@pytest.mark.slow
+def test_a_watch_ends_a_wait_that_has_no_bound_of_its_own(tmp_path):
+    mp.spawn(_watch_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[1] == {"gone": True}
+    assert seen[0] == {"error": "rank 0 waited 1 s in the test's gather: rank(s) 1 did not answer (stopped, hung or "
+                             "lost)"}
+
+
+def test_the_watch_covers_the_stretch_between_steps_without_a_save_an_evaluation_or_the_end():
+    from transformers import TrainerControl, TrainerState
+    from mezo_engine.trainer import StallCallback
+    guard = distributed.StallGuard(60.0, group=object(), on_stall=lambda err: None)  # never fires: unwatched soon
+    callback, state = StallCallback(guard), TrainerState()
+    watching = []
+    for stop in ("should_save", "should_evaluate", "should_training_stop", None):
+        control = TrainerControl()
+        if stop:
+            setattr(control, stop, True)
+        callback.on_step_end(None, state, control)
+        watching.append(guard._watch is not None)
+        callback.on_step_begin(None, state, control)
+        assert guard._watch is None
+    assert watching == [False, False, False, True]
+    callback.on_step_end(None, state, TrainerControl())
+    callback.on_train_end(None, state, TrainerControl())
+    assert guard._watch is None
+
+
 def test_the_stall_guard_is_armed_between_steps_and_not_after_a_save_or_an_evaluation():
     from transformers import TrainerControl, TrainerState
     from mezo_engine.trainer import StallCallback
