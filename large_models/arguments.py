@@ -4,16 +4,18 @@ scoring and generation flags of MeZO's large-model experiments (same names, same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from large_models import task_table
+from large_models.task_file import TaskFileError, digest, read_task_file
 from large_models.tasks import TASKS
 from mezo_engine.arguments import ArgumentError, EngineArguments, default_config_of, flag_names, parse_args_into
 from mezo_engine.linear_probe import NUM_FOLDS
 
 __all__ = ["ArgumentError", "Arguments", "GENERATION_TASKS", "KNOWN_TASKS", "default_config", "parse_args"]
 
-KNOWN_TASKS = tuple(task_table.TASKS)
+KNOWN_TASKS = (*task_table.TASKS, task_table.CUSTOM)
 GENERATION_TASKS = tuple(name for name, cls in TASKS.items() if cls.generation)
 
 
@@ -21,6 +23,10 @@ GENERATION_TASKS = tuple(name for name, cls in TASKS.items() if cls.generation)
 class Arguments(EngineArguments):
     # ---- task and data -------------------------------------------------------------------------------------
     task_name: str = field(default="SST2", metadata={"help": f"Task: one of {', '.join(KNOWN_TASKS)}."})
+    task_file: str | None = field(default=None, metadata={
+        "help": "With --task_name custom: the task file (TOML) naming your data files (JSONL, CSV, TSV), the prompt "
+                "template and the answers (docs/your-data.md). Its content and its data files' enter the result "
+                "name."})
     data_dir: str | None = field(default=None, metadata={
         "help": "Folder of original-format task files (GLUE TSV, SuperGLUE JSONL, SQuAD/DROP JSON). "
                 "Default: download from the HuggingFace hub."})
@@ -58,10 +64,57 @@ class Arguments(EngineArguments):
     max_new_tokens: int = field(default=50, metadata={"help": "Longest generated answer."})
     eos_token: str = field(default="\n", metadata={"help": "Text that ends a generated answer."})
 
+    # -- a task of one's own (--task_name custom --task_file FILE) ------------------------------------------------
+    @cached_property
+    def custom_task(self):
+        """The checked task file (``task_file.TaskFile``) of ``--task_name custom``, else None."""
+        return read_task_file(self.task_file) if self.task_name == task_table.CUSTOM else None
+
+    @cached_property
+    def task_file_sha256(self) -> str | None:
+        return digest(self.task_file) if self.task_name == task_table.CUSTOM else None
+
+    @property
+    def is_generation(self) -> bool:
+        if self.task_name == task_table.CUSTOM:
+            return self.custom_task.kind == "generation"
+        return self.task_name in GENERATION_TASKS
+
+    @property
+    def task_label(self) -> str:
+        """The task's part of result names: its name, or ``custom-<the task file's name>``."""
+        return f"{task_table.CUSTOM}-{self.custom_task.name}" if self.custom_task else self.task_name
+
+    def to_dict(self) -> dict:
+        """The engine's resolved flags, and with a task file the sha256 of its bytes and its data files' (so an
+        edited file is a new run; ``task_file.digest``)."""
+        config = super().to_dict()
+        if self.task_file_sha256:
+            config["task_file_sha256"] = self.task_file_sha256
+        return config
+
+    def _custom_task_problems(self):
+        if self.task_name != task_table.CUSTOM:
+            if self.task_file:
+                yield f"--task_file {self.task_file}: only with --task_name {task_table.CUSTOM}"
+            return
+        if not self.task_file:
+            yield f"--task_name {task_table.CUSTOM} needs --task_file (a TOML file: docs/your-data.md)"
+            return
+        try:
+            self.custom_task
+        except TaskFileError as err:
+            yield f"--task_file: {err}"
+
     def _task_problems(self):
         """The task, data, scoring and generation flags."""
         if self.task_name not in KNOWN_TASKS:
             yield f"--task_name {self.task_name!r}: unknown task; known: {', '.join(KNOWN_TASKS)}"
+            return
+        problems = list(self._custom_task_problems())
+        if problems:
+            yield from problems
+            return
         if self.num_train < 0:
             yield f"--num_train {self.num_train}: must be >= 0"
         for flag in ("max_length", "max_new_tokens"):
@@ -73,10 +126,10 @@ class Arguments(EngineArguments):
             yield f"--num_eval {self.num_eval}: must be >= 1"
         if self.trainer != "none" and self.num_train == 0:
             yield f"--num_train 0 with --trainer {self.trainer}: nothing to train on; give --num_train >= 1"
-        if self.task_name in GENERATION_TASKS and self.max_length <= self.max_new_tokens:
+        if self.is_generation and self.max_length <= self.max_new_tokens:
             yield (f"--max_length {self.max_length}: must exceed --max_new_tokens {self.max_new_tokens} for "
                    f"generation task {self.task_name}")
-        if self.train_as_classification and self.task_name in GENERATION_TASKS:
+        if self.train_as_classification and self.is_generation:
             yield f"--train_as_classification: task {self.task_name} is generation, it has no candidates"
         yield from self._objective_problems()
         yield from self._probe_problems()
@@ -84,7 +137,7 @@ class Arguments(EngineArguments):
     def _objective_problems(self):
         """--sfc / --icl_sfc (candidate scoring), --non_diff (zo on generation), --train_from_validation."""
         for flag in ("sfc", "icl_sfc"):
-            if getattr(self, flag) and self.task_name in GENERATION_TASKS:
+            if getattr(self, flag) and self.is_generation:
                 yield (f"--{flag}: task {self.task_name} is generation; SFC calibration rescores the candidates of "
                        f"classification and multiple-choice tasks only")
         if self.sfc and self.icl_sfc:
@@ -92,7 +145,7 @@ class Arguments(EngineArguments):
         if self.non_diff and self.trainer != "zo":
             yield (f"--non_diff with --trainer {self.trainer}: the F1 objective has no gradient and is only "
                    f"for --trainer zo")
-        if self.non_diff and self.task_name not in GENERATION_TASKS:
+        if self.non_diff and not self.is_generation:
             yield (f"--non_diff: task {self.task_name} is not a generation task; the F1 objective needs "
                    f"{' or '.join(GENERATION_TASKS)}")
         if self.non_diff and not self.only_train_option:
@@ -106,7 +159,7 @@ class Arguments(EngineArguments):
                    "give --train_set_seed")
 
     def _probe_problems(self):
-        if self.linear_probing and self.task_name in GENERATION_TASKS:
+        if self.linear_probing and self.is_generation:
             yield (f"--linear_probing: task {self.task_name} is generation; a probe over its answer tokens would "
                    f"overwrite the head rows generation needs. Use a classification or multiple-choice task")
         if self.linear_probing and self.trainer == "none" and self.num_train == 0:

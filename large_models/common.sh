@@ -13,11 +13,16 @@ check_task() {
 }
 
 # MeZO's per-task choices (task_table.py): CB and Copa keep 100 dev examples; Copa, ReCoRD, SQuAD and DROP train
-# as a language model on the answer, the others as classification over the candidates.
+# as a language model on the answer, the others as classification over the candidates. TASK=custom reads
+# TASK_FILE (a task file of one's own, docs/your-data.md).
 # DEFAULT_DEV: the dev-set size when DEV is not given; TASK_ARGS: the flags of the task's training.
 task_args() {
     local resolved
-    resolved=$(python3 "$TASK_TABLE" driver "$TASK" 2>&1) || die "$resolved"
+    if [ "$TASK" = custom ]; then
+        resolved=$(python3 "$(dirname "$TASK_TABLE")/task_file.py" driver "${TASK_FILE:-}" 2>&1) || die "$resolved"
+    else
+        resolved=$(python3 "$TASK_TABLE" driver "$TASK" 2>&1) || die "$resolved"
+    fi
     eval "$resolved"
 }
 

@@ -17,7 +17,8 @@ from transformers import set_seed
 
 from large_models.arguments import Arguments, default_config, parse_args
 from large_models.pipeline import dev_evaluator, eval_config, objective_for, probe
-from large_models.tasks import DataError, get_task, per_example_demo_seeds
+from large_models.custom_task import task_for
+from large_models.tasks import DataError, per_example_demo_seeds
 from mezo_engine import distributed, run_config
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.checkpoint import CheckpointError
@@ -42,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def result_path(args: Arguments, set_seed_: int, many_sets: bool) -> Path:
     """``runner.result_path`` with this app's defaults: ``<result_dir>/<task>-<model>-<tag>-<hash>.json``."""
-    return runner.result_path(args, args.task_name, set_seed_, many_sets, default_config(), REPO_ROOT)
+    return runner.result_path(args, args.task_label, set_seed_, many_sets, default_config(), REPO_ROOT)
 
 
 def capped_max_length(args: Arguments, model) -> int:
@@ -191,6 +192,7 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
     set_seed(parsed.seed)
     model, tokenizer = load_model_and_tokenizer(parsed.model_name, parsed.torch_dtype, parsed.load_int8,
                                                 model_placement(parsed))
+    task.check_tokenization(tokenizer, [*train_set, *eval_samples, *(s for demos in demo_sets or () for s in demos)])
     num_dev = parsed.num_dev or 0
     train_samples = train_set[:len(train_set) - num_dev]
     dev_samples = train_set[len(train_set) - num_dev:] if parsed.learns and num_dev else []
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for path in paths:  # before any data or model is loaded, so a bad path costs nothing
             check_result_path(path, args.overwrite, args.budget)
         lock_output_dirs(out_dirs)  # one job per output folder, before anything loads
-        task = get_task(args.task_name)
+        task = task_for(args.task_name, args.task_file)
         valid = task.load("validation", args.data_dir)
         train = train_pool(args, task, valid)
         check_model(args)

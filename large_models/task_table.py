@@ -3,6 +3,7 @@ drivers read it by path (``python3 large_models/task_table.py``), as they read t
 
     python3 large_models/task_table.py names          # SST2 RTE CB ... DROP
     python3 large_models/task_table.py driver TASK    # shell assignments: DEFAULT_DEV, TASK_ARGS
+    python3 large_models/task_file.py driver FILE     # the same for TASK=custom TASK_FILE=FILE
 
 The task classes (``tasks.py``: loaders, templates, metrics) are registered under the same names; a test checks
 that the two agree, and ``run.py``'s ``--task_name`` check reads the names from here.
@@ -29,6 +30,9 @@ TASKS: dict[str, DriverSettings] = {
 }
 
 
+CUSTOM = "custom"  # a task of one's own: --task_name custom --task_file FILE (task_file.py gives its driver settings)
+
+
 def driver_assignments(name: str) -> str:
     """The shell assignments ``large_models/common.sh`` evaluates for task ``name``."""
     settings = TASKS[name]
@@ -38,12 +42,12 @@ def driver_assignments(name: str) -> str:
 
 def main(argv: list[str]) -> int:
     if argv == ["names"]:
-        print(" ".join(TASKS))
+        print(" ".join([*TASKS, CUSTOM]))
         return 0
     if len(argv) == 2 and argv[0] == "driver" and argv[1] in TASKS:
         print(driver_assignments(argv[1]))
         return 0
-    known = " ".join(TASKS)
+    known = " ".join([*TASKS, CUSTOM])
     if len(argv) == 2 and argv[0] == "driver":
         print(f"TASK={argv[1]} unknown; known: {known}", file=sys.stderr)
     else:

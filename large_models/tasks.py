@@ -237,6 +237,10 @@ class Task:
         """See the module-level ``sample_subset``."""
         return sample_subset(samples, seed, num)
 
+    def check_tokenization(self, tokenizer, samples: Iterable[Sample]) -> None:
+        """Refuse samples whose answers ``tokenizer`` would make unscorable; MeZO's templates need no check
+        (``custom_task.CustomTask`` checks a task file's)."""
+
 
 class LabelTask(Task):
     """Classification whose candidates are the label ids ``0 .. num_labels-1``."""

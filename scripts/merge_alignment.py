@@ -23,7 +23,7 @@ from transformers import HfArgumentParser, set_seed
 from large_models.arguments import Arguments
 from large_models.pipeline import objective_for
 from large_models.run import resolve, train_pool, training_features, training_shares_prompts
-from large_models.tasks import get_task
+from large_models.custom_task import task_for
 from mezo_engine import alignment, lora
 from mezo_engine.checkpoint import RUN_STATE
 from mezo_engine.data import TrainCollator
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args = run_arguments(json.loads(a.result.read_text()), tmp)
     set_seed(args.seed)
-    task = get_task(args.task_name)
+    task = task_for(args.task_name, args.task_file)
     (train_set,) = task.sample_train_sets(train_pool(args, task, task.load("validation", args.data_dir)),
                                           args.num_train, args.num_dev, [args.train_set_seed or 0])
     num_train = len(train_set) - (args.num_dev or 0)

@@ -163,6 +163,7 @@ class _Recorded:
     def __init__(self, config: dict):
         self._config = config
         self.task_name, self.model_name, self.tag = config["task_name"], config["model_name"], config["tag"]
+        self.task_label = self.task_name  # the name's task part (``custom-<name>`` only for a task file)
         self.keep_best_model = config["load_best_model_at_end"]
         self.result_file = self.result_dir = None
 

@@ -7,9 +7,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("sweeps", "bench")
 ENGINE_AND_APPS = ("mezo_engine", "large_models", "medium_models")
-# The one engine module sweeps may import: the Status type the runner writes and the sweeps read (standard library
-# only; tests/test_status.py checks that importing sweeps loads neither torch nor transformers).
-SHARED = {"mezo_engine.status", "mezo_engine.status.Status", "mezo_engine.status.Kind"}
+# What sweeps may import of the engine and the apps, standard library modules both (tests/test_status.py checks that
+# importing sweeps loads neither torch nor transformers): the Status type the runner writes and the sweeps read, and
+# the digest of a task file and its data files, which a point's name covers as run.py's result name does.
+SHARED = {"mezo_engine.status", "mezo_engine.status.Status", "mezo_engine.status.Kind", "large_models",
+          "large_models.task_file"}
 
 
 def _imported(path: Path) -> list[str]:

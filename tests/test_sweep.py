@@ -65,6 +65,21 @@ def test_names_are_stable_and_change_with_any_setting(tmp_path):
     assert not set(names) & set(changed_fixed) and not set(names) & set(changed_flag)
 
 
+def test_a_point_with_a_task_file_is_renamed_when_the_files_change(tmp_path):
+    """TASK_FILE's bytes and its data files' enter the point's hash: an edited file is a new point, not a done one."""
+    (tmp_path / "t.jsonl").write_text('{"x": "a", "y": "b"}\n')
+    task = tmp_path / "task.toml"
+    task.write_text('eval = "t.jsonl"\ntemplate = "{x}"\nanswer_field = "y"\n')
+    body = f'[fixed]\nTASK = "custom"\nTASK_FILE = "{task}"\n[grid]\nLR = ["1e-5"]\n'
+    names = [load_sweep(write_sweep(tmp_path, body)).points()[0].name]
+    (tmp_path / "t.jsonl").write_text('{"x": "a", "y": "c"}\n')
+    names.append(load_sweep(write_sweep(tmp_path, body)).points()[0].name)
+    assert names[0] != names[1] and names[0].startswith("LR=1e-5-")
+    task.unlink()
+    with pytest.raises(SweepError, match=f"TASK_FILE={task}: task file {task}: no such file"):
+        load_sweep(write_sweep(tmp_path, body)).points()
+
+
 @pytest.mark.parametrize("body, message", [
     ("[grd]\nX = [1]\n", "unknown table [grd]"),
     ("[grid]\nLR = 1e-5\n", "LR = 1e-05: give a non-empty list"),

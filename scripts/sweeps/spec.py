@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from large_models import task_file
+
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = ("mezo.sh", "finetune.sh", "icl.sh")
 TABLES = {"sweep", "fixed", "grid", "slurm"}
@@ -112,9 +114,16 @@ def format_value(value) -> str:
 
 
 def settings_hash(driver: str, settings: dict[str, str], args: list[str]) -> str:
-    """Eight hex digits over the driver, every setting of a point and the extra arguments."""
-    text = json.dumps({"driver": driver, "settings": settings, "args": args}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    """Eight hex digits over the driver, every setting of a point and the extra arguments; with a ``TASK_FILE``,
+    also over the bytes of that task file and of its data files (``large_models/task_file.py``), so that a point
+    whose files were edited is a new point, not one already done."""
+    point = {"driver": driver, "settings": settings, "args": args}
+    if "TASK_FILE" in settings:
+        try:
+            point["task_file_sha256"] = task_file.digest(settings["TASK_FILE"])
+        except task_file.TaskFileError as err:
+            raise SweepError(f"TASK_FILE={settings['TASK_FILE']}: {err}") from None
+    return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def point_name(variables: dict[str, str], digest: str) -> str:
