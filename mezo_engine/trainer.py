@@ -304,7 +304,8 @@ class BestModelCallback(TrainerCallback):
         params = self.mutable(model)
         with torch.no_grad():
             for name, value in self._snapshot.items():
-                params[name].copy_(value)
+                if name in params:  # a snapshot written before plain LoRA left its unchanged base weights out has them
+                    params[name].copy_(value)
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
 
 

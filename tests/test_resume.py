@@ -102,6 +102,18 @@ def test_resume_is_exact(tmp_path, mode):
         assert whole_summary["boosting"]["num_merges"] == STEPS // 2
 
 
+@pytest.mark.parametrize("mode, bases", [("--lora", False), ("--xgblora", True)])
+def test_the_best_dev_snapshot_holds_base_weights_only_when_training_writes_them(tmp_path, mode, bases):
+    """Plain LoRA never writes its base weights: its checkpoints' best-dev snapshot holds the adapters alone (on
+    SmolLM2-135M, 1.9 MB instead of 55 MB); XGBLoRA merges into them, so its snapshot keeps them."""
+    _train(tmp_path, ["--trainer", "zo", mode, "--eval_strategy", "steps", "--eval_steps", "2",
+                      "--load_best_model_at_end", "--xgblora_steps_per_iteration", "2"])
+    snapshot = torch.load(tmp_path / f"checkpoint-{CUT * 2}" / "run_state.pt", weights_only=False)[
+        "callbacks"]["best"]["snapshot"]
+    assert any("lora_A" in n for n in snapshot)
+    assert any(n.endswith("base_layer.weight") for n in snapshot) == bases
+
+
 def test_resume_without_the_merges_would_differ(tmp_path):
     """The replayed merges matter: dropping them from the checkpoint changes the resumed run."""
     flags = MODES["zo-xgblora"][:7]  # without the best-dev model, which would put a snapshot back at the end

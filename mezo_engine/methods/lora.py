@@ -142,9 +142,12 @@ class LoraMode(Mode):
         return [p for p in model.parameters() if p.requires_grad or id(p) in adapters]
 
     def mutable_parameters(self, model):
-        """Besides the trainable ones: every adapter and the base weights merges write into."""
+        """Besides the trainable ones: every adapter, and the adapted base weights when training writes into them
+        (``writes_bases``: merges, LoRA-GA's shift); plain LoRA leaves them as loaded, so its best-dev snapshot and
+        checkpoints hold the adapters alone."""
+        bases = self.writes_bases()
         return {name: p for name, p in model.named_parameters()
-                if p.requires_grad or "lora_" in name or name.endswith("base_layer.weight")}
+                if p.requires_grad or "lora_" in name or (bases and name.endswith("base_layer.weight"))}
 
     def forward_context(self, model):
         """``--zo_fold_adapters``: each adapted layer runs as one matmul with W + s B A."""
