@@ -12,6 +12,8 @@ EVAL=${EVAL:-1000}
 SEED=${SEED:-}
 
 check_task
+TASK_FILE_ARGS=()  # TASK=custom: the task file (task_args checks it)
+[ "$TASK" != custom ] || { task_args; TASK_FILE_ARGS=(--task_file "$TASK_FILE"); }
 data_args
 launcher
 TAG=icl-$NUM_TRAIN-${SEED:-onetrainpereval}
@@ -24,4 +26,4 @@ print_config "TASK=$TASK MODEL=$MODEL NUM_GPU=$NUM_GPU NUM_TRAIN=$NUM_TRAIN EVAL
 exec "${LAUNCH[@]}" "$HERE/run.py" \
     --model_name "$MODEL" --task_name "$TASK" --tag "$TAG" \
     --trainer none --num_train "$NUM_TRAIN" --num_eval "$EVAL" --load_float16 \
-    "${SEED_ARGS[@]}" "${DATA_ARGS[@]}" "$@"
+    "${SEED_ARGS[@]}" "${DATA_ARGS[@]}" "${TASK_FILE_ARGS[@]}" "$@"

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -111,14 +112,14 @@ def int8_base(args, model, mode: Mode | None = None) -> int8.Int8Report | None:
 
 def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
                     comm: distributed.CommCounter | None = None,
-                    stall: distributed.StallGuard | None = None) -> list:
+                    stall: distributed.StallGuard | None = None, greater_is_better: bool = True) -> list:
     """The mode's callbacks and the run's own; the stateful ones are registered with ``run_state``. ``metric``:
-    the dev metric the best-model callback follows; ``comm`` counts the stop-flag all-reduces under torchrun and
-    ``stall`` bounds their waits (armed by ``StallCallback``). The ledger comes last, so that the steps it times
-    include the other callbacks' work at a step's end (merges)."""
+    the dev metric the best-model callback follows (``greater_is_better`` or not); ``comm`` counts the stop-flag
+    all-reduces under torchrun and ``stall`` bounds their waits (armed by ``StallCallback``). The ledger comes last,
+    so that the steps it times include the other callbacks' work at a step's end (merges)."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
-        stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters)
+        stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters, greater_is_better)
     stall = stall if stall is not None else distributed.StallGuard()
     callbacks = [*stateful.values(), run_state, StallCallback(stall), StopOnSignal(args.save_on_interrupt, comm, stall),
                  DivergenceCallback(args.divergence_limits)]
@@ -127,16 +128,27 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     return [*callbacks, stateful["ledger"]]
 
 
-def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
-                 also_train: Callable | None = None, **trainer_kwargs):
-    """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
-    MezoTrainer with the app's ``objective`` and dev ``evaluator`` (None: no dev set; ``run_config.resolve`` then
-    turned evaluation during training off) and the run's callbacks. ``args``: the resolved run arguments.
-    ``batches()``: a few collated training batches, drawn only by a mode that needs them (LoRA-GA); ``metric``: the
-    dev metric the best model follows; ``also_train(model)``: the app's own rule for parameters that train beside
-    the mode's (``medium_models``: upstream's MLM head with LoRA and head tuning), called once the mode is prepared;
-    it returns their names, which ``Mode.also_train`` makes trainable; ``trainer_kwargs``: the datasets, collator and tokenizer
-    the app gives the Trainer."""
+@dataclass
+class RunParts:
+    """What ``prepare_run`` makes for a trainer: the prepared model, its mode, the run's callbacks and the
+    counters they share with the trainer (``MezoTrainer``'s keyword arguments but the data)."""
+
+    model: torch.nn.Module
+    mode: Mode
+    callbacks: list
+    comm: distributed.CommCounter
+    ledger: object
+    stall: distributed.StallGuard
+
+    def trainer_kwargs(self) -> dict:
+        return {"model": self.model, "mode": self.mode, "callbacks": self.callbacks, "comm": self.comm,
+                "ledger": self.ledger, "stall": self.stall}
+
+
+def prepare_run(args, model, objective, batches: Callable[[], list], metric: str,
+                also_train: Callable | None = None, greater_is_better: bool = True) -> RunParts:
+    """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and build the run's
+    callbacks (see ``make_trainer`` for the arguments)."""
     mode = mode_for(args)
     try:
         model = mode.prepare(model, objective, batches)
@@ -151,9 +163,22 @@ def make_trainer(args, model, objective, evaluator: Callable | None, batches: Ca
     comm = distributed.CommCounter()  # the zo loss all-reduces and the stop flags, under torchrun
     stall = distributed.StallGuard.open(args.zo_stall_timeout if args.trainer == "zo" else 0.0)  # on every rank
     stall.on_stall = end_stalled_job
-    callbacks = build_callbacks(args, metric, mode, run_state, comm, stall)
-    return MezoTrainer(model=model, args=args, callbacks=callbacks, objective=objective, evaluator=evaluator,
-                       mode=mode, comm=comm, ledger=run_state.stateful["ledger"].ledger, stall=stall,
+    callbacks = build_callbacks(args, metric, mode, run_state, comm, stall, greater_is_better)
+    return RunParts(model, mode, callbacks, comm, run_state.stateful["ledger"].ledger, stall)
+
+
+def make_trainer(args, model, objective, evaluator: Callable | None, batches: Callable[[], list], metric: str,
+                 also_train: Callable | None = None, **trainer_kwargs):
+    """Prepare ``model`` for the run's mode (adapters attached, only its parameters trainable) and return a ready
+    MezoTrainer with the app's ``objective`` and dev ``evaluator`` (None: no dev set; ``run_config.resolve`` then
+    turned evaluation during training off) and the run's callbacks. ``args``: the resolved run arguments.
+    ``batches()``: a few collated training batches, drawn only by a mode that needs them (LoRA-GA); ``metric``: the
+    dev metric the best model follows; ``also_train(model)``: the app's own rule for parameters that train beside
+    the mode's (``medium_models``: upstream's MLM head with LoRA and head tuning), called once the mode is prepared;
+    it returns their names, which ``Mode.also_train`` makes trainable; ``trainer_kwargs``: the datasets, collator and tokenizer
+    the app gives the Trainer."""
+    parts = prepare_run(args, model, objective, batches, metric, also_train)
+    return MezoTrainer(args=args, objective=objective, evaluator=evaluator, **parts.trainer_kwargs(),
                        **trainer_kwargs)
 
 
@@ -167,6 +192,9 @@ def end_stalled_job(err: distributed.StalledRanks) -> None:
     bound): say so as a stall in the step's all-reduce is said, and end the process at once (resumable)."""
     print(stalled_message(err), file=sys.stderr, flush=True)
     os._exit(RESUMABLE_EXIT)
+
+
+RESUME_FLAG = object()  # runner.train's default: resume as --resume_from_checkpoint says
 
 
 def _callback(trainer, cls):
@@ -196,13 +224,17 @@ def expected_of(args, trainer: MezoTrainer) -> checkpoint_checks.Expected:
         base_sha256=run_state.identity["base_sha256"])
 
 
-def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
+def train(args, trainer: MezoTrainer, resume: str | None = RESUME_FLAG,
+          fit: Callable | None = None) -> tuple[MezoTrainer, dict, Status]:
     """Fine-tune with ``trainer`` (resuming if asked, from a checkpoint that passes ``checkpoint_checks``); returns
     the trainer (``trainer.model`` is the trained model), a summary for the result JSON and the status: completed,
-    budget reached, interrupted at step N or diverged at step N."""
-    expected = expected_of(args, trainer) if args.resume_from_checkpoint else None
-    checkpoint, state = resolve_resume(args.resume_from_checkpoint, args.output_dir,
-                                       lambda folder: checkpoint_checks.check(folder, expected))
+    budget reached, interrupted at step N or diverged at step N. ``resume``: a checkpoint folder, ``auto`` or None
+    (default: ``--resume_from_checkpoint``); ``fit(checkpoint)``: the Trainer's own ``train`` (default
+    ``trainer.train``; ``ZOTrainer``, which overrides ``train``, passes the Trainer's)."""
+    resume = args.resume_from_checkpoint if resume is RESUME_FLAG else resume
+    fit = fit or (lambda checkpoint: trainer.train(resume_from_checkpoint=checkpoint))
+    expected = expected_of(args, trainer) if resume else None
+    checkpoint, state = resolve_resume(resume, args.output_dir, lambda folder: checkpoint_checks.check(folder, expected))
     if checkpoint:
         _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint, state)
         check_budget_left(checkpoint, _callback(trainer, LedgerCallback))
@@ -211,7 +243,7 @@ def train(args, trainer: MezoTrainer) -> tuple[MezoTrainer, dict, Status]:
     status, summary = Status.completed(), {}
     first_step, started = checkpoint_step(checkpoint), time.time()
     try:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+        output = fit(checkpoint)
         summary = {"train_loss": output.training_loss, "global_step": output.global_step}
     except DivergenceError as err:
         logger.error("%s", err)

@@ -131,6 +131,7 @@ class MezoTrainer(Trainer):
         self.mode = mode
         self._total: int | None = None
         self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
+        self._last_logged = (0, 0.0)  # (step, ledger's training seconds) at the last logged loss
 
     # ---- loss --------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -204,13 +205,23 @@ class MezoTrainer(Trainer):
         return self._total
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's logging, plus for zo the statistics of |projected gradient| over the steps since the last
-        logged loss (one value per direction): ``projected_grad_abs_mean``, ``_std``, ``_max``; and in every row
-        the ledger so far (``Ledger.row``: forwards, backwards, training wall and CPU seconds)."""
-        if "loss" in logs and self._projected:
-            logs = {**logs, **projected_stats(self._projected)}
-            self._projected = []
-        super().log({**logs, **self.ledger.row()}, start_time)
+        """The Trainer's logging (and so every ``--report_to`` tracker's), plus for zo the statistics of |projected
+        gradient| over the steps since the last logged loss (one value per direction): ``projected_grad_abs_mean``,
+        ``_std``, ``_max``; with the loss, the training steps a second since the last logged loss
+        (``steps_per_s``, on the ledger's training clock); in every row the ledger so far (``Ledger.row``:
+        forwards, backwards, training wall and CPU seconds) and what callbacks with a ``log_row()`` add (merges:
+        their count and the last |dW|)."""
+        if "loss" in logs:
+            if self._projected:
+                logs = {**logs, **projected_stats(self._projected)}
+                self._projected = []
+            step, wall = self.state.global_step, self.ledger.train_wall_s
+            if step > self._last_logged[0] and wall > self._last_logged[1]:
+                logs["steps_per_s"] = (step - self._last_logged[0]) / (wall - self._last_logged[1])
+            self._last_logged = (step, wall)
+        extra = {k: v for cb in self.callback_handler.callbacks if hasattr(cb, "log_row")
+                 for k, v in cb.log_row().items()}
+        super().log({**logs, **self.ledger.row(), **extra}, start_time)
 
     # ---- optimizer and schedule --------------------------------------------------------------------------
     def optimizer_groups(self, model) -> list[dict] | None:

@@ -15,7 +15,7 @@ touching ../shared, the network or a GPU:
   the app's parser as above (marked slow: it starts the shell drivers). ``DATA_DIR`` is pointed at an empty
   folder of the layout the driver expects.
 * ``scripts/sweep.py``: its own parser, and ``--dry-run`` in this process on the sweep files that exist.
-* other ``scripts/*.py``: every ``--flag`` must be declared by an ``add_argument`` in the script or its module.
+* other ``scripts/*.py`` and ``examples/*.py``: every ``--flag`` must be declared by an ``add_argument`` in the script or its module.
 * ``python -m pytest``: the test files it names exist.
 
 What cannot be parsed is skipped through ``SKIPPED``, each entry with its reason and the number of commands it
@@ -152,7 +152,7 @@ def kind(command: Command) -> str:
         return "pytest"
     if argv[:2] == ["python", "scripts/sweep.py"]:
         return "sweep"
-    if argv[:1] == ["python"] and argv[1].startswith("scripts/") and argv[1].endswith(".py"):
+    if argv[:1] == ["python"] and argv[1].startswith(("scripts/", "examples/")) and argv[1].endswith(".py"):
         return "script"
     return "unknown"
 

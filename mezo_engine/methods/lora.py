@@ -88,6 +88,10 @@ class PartialMergeCallback(TrainerCallback):
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state["history"])
 
+    def log_row(self) -> dict[str, float]:
+        """What the logged rows carry (``MezoTrainer.log``): partial merges so far and the last one's |dW|."""
+        return {"merges": len(self.history), "merge_delta_norm": self.history[-1]["delta_norm"]} if self.history else {}
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if merge_due(state.global_step, self.every):
             report = checked_merge(state.global_step, lambda: lora.partial_merge(model, self.alpha, self.warn_ratio),

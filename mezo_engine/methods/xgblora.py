@@ -149,6 +149,10 @@ class BoostingCallback(TrainerCallback):
         self.generator.set_state(state["generator"])
         self._resumed = True
 
+    def log_row(self) -> dict[str, float]:
+        """What the logged rows carry (``MezoTrainer.log``): merges so far and the last one's |dW|."""
+        return {"merges": len(self.history), "merge_delta_norm": self.history[-1]["delta_norm"]} if self.history else {}
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self._resumed:  # the adapter was loaded from the checkpoint; only which blocks train is restored here
             lora.set_active_blocks(model, self.blocks)
