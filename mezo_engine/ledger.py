@@ -11,6 +11,15 @@ included), without evaluation, logging and checkpoint saving: wall-clock seconds
 (``time.process_time``, every thread). A resumed run continues the counts stored in its checkpoint, so they are
 the cost of the trajectory that led to the result, whatever number of processes it took (``processes``).
 
+Where the wall-clock time went, per phase (seconds, summed over the processes like the rest): ``forward_s`` (the
+training loss's forwards; for regular training the whole forward and backward of each micro-batch),
+``step_other_s`` (the rest of the steps: perturbing and restoring the weights, the update, merges),
+``between_steps_s`` (from a step's end to the next one's start, without evaluation and saving: the data loader,
+logging, callbacks), of which ``data_s`` is the collating of training batches, ``eval_s`` (dev evaluations) and
+``checkpoint_s`` (saving checkpoints). ``loop_wall_s`` is the training loop's wall-clock from start to end;
+``summary()`` adds the CPU time over the wall time of the steps (``cpu_over_wall``: about the number of threads
+for a run that has its cores, well below it for one starved by other jobs).
+
 ``Budget``: ``--max_forwards`` and ``--max_time`` (0: none); a run stops after the first step at which its
 ledger reaches one of them (the last step may pass the forward budget by less than its own cost).
 ``results.py`` reads the ledger a result records to decide whether a new budget continues it.
@@ -31,6 +40,13 @@ class Ledger:
     train_cpu_s: float = 0.0
     dev_evaluations: int = 0
     processes: int = 0  # the processes whose training steps are counted (1 + the resumes)
+    forward_s: float = 0.0
+    step_other_s: float = 0.0
+    data_s: float = 0.0
+    between_steps_s: float = 0.0
+    eval_s: float = 0.0
+    checkpoint_s: float = 0.0
+    loop_wall_s: float = 0.0
 
     def count(self, forwards: int, backwards: int = 0) -> None:
         """Add the passes of one step (or micro-batch)."""
@@ -48,8 +64,13 @@ class Ledger:
                 "train_cpu_s": self.train_cpu_s}
 
     def state_dict(self) -> dict:
-        """Every field, as plain numbers (the checkpoint's and the result JSON's ``ledger``)."""
+        """Every field, as plain numbers (the checkpoint's ``ledger``)."""
         return asdict(self)
+
+    def summary(self) -> dict:
+        """The result JSON's ``ledger``: every field, and the steps' CPU seconds over their wall seconds."""
+        ratio = self.train_cpu_s / self.train_wall_s if self.train_wall_s else None
+        return {**asdict(self), "cpu_over_wall": ratio}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (a ``state_dict``); a field it lacks keeps its value."""

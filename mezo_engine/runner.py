@@ -280,7 +280,7 @@ def ledger_record(trainer: MezoTrainer) -> dict:
     """The result JSON's ``ledger`` (``ledger.Ledger``: the training's cost over every process) and ``budget``
     (the limits, and which one ended training at which step, if one did)."""
     ledger = _callback(trainer, LedgerCallback)
-    return {"ledger": ledger.ledger.state_dict(), "budget": ledger.budget.record(ledger.reached)}
+    return {"ledger": ledger.ledger.summary(), "budget": ledger.budget.record(ledger.reached)}
 
 
 def checkpoint_step(checkpoint: str | None) -> int:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -129,6 +130,8 @@ class MezoTrainer(Trainer):
         self.comm = comm if comm is not None else distributed.CommCounter()
         self.stall = stall if stall is not None else distributed.StallGuard()
         self.mode = mode
+        if self.data_collator is not None:
+            self.data_collator = TimedCollator(self.data_collator, self.ledger)
         self._total: int | None = None
         self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
         self._last_logged = (0, 0.0)  # (step, ledger's training seconds) at the last logged loss
@@ -143,7 +146,9 @@ class MezoTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         step = self.state.global_step + 1
         if self.args.trainer != "zo":
+            started = time.perf_counter()
             loss = super().training_step(model, inputs, num_items_in_batch)
+            self.ledger.forward_s += time.perf_counter() - started  # its forward and backward
             self.ledger.count(forwards=1, backwards=1)  # one micro-batch
             # under torchrun the first non-finite loss of any rank: every rank stops at the same step
             check_finite(step, "regular", loss=_worst_over_ranks(float(loss)))
@@ -183,11 +188,17 @@ class MezoTrainer(Trainer):
         what = f"the zo step's all-reduce at step {self.state.global_step + 1}"
 
         def local() -> float:
+            started = time.perf_counter()
             with torch.no_grad(), mode.forward_context(model):
-                return self.compute_loss(model, inputs).item()
+                loss = self.compute_loss(model, inputs).item()
+            self.ledger.forward_s += time.perf_counter() - started
+            return loss
 
         def batched(params, deltas) -> list[float]:
-            return batched_queries.query_losses(model, self.objective, inputs, params, deltas)
+            started = time.perf_counter()
+            losses = batched_queries.query_losses(model, self.objective, inputs, params, deltas)
+            self.ledger.forward_s += time.perf_counter() - started
+            return losses
 
         can_batch = mode.adapter and hasattr(self.objective, "copies_loss")
         return StepLosses(local, weight, self.comm, batched if can_batch else None, self.stall, what)
@@ -266,11 +277,26 @@ class MezoTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if self.evaluator is None:
             return {}
+        started = time.perf_counter()
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.evaluator(self.model).items()}
+        self.ledger.eval_s += time.perf_counter() - started
         self.ledger.dev_evaluations += 1
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+class TimedCollator:
+    """A data collator that adds the seconds it takes to the ledger's ``data_s``."""
+
+    def __init__(self, collate: Callable, ledger: Ledger):
+        self.collate, self.ledger = collate, ledger
+
+    def __call__(self, features):
+        started = time.perf_counter()
+        batch = self.collate(features)
+        self.ledger.data_s += time.perf_counter() - started
+        return batch
 
 
 def projected_stats(values: Sequence[float]) -> dict[str, float]:
@@ -394,16 +420,29 @@ class LedgerCallback(TrainerCallback):
         self.clock = StepClock()
         self.reached: tuple[str, int] | None = None
         self.forwards_before = 0
+        self.forward_s_before = 0.0
+        self._loop = self._gap = self._save_from = None  # perf_counter marks; _gap: (time, eval_s, checkpoint_s)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.ledger.processes += 1
+        self._loop = time.perf_counter()
+        self._gap = (self._loop, self.ledger.eval_s, self.ledger.checkpoint_s)  # the first batch is between too
 
     def on_step_begin(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._gap is not None:  # since the last step's end, less what evaluation and saving took
+            at, eval_s, checkpoint_s = self._gap
+            self.ledger.between_steps_s += (now - at) - (self.ledger.eval_s - eval_s) - (
+                self.ledger.checkpoint_s - checkpoint_s)
         self.clock.start()
-        self.forwards_before = self.ledger.forwards
+        self.forwards_before, self.forward_s_before = self.ledger.forwards, self.ledger.forward_s
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.ledger.add_time(*self.clock.stop())
+        wall, cpu = self.clock.stop()
+        self.ledger.add_time(wall, cpu)
+        self.ledger.step_other_s += wall - (self.ledger.forward_s - self.forward_s_before)
+        self._tick()
+        self._gap = (self._save_from, self.ledger.eval_s, self.ledger.checkpoint_s)
         if forwards_pass_multiple(self.forwards_before, self.ledger.forwards, args.eval_forwards):
             control.should_evaluate = True
         if self.reached is not None or state.global_step >= state.max_steps:
@@ -414,6 +453,25 @@ class LedgerCallback(TrainerCallback):
             control.should_evaluate = control.should_evaluate or evaluates_at(args, state.global_step)
             self.reached = (flag, state.global_step)
             logger.info("budget reached after step %d: %s", state.global_step, self.budget.spent(self.ledger, flag))
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._save_from = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        """The checkpoint just written took the time since the step's end or the evaluation after it."""
+        if self._save_from is not None:
+            self.ledger.checkpoint_s += time.perf_counter() - self._save_from
+        self._tick()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._tick()
+
+    def _tick(self) -> None:
+        """Add the loop's wall-clock since the last tick, and mark now."""
+        now = time.perf_counter()
+        if self._loop is not None:
+            self.ledger.loop_wall_s += now - self._loop
+        self._loop = self._save_from = now
 
     def _agreed(self, flag: str | None) -> str | None:
         """``flag``, or under torchrun with a time budget ``max_time`` when any rank's clock reached it."""

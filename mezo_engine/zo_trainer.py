@@ -20,6 +20,7 @@ or chat datasets, chat templates, completion-only loss), when ``trl`` is install
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -107,8 +108,11 @@ class ZOTrainerMixin:
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The Trainer's evaluation (``eval_loss``, ``compute_metrics``) of ``eval_dataset``."""
+        started = time.perf_counter()
+        metrics = super(MezoTrainer, self).evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        self.ledger.eval_s += time.perf_counter() - started
         self.ledger.dev_evaluations += 1
-        return super(MezoTrainer, self).evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        return metrics
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """The Trainer's training loop with the engine's resume rules: ``resume_from_checkpoint`` True (or "auto")

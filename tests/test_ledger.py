@@ -166,6 +166,23 @@ def test_a_budget_reached_at_max_steps_is_a_completed_run(tmp_path, tiny_opt_dir
     assert not (tmp_path / "r" / "checkpoint-3").exists()  # no checkpoint for a stop that did not happen
 
 
+@pytest.mark.parametrize("trainer", ["zo", "regular"])
+def test_the_time_per_phase_adds_up(tmp_path, tiny_opt_dir, sst2_dir, trainer):
+    """The per-phase seconds are a partition, not timings to compare: each step's wall-clock is its forwards plus
+    the rest of it (an identity up to float addition, 1e-9 s), evaluations and saves are counted where they ran,
+    and the training loop's wall-clock holds the steps, the stretches between them, evaluation and saving."""
+    result, _ = _main(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", trainer, "--max_steps", "4", "--num_dev", "2",
+                      "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps",
+                      "2", "--learning_rate", "1e-3")
+    led = result["ledger"]
+    assert led["forward_s"] > 0 and led["step_other_s"] >= 0 and led["data_s"] > 0
+    assert led["forward_s"] + led["step_other_s"] == pytest.approx(led["train_wall_s"], abs=1e-9)
+    assert led["eval_s"] > 0 and led["checkpoint_s"] > 0 and led["between_steps_s"] > 0
+    parts = led["train_wall_s"] + led["between_steps_s"] + led["eval_s"] + led["checkpoint_s"]
+    assert parts <= led["loop_wall_s"] + 1e-6  # the loop also holds what precedes its first step
+    assert led["cpu_over_wall"] == led["train_cpu_s"] / led["train_wall_s"]
+
+
 def test_dev_evaluations_are_counted_apart(tmp_path, tiny_opt_dir, sst2_dir):
     result, _ = _main(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "zo", "--max_steps", "4", "--num_dev", "2",
                       "--eval_strategy", "steps", "--eval_steps", "2")
