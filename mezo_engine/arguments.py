@@ -32,7 +32,8 @@ ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler":
            "max_zo_forward_steps": "max_forwards"}
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
-ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout", "zo_weight_decay_all")
+ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout", "zo_weight_decay_all",
+                 "zo_pair_batched")
 
 
 class ArgumentError(ValueError):

@@ -385,3 +385,35 @@ def test_bad_fzoo_flags_are_named(flags, message):
 
 def _validated(*flags):
     return HfArgumentParser(Arguments).parse_args_into_dataclasses(args=list(flags))
+
+
+# ---- MeZO's +eps / -eps pair as one forward (--zo_pair_batched) ------------------------------------------------
+@pytest.mark.parametrize("flags", [["--lora", "--zo_optimizer", "sgd"], ["--xgblora", "--xgblora_steps_per_iteration",
+                                                                         "2", "--zo_optimizer", "adam"]])
+def test_the_pair_as_one_forward_is_the_two_forwards(tmp_path, tiny_opt_dir, sst2_dir, flags):
+    """Three ZO steps with each direction's +eps and -eps losses from one forward of two copies, and from two
+    forwards: the logged losses (each after the updates before it) and |projected gradients| agree within the
+    batched forward's rounding (BATCHED_ATOL on a loss; / (2 eps) on a projected gradient), and both count two
+    forwards a step."""
+    from tests.task_fixtures import run_zo_sst2
+    common = [*flags, "--load_float64", "--max_steps", "3", "--logging_steps", "1", "--learning_rate", "1e-2",
+              "--zo_eps", "1e-2", "--report_to", "none"]
+    runs = [run_zo_sst2(tmp_path / name, tiny_opt_dir, sst2_dir, *common, *extra)
+            for name, extra in (("pair", ["--zo_pair_batched"]), ("apart", []))]
+    rows = [[r for r in result["train"]["log_history"] if "loss" in r] for result in runs]
+    assert [len(r) for r in rows] == [3, 3] and all(r["ledger"]["forwards"] == 6 for r in runs)
+    assert [r["loss"] for r in rows[0]] == pytest.approx([r["loss"] for r in rows[1]], abs=BATCHED_ATOL, rel=0)
+    grads = [[r["projected_grad_abs_mean"] for r in rs] for rs in rows]
+    assert grads[0] == pytest.approx(grads[1], abs=BATCHED_ATOL / 2e-2, rel=0)
+    assert min(grads[1]) > 1e-6  # the steps moved the adapters: the later losses test the updates too
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lora", "--zo_optimizer", "fzoo"], "--zo_pair_batched with --zo_optimizer fzoo: only sgd, momentum, adam"),
+    ([], "--zo_pair_batched with ft training: only LoRA factors can differ"),
+    (["--lora", "--zo_perturb", "out_of_place"], "--zo_pair_batched with --zo_perturb out_of_place: choose one"),
+])
+def test_the_pair_batched_flag_is_refused_where_it_cannot_batch(flags, message):
+    with pytest.raises(ArgumentError, match=message):
+        HfArgumentParser(Arguments).parse_args_into_dataclasses(args=["--trainer", "zo", "--zo_pair_batched",
+                                                                      *flags])

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 from mezo_engine import registry
 from mezo_engine.zo_methods.base import ZOOptimizer
-from mezo_engine.zo_methods.spsa import SpsaFlags
+from mezo_engine.zo_methods.spsa import PAIR_BATCHED, SpsaFlags
 
 __all__ = ["FLAGS", "ZO_METHODS", "ZOOptimizer", "flag_users", "make_zo_optimizer", "method_flags",
            "method_problems", "optimizer_class", "register"]
@@ -70,7 +70,10 @@ def optimizer_class(name: str) -> type[ZOOptimizer]:
 
 def make_zo_optimizer(args, groups: list[dict]) -> ZOOptimizer:
     """The ZO optimizer of ``--zo_optimizer`` over ``groups``, built from the run's arguments."""
-    return optimizer_class(args.zo_optimizer).from_args(args, groups)
+    optimizer = optimizer_class(args.zo_optimizer).from_args(args, groups)
+    if args.zo_pair_batched:  # checked: a method that takes its steps with the two-point estimator
+        optimizer.estimator = PAIR_BATCHED
+    return optimizer
 
 
 def method_flags() -> dict[str, tuple[str, ...]]:

@@ -29,8 +29,9 @@ class ZOSGD(ZOOptimizer):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
 
     def zo_step(self, loss_fn, seeds, eps, cache):
-        """One direction: the fused step (the Trainer's ``optimizer.step()`` then finds nothing to do)."""
-        if len(seeds) != 1:
+        """One direction: the fused step (the Trainer's ``optimizer.step()`` then finds nothing to do); several,
+        or the +eps/-eps pair batched into one forward, the estimator's pairs for ``step()``."""
+        if len(seeds) != 1 or self.estimator.batches(loss_fn):
             return super().zo_step(loss_fn, seeds, eps, cache)
         result = self.fused_step(loss_fn, seeds[0], eps, cache)
         return result.loss, [(result.seed, result.projected_grad)]
