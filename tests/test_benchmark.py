@@ -217,7 +217,8 @@ def test_ratio_specs_keep_the_table_order():
                          "peak_memory_naive_over_inference/full", "zo_step_oop_over_zo_step/full",
                          "zo_step_oop_over_two_forwards/full", "peak_memory_oop_over_budget/full",
                          "peak_memory_oop_over_inference/full", "eval_batched_speedup", "eval_batched_speedup_trimmed",
-                         "real_trainer_step_over_ref/xgblora", "merge_over_forward/xgblora"]
+                         "real_trainer_step_over_ref/xgblora", "pair_batched_over_two_forwards/lora",
+                         "merge_over_forward/xgblora"]
 
 
 def test_masked_lm_ratio_is_the_step_over_two_forwards(tmp_path):
@@ -232,3 +233,18 @@ def test_masked_lm_ratio_is_the_step_over_two_forwards(tmp_path):
     batch, label_ids = masked_lm.masked_lm_batch(vocab=100, rows=4, seed=0)
     assert (batch["input_ids"][torch.arange(4), batch["position"]] == 99).all() and label_ids == [50, 51]
     assert json.loads((tmp_path / "m.json").read_text())["meta"]["model"] == "tiny-roberta"
+
+
+def test_the_real_trainer_step_cases_run_each_layout(tmp_path, tiny_opt_dir, sst2_dir):
+    """--trainer-step-model's cases on a tiny model: XGBLoRA, ZO-LoRA with the pair as two forwards and as one
+    batched forward, and REF; each Trainer case takes one step with a finite loss."""
+    import argparse
+    from bench import step as step_cases
+    args = argparse.Namespace(trainer_step_model=str(tiny_opt_dir), data_dir=str(sst2_dir), examples=4, seed=0)
+    cases = step_cases.trainer_step_cases(args, str(tmp_path))
+    assert set(cases) == {"real_trainer_step/xgblora", "real_trainer_step/lora", "real_trainer_step/lora_pair_batched",
+                          "ref/real"}
+    for name, case in cases.items():
+        out = case()
+        if name != "ref/real":
+            assert torch.isfinite(out)

@@ -146,8 +146,13 @@ def trainer_step_cases(args: argparse.Namespace, out_dir: str) -> Cases:
     features, collate = list(trainer.train_dataset), trainer.data_collator
     rows = make_batch(features, tokenizer.pad_token_id, next(plain.parameters()).device, shared=False)
     ref = loss_fn_for(plain, rows)
+    # ZO-LoRA's +eps/-eps pair as two forwards and as one forward of 2B rows (--zo_pair_batched), same batch
+    lora_trainers = {name: real_trainer(args, out_dir, ("--lora",), extra)[0]
+                     for name, extra in (("lora", ()), ("lora_pair_batched", ("--zo_pair_batched",)))}
+    cases = {f"real_trainer_step/{name}": (lambda t=t: t.training_step(t.model, collate(features)))
+             for name, t in lora_trainers.items()}
     return {"real_trainer_step/xgblora": lambda: trainer.training_step(trainer.model, collate(features)),
-            "ref/real": lambda: (ref(), ref())}
+            **cases, "ref/real": lambda: (ref(), ref())}
 
 
 def _variant_ratios(v: str) -> list[Ratio]:
@@ -193,6 +198,9 @@ def late_ratios(variants: tuple[str, ...], trainer_step: bool) -> list[Ratio]:
     if trainer_step:
         out.append(Ratio("real_trainer_step_over_ref/xgblora", "t:real_trainer_step/xgblora", "t:ref/real", 1.0,
                          "<=", 0.70, "the Trainer's ZO-XGBLoRA step, real weights and SST-2 batch / REF on that batch"))
+        out.append(Ratio("pair_batched_over_two_forwards/lora", "t:real_trainer_step/lora_pair_batched",
+                         "t:real_trainer_step/lora", 1.0, "", 0.0,
+                         "the Trainer's ZO-LoRA step, +eps/-eps as one forward of 2B rows / as two forwards"))
     if "xgblora" in variants:
         out.append(Ratio("merge_over_forward/xgblora", "t:merge/xgblora", "t:forward/xgblora", 1.0, "<", 1.0,
                          "e: merge_and_reinit / one forward (xgblora)"))
