@@ -62,6 +62,9 @@ class Arguments(EngineArguments):
     model_name: str = field(default="roberta-large", metadata={
         "help": "Masked LM (RoBERTa, BERT: hub id or local directory), or a causal LM (hub id, local directory, "
                 ".gguf, smollm2-135m), which scores the label word after the text before the mask."})
+    best_dev_ties: Literal["later", "first"] = field(default="first", metadata={
+        "help": "With --load_best_model_at_end, which of equal best dev scores is kept: first (upstream's rule, the "
+                "default here) or later."})
     zo_weight_decay_all: bool = field(default=True, metadata={
         "help": "zo with --weight_decay: decay every trained parameter, biases and LayerNorm weights too, as "
                 "upstream MeZO's medium_models (default here). False: only those the Trainer decays."})

@@ -140,6 +140,10 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 "selected by MeZO's flags: --lora, --xgblora, --prefix_tuning, --head_tuning; none: ft)."})
     # ---- output --------------------------------------------------------------------------------------------
     save_model: bool = field(default=False, metadata={"help": "Save the trained model (merged) and adapters to output_dir."})
+    best_dev_ties: Literal["later", "first"] = field(default="later", metadata={
+        "help": "With --load_best_model_at_end, which of equal best dev scores is kept: later (the default here: "
+                "the model trained longer) or first (upstream MeZO's and the Trainer's rule; medium_models' "
+                "default)."})
     no_eval: bool = field(default=False, metadata={"help": "Skip the final evaluation."})
     tag: str = field(default="", metadata={"help": "Tag for the result file name."})
     overwrite: bool = field(default=False, metadata={

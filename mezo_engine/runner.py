@@ -119,7 +119,8 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     so that the steps it times include the other callbacks' work at a step's end (merges)."""
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
-        stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters, greater_is_better)
+        stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters, greater_is_better,
+                                             later_ties=args.best_dev_ties == "later")
     stall = stall if stall is not None else distributed.StallGuard()
     callbacks = [*stateful.values(), run_state, StallCallback(stall), StopOnSignal(args.save_on_interrupt, comm, stall),
                  DivergenceCallback(args.divergence_limits)]

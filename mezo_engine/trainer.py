@@ -313,11 +313,13 @@ def _worst_over_ranks(loss: float) -> float:
 
 class BestModelCallback(TrainerCallback):
     """Keep, in memory, the parameters of the best dev evaluation, and put them back when training ends.
-    ``mutable(model)``: the parameters training can change (the mode's ``mutable_parameters``)."""
+    ``mutable(model)``: the parameters training can change (the mode's ``mutable_parameters``); ``later_ties``: an
+    evaluation equal to the best takes its place (else the first best is kept, as upstream MeZO)."""
 
     def __init__(self, metric_key: str, mutable: Callable[[torch.nn.Module], dict[str, torch.nn.Parameter]],
-                 greater_is_better: bool = True):
+                 greater_is_better: bool = True, later_ties: bool = True):
         self.metric_key, self.mutable, self.greater = metric_key, mutable, greater_is_better
+        self.later_ties = later_ties  # an evaluation equal to the best replaces it (--best_dev_ties later)
         self.best: float | None = None
         self.best_step: int | None = None
         self._snapshot: dict[str, torch.Tensor] | None = None
@@ -330,10 +332,16 @@ class BestModelCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         value = (metrics or {}).get(self.metric_key)
-        if value is None or (self.best is not None and (value <= self.best if self.greater else value >= self.best)):
+        if value is None or (self.best is not None and not self._better(value)):
             return
         self.best, self.best_step = value, state.global_step
         self._snapshot = {n: p.detach().to("cpu", copy=True) for n, p in self.mutable(model).items()}
+
+    def _better(self, value: float) -> bool:
+        """Whether ``value`` replaces the best so far: strictly better, or equal with ``later_ties``."""
+        if value == self.best:
+            return self.later_ties
+        return value > self.best if self.greater else value < self.best
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._snapshot is None:

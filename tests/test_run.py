@@ -274,3 +274,26 @@ def test_zo_run_records_projected_gradient_statistics_and_resources(tmp_path, ti
 
 def test_resumed_run_counts_its_steps_from_the_checkpoint():
     assert runner.checkpoint_step(None) == 0 and runner.checkpoint_step("out/checkpoint-250") == 250
+
+
+@pytest.mark.parametrize("later_ties, kept_step", [(True, 3), (False, 2)])
+def test_which_of_tied_best_dev_scores_is_kept(later_ties, kept_step):
+    """Dev accuracy 0.5, 0.7, 0.7, 0.6 at steps 1-4 (the weight set to the step each time): ``--best_dev_ties
+    later`` keeps step 3's model, ``first`` (upstream's rule) step 2's; the restored weight says which."""
+    from transformers import TrainerControl, TrainerState
+    from mezo_engine.trainer import BestModelCallback
+    weight = torch.nn.Parameter(torch.zeros(1))
+    callback = BestModelCallback("eval_accuracy", lambda model: {"w": weight}, later_ties=later_ties)
+    state = TrainerState()
+    for step, accuracy in enumerate([0.5, 0.7, 0.7, 0.6], start=1):
+        state.global_step = step
+        with torch.no_grad():
+            weight.fill_(step)
+        callback.on_evaluate(None, state, TrainerControl(), metrics={"eval_accuracy": accuracy})
+    callback.on_train_end(None, state, TrainerControl(), model=None)
+    assert (callback.best, callback.best_step, weight.item()) == (0.7, kept_step, kept_step)
+
+
+def test_tied_best_dev_scores_keep_the_later_here_and_the_first_in_medium_models():
+    from medium_models.arguments import Arguments as MediumArguments
+    assert run.parse_args([]).best_dev_ties == "later" and MediumArguments().best_dev_ties == "first"
