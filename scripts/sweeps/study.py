@@ -331,9 +331,14 @@ def draw_all(study: Study) -> dict[str, list[Path]]:
     return {stem: save(fig, out, stem) for stem, fig in figures.items() if fig is not None}
 
 
+COST_NOTE = ("Wall time, steps/s and peak RSS are a run's last process's: for a run resumed across processes they "
+             "cover its last stretch only (a result's `ledger`, where it has one, sums the training's forwards and "
+             "seconds over every process).")
+
+
 def tables_text(study: Study) -> str:
     parts = ["<!-- written by scripts/study.py from the result JSONs; do not edit by hand -->",
-             "## Methods", method_table(study), "## Every run", runs_table(study)]
+             "## Methods", method_table(study), COST_NOTE, "## Every run", runs_table(study)]
     if study.ablations:
         parts += ["## Ablations", ablation_table(study)]
     return "\n\n".join(parts) + "\n"
