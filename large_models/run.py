@@ -27,6 +27,7 @@ from mezo_engine.evaluation import evaluate_sharded
 from mezo_engine.head import HeadError
 from mezo_engine.linear_probe import ProbeError
 from mezo_engine.methods import model_problems
+from mezo_engine.metrics import example_scores
 from mezo_engine.models import (ModelError, check_before_loading, config_is_masked_lm, load_model_and_tokenizer,
                                 position_limit)
 from mezo_engine.modes import prepare_head, sample_batches
@@ -224,6 +225,7 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
         scored = evaluate_sharded(model, tokenizer, task, eval_samples, demos, cfg, shard)
         result["eval"] = {task.metric: scored[task.metric]}
         result["eval_predictions"] = [p.predicted_candidate for p in scored["predictions"]]
+        result["eval_scores"] = example_scores(scored["predictions"], task.metric)  # per example, for paired tests
         if args.verbose:
             log_predictions(task, eval_samples, scored["predictions"])
     if dev_samples:

@@ -79,21 +79,25 @@ def _is_correct(pred: Any) -> bool:
     return pred.predicted_candidate == gold
 
 
-def calculate_metric(predictions: Sequence[Any], metric: str) -> float:
-    """The mean of ``metric`` ("accuracy", "em" or "f1") over ``predictions``.
+def example_scores(predictions: Sequence[Any], metric: str) -> list[float]:
+    """Each prediction's ``metric`` ("accuracy": 1 or 0, "em", "f1"): what paired tests between runs compare.
 
     Each prediction needs ``correct_candidate`` and ``predicted_candidate`` attributes (see ``Prediction``).
     """
+    if metric == "accuracy":
+        return [float(_is_correct(p)) for p in predictions]
+    if metric == "em":
+        return [exact_match(p.predicted_candidate, p.correct_candidate) for p in predictions]
+    if metric == "f1":
+        return [f1_score(p.predicted_candidate, p.correct_candidate) for p in predictions]
+    raise ValueError(f"unknown metric {metric!r}; known: accuracy, em, f1")
+
+
+def calculate_metric(predictions: Sequence[Any], metric: str) -> float:
+    """The mean of ``metric`` ("accuracy", "em" or "f1") over ``predictions`` (``example_scores``)."""
     if not predictions:
         raise ValueError("calculate_metric needs at least one prediction")
-    if metric == "accuracy":
-        scores = [float(_is_correct(p)) for p in predictions]
-    elif metric == "em":
-        scores = [exact_match(p.predicted_candidate, p.correct_candidate) for p in predictions]
-    elif metric == "f1":
-        scores = [f1_score(p.predicted_candidate, p.correct_candidate) for p in predictions]
-    else:
-        raise ValueError(f"unknown metric {metric!r}; known: accuracy, em, f1")
+    scores = example_scores(predictions, metric)
     return sum(scores) / len(scores)
 
 

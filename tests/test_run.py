@@ -33,6 +33,9 @@ def test_zero_shot_and_icl_write_results(tmp_path, tiny_opt_dir, sst2_dir):
     assert result["trainer"] == "none" and result["num_eval"] == 6 and result["num_train"] == 2
     assert 0.0 <= result["eval"]["accuracy"] <= 1.0
     assert result["config"]["task_name"] == "SST2"
+    # per-example scores (for paired tests between runs): 1 or 0 each, their mean the accuracy
+    assert len(result["eval_scores"]) == 6 and set(result["eval_scores"]) <= {0.0, 1.0}
+    assert sum(result["eval_scores"]) / 6 == result["eval"]["accuracy"]
 
 
 @pytest.mark.parametrize("trainer", ["zo", "regular"])
