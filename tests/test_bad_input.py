@@ -312,7 +312,7 @@ def test_bad_flag_is_reported_before_anything_loads(tmp_path, monkeypatch, capsy
     def fail(*args, **kwargs):
         raise AssertionError("loaded something before checking the flags")
     monkeypatch.setattr(run, "load_model_and_tokenizer", fail)
-    monkeypatch.setattr(run, "get_task", fail)
+    monkeypatch.setattr(run, "task_for", fail)
     with pytest.raises(SystemExit) as err:
         run.main(flags + ["--result_file", str(tmp_path / "r.json")])
     assert err.value.code == 2

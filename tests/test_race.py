@@ -112,3 +112,26 @@ def test_bad_race_files_are_refused_by_name(tmp_path, body, message):
     head = 'always_final = ["Z"]' if "always_final" in message else ""
     with pytest.raises(SweepError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_race(write_race(tmp_path, body, head))
+
+
+def test_the_checkpoints_the_race_continues_from(tmp_path, capsys):
+    """After rung 0 (three LRs at 750 forwards), only the better two continue: --checkpoints prints their newest
+    checkpoint folders and nothing of the third, which the race no longer needs."""
+    import os
+    import subprocess
+    import sys
+    race_file = write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nLR = ["1e-4", "1e-3", "1e-2"]\n')
+    race = load_race(race_file)
+    for lr in ("1e-4", "1e-3", "1e-2"):
+        point = race.point(race.methods[0], lr, "0")
+        env = {**os.environ, "LR": lr, "RUN_SEED": "0", "MAX_FORWARDS": "750", "ZO": "sgd"}
+        subprocess.run([sys.executable, str(tmp_path / "fake.py"), "--result_file", str(point.result_file)], env=env,
+                       check=True)
+        for step in (100, 375):
+            (point.result_file.with_suffix("") / f"checkpoint-{step}").mkdir(parents=True)
+    assert main([str(race_file), "--checkpoints"]) == 0
+    printed = capsys.readouterr().out.split()
+    # dev peaks at 1e-3; of 1e-4 and 1e-2 (equal dev) the lower last training loss goes on: 1e-2's
+    kept = [race.point(race.methods[0], lr, "0").result_file.with_suffix("") / "checkpoint-375" for lr in
+            ("1e-3", "1e-2")]
+    assert sorted(printed) == sorted(str(k) for k in kept)

@@ -297,6 +297,15 @@ class Plan:
         return [t.point for t in self.tasks()]
 
 
+def continued_runs(race: Race, plan: Plan) -> list[Point]:
+    """The runs a later round continues, whose latest checkpoints are all the race still needs of its run folders:
+    each undecided search's LRs at its current rung, and the finals that have started and not finished."""
+    zo = plan.winner.variables.get("ZO", "sgd") if plan.winner else None
+    points = [race.point(s.method, lr, race.seeds[0], zo if s.method.after_winner else None)
+              for s in plan.searches if s.chosen is None and s.rungs for lr in s.rungs[-1]]
+    return points + [t.point for t in plan.finals if progress(t.point.result_file).forwards > 0]
+
+
 def full_dev(race: Race, state: Search) -> float:
     """Dev accuracy of a finished search's chosen run at the full budget."""
     return progress(race.point(state.method, state.chosen, race.seeds[0]).result_file).dev_at(race.budget) or 0.0

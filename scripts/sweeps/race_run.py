@@ -19,8 +19,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .local import LocalQueue, SlotError, make_slots
-from .race import BUDGET_VARIABLE, Plan, Race, Search, Task, load_race, make_plan, progress, snapshot_path, \
-    take_snapshots
+from .race import BUDGET_VARIABLE, Plan, Race, Search, Task, continued_runs, load_race, make_plan, progress, \
+    snapshot_path, take_snapshots
 from .spec import Point, SweepError
 from .state import read_result
 from .worker import Launch, make_launch
@@ -34,7 +34,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1), each on its share of the cores")
     p.add_argument("--dry-run", action="store_true", help="print the next round's runs and commands; run nothing")
     p.add_argument("--report", action="store_true", help="only write race.json, race.md and the figures")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="print the checkpoint folders the race will continue from, one a line (to keep or copy "
+                        "when the race moves to a fresh checkout); run nothing")
     return p.parse_args(argv)
+
+
+def latest_checkpoints(points: list[Point]) -> list[Path]:
+    """The newest ``checkpoint-<step>`` folder of each point's run folder (the result path without .json)."""
+    found = []
+    for point in points:
+        folders = point.result_file.with_suffix("").glob("checkpoint-*")
+        steps = {int(f.name.split("-")[1]): f for f in folders if f.name.split("-")[1].isdigit()}
+        if steps:
+            found.append(steps[max(steps)])
+    return found
 
 
 def launch(race: Race, task: Task) -> Launch:
@@ -159,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         race = load_race(args.race)
         while True:
             plan = make_plan(race)
+            if args.checkpoints:
+                print("\n".join(str(p) for p in latest_checkpoints(continued_runs(race, plan))))
+                return 0
             take_snapshots(race, plan.points())
             if args.report or args.dry_run or not plan.tasks():
                 if args.dry_run:
