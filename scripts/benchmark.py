@@ -25,6 +25,11 @@ i. full-parameter ``--zo_perturb out_of_place`` (``zo_out_of_place.zo_step``: ho
 and ZO-XGBLoRA steps with real weights (``--trainer-step-model``) on a real SST-2 batch (``--data-dir``), int8 base
 over float32 base (LoRA's target <= 0.6), and the int8 kernels on that model's MLP shapes (``bench/int8.py``).
 
+``--methods-memory`` measures the peak memory of each ZO method instead: the Trainer's real step of every method
+(``--zo_optimizer``; LoRA r=8 and full-parameter, real weights of ``--trainer-step-model``, SST-2 from
+``--data-dir``) over the peak of inference on the rows one of its forwards runs (B; batched FZOO with LoRA:
+(N + 1) B), each case in a child process counted from after the trainer is built (``bench/methods_memory.py``).
+
 ``--masked-lm`` measures the masked-LM path of ``medium_models`` instead: on a RoBERTa config (random weights), a
 batch of SST-2-shaped prompts (64 rows of 32 to 48 tokens, one mask each, upstream's batch size), one forward of
 the label-word loss (``medium_models.scoring.LabelLoss``: encoder, MLM head on the mask rows only) against one
@@ -43,6 +48,8 @@ the parameters the trainer's zo step perturbs, with its weight decay and cache c
     python scripts/benchmark.py --device cuda --model opt-1.3b-config --dtype bf16
     python scripts/benchmark.py --masked-lm --model roberta-base-config --threads 1
     python scripts/benchmark.py --int8 --trainer-step-model smollm2-135m --data-dir ../shared/data --threads 1
+    python scripts/benchmark.py --methods-memory --trainer-step-model smollm2-135m --data-dir ../shared/data \
+        --threads 1 --mem-jobs 1
 """
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import int8, masked_lm, memory, suite
+from bench import int8, masked_lm, memory, methods_memory, suite
 from bench.masked_lm import MASKED_LM_NAMES
 from bench.workload import DTYPES, MODEL_NAMES, TASKS, VARIANTS, make_context
 
@@ -65,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8", action="store_true",
                    help="time the ZO step with an int8 base (--load_int8 on the CPU) against float32, real weights "
                         "(--trainer-step-model) and SST-2 (--data-dir), and the int8 kernels (--variants lora,xgblora)")
+    p.add_argument("--methods-memory", action="store_true",
+                   help="peak memory of each ZO method's real Trainer step (--trainer-step-model, --data-dir) over "
+                        "the peak of inference on as many rows, LoRA and full-parameter, a child process per case")
+    p.add_argument("--fzoo-num-queries", type=int, default=8,
+                   help="--methods-memory: FZOO's N (run.py's --fzoo_num_queries); its LoRA step runs (N + 1) B rows")
     p.add_argument("--model", choices=MODEL_NAMES + MASKED_LM_NAMES, default=None,
                    help="config to build (default: smollm2-135m-config on CPU, opt-1.3b-config on CUDA)")
     p.add_argument("--task", choices=sorted(TASKS), default="sst2", help="batch shape of a real task")
@@ -76,7 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--mem-steps", type=int, default=3, help="iterations per memory measurement")
-    p.add_argument("--mem-jobs", type=int, default=2, help="memory child processes at a time (CPU)")
+    p.add_argument("--mem-jobs", type=int, default=2,
+                   help="memory child processes at a time (CPU; with --methods-memory on any device, and 0: every "
+                        "case in this process, in turn)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--lr", type=float, default=1e-7)
@@ -96,12 +110,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse, resolve, run (a memory child, ``--masked-lm`` or the benchmark), write the JSON and print the table."""
+    """Parse, resolve, run (a memory child, ``--int8``, ``--methods-memory``, ``--masked-lm`` or the benchmark),
+    write the JSON and print the table."""
     args = parse_args(argv)
     device, dtype = suite.resolve(args)
     if args.memory_child:
-        print(json.dumps(memory.measure_memory_here(args.memory_child, make_context(args, device, dtype))))
+        measured = (methods_memory.measure_here(args.memory_child, args) if args.methods_memory
+                    else memory.measure_memory_here(args.memory_child, make_context(args, device, dtype)))
+        print(json.dumps(measured))
         return {}
+    if args.methods_memory:
+        out = Path(args.out or ROOT / "result" / f"benchmark-methods-memory-{device.type}.json")
+        return methods_memory.write_methods_memory(args, methods_memory.run_methods_memory(args, device), out)
     if args.int8:
         out = Path(args.out or ROOT / "result" / "benchmark-int8-cpu.json")
         return int8.write_int8(args, int8.run_int8(args, device), out)

@@ -248,3 +248,49 @@ def test_the_real_trainer_step_cases_run_each_layout(tmp_path, tiny_opt_dir, sst
         out = case()
         if name != "ref/real":
             assert torch.isfinite(out)
+
+
+def test_methods_memory_has_every_method_its_reference_rows_and_exact_ratios(tmp_path, tiny_opt_dir, sst2_dir):
+    """--methods-memory on a tiny model (every case in this process, one step each): a ratio per method and mode,
+    each the quotient of the stored peaks; every reference runs B rows but batched FZOO-LoRA's, (N + 1) B, as its
+    step's forward does; FZOO-LoRA is also stated against B rows."""
+    from bench import methods_memory
+    examples, queries = 4, 2
+    result = benchmark.main(["--methods-memory", "--device", "cpu", "--trainer-step-model", str(tiny_opt_dir),
+                             "--data-dir", str(sst2_dir), "--examples", str(examples), "--fzoo-num-queries",
+                             str(queries), "--threads", "1", "--mem-steps", "1", "--mem-jobs", "0",
+                             "--out", str(tmp_path / "mm.json")])
+    ratios, memory = result["ratios"], result["memory"]
+    expected = [f"peak_memory_over_inference/{mode}/{m}" for mode, names in methods_memory.METHODS.items()
+                for m in names]
+    assert list(ratios) == expected + ["peak_memory_over_inference_b_rows/lora/fzoo"]
+    assert methods_memory.METHODS == {"lora": ("sgd", "adam", "lozo", "lozo_m", "subzero", "hizoo", "fzoo"),
+                                      "full": ("sgd", "lozo", "subzero", "hizoo", "sparse_mezo", "fzoo")}
+    for key, r in ratios.items():
+        num, den = memory[r["num"][2:]], memory[r["den"][2:]]
+        assert r["value"] == num["peak_bytes"] / den["peak_bytes"]  # to the last bit
+        assert r["target"] == ("" if "b_rows" in key else "<= 1.2")
+        assert isinstance(num["optimizer_state_bytes"], int) and num["examples"] == examples
+        mode, method = key.split("/")[1:]
+        batched = (mode, method) == ("lora", "fzoo") and "b_rows" not in key
+        assert den["rows"] == (queries + 1) * examples if batched else den["rows"] == examples
+        assert r["den"] == f"m:{mode}:infer_x{queries + 1 if batched else 1}"
+        if "b_rows" not in key:  # the reference's widest forward is the step's
+            assert den["largest_forward_rows"] == num["largest_forward_rows"]
+    assert memory["lora:adam"]["optimizer"] == "ZOAdam" and memory["full:sparse_mezo"]["optimizer"] == "SparseMeZO"
+    assert len(result["table"]) == len(ratios) and json.loads((tmp_path / "mm.json").read_text())["ratios"] == ratios
+
+
+def test_a_methods_memory_child_is_given_the_parents_settings():
+    """The command of a memory child parses to the settings the parent measured with."""
+    from bench import methods_memory
+    parent = benchmark.parse_args(["--methods-memory", "--trainer-step-model", "smollm2-135m", "--data-dir", "data",
+                                   "--examples", "6", "--fzoo-num-queries", "3", "--mem-steps", "2", "--seed", "5",
+                                   "--lora-r", "4", "--threads", "1"])
+    cmd = methods_memory.child_command("lora:fzoo", parent)
+    child = benchmark.parse_args(cmd[2:])
+    assert child.methods_memory and child.memory_child == "lora:fzoo"
+    for key in ("trainer_step_model", "examples", "fzoo_num_queries", "mem_steps", "seed", "lora_r", "threads",
+                "device"):
+        assert getattr(child, key) == getattr(parent, key), key
+    assert child.data_dir == parent.data_dir or Path(child.data_dir) == Path(parent.data_dir).resolve()

@@ -103,6 +103,12 @@ def _rss_peak(fn, steps: int) -> dict:
             "method": "VmHWM since reset after build" if reset else "ru_maxrss (whole process)"}
 
 
+def peak_during(fn, steps: int, device: torch.device) -> dict:
+    """The peak memory of ``steps`` calls of ``fn``, counted from now: CUDA's max_memory_allocated, else the peak
+    RSS (VmHWM after a reset) and the whole process's (ru_maxrss)."""
+    return (_cuda_peak if device.type == "cuda" else _rss_peak)(fn, steps)
+
+
 def measure_memory_here(case: str, ctx: Context) -> dict:
     """Peak memory of ``--mem-steps`` iterations of ``case`` ("variant:mode") in this process.
 
@@ -111,7 +117,7 @@ def measure_memory_here(case: str, ctx: Context) -> dict:
     """
     variant, mode = case.split(":")
     model, fn = memory_workload(variant, mode, ctx)
-    out = (_cuda_peak if ctx.device.type == "cuda" else _rss_peak)(fn, ctx.args.mem_steps)
+    out = peak_during(fn, ctx.args.mem_steps, ctx.device)
     out["largest_weight_bytes"] = max(p.numel() * p.element_size() for p in model.parameters())
     del model, fn
     release(ctx.device)
@@ -128,11 +134,16 @@ def _child_command(case: str, args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _run_child(case: str, args: argparse.Namespace) -> dict:
-    proc = subprocess.run(_child_command(case, args), capture_output=True, text=True, cwd=ROOT)
+def run_child(case: str, cmd: list[str]) -> dict:
+    """Run ``cmd`` (a memory child for ``case``) from the repository root; the JSON of its last line of output."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child {case} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_child(case: str, args: argparse.Namespace) -> dict:
+    return run_child(case, _child_command(case, args))
 
 
 def measure_memory(ctx: Context) -> dict[str, dict]:
