@@ -251,10 +251,11 @@ def run_driver(command: Command, tmp: Path) -> tuple[str, list[str] | None]:
 # ---- scripts ------------------------------------------------------------------------------------------------
 @cache
 def declared_options(script: str) -> set[str]:
-    """The option strings of every add_argument call in scripts/NAME.py, scripts/sweeps/NAME.py and a
+    """The option strings of every add_argument call in scripts/NAME.py, scripts/sweeps/NAME.py and NAME_run.py, and a
     scripts/NAME/ package."""
     name = Path(script).stem
-    files = [REPO / script, REPO / "scripts" / "sweeps" / f"{name}.py", *(REPO / "scripts" / name).glob("*.py")]
+    files = [REPO / script, REPO / "scripts" / "sweeps" / f"{name}.py", REPO / "scripts" / "sweeps" / f"{name}_run.py",
+             *(REPO / "scripts" / name).glob("*.py")]
     options = set()
     for f in (f for f in files if f.exists()):
         for node in ast.walk(ast.parse(f.read_text())):
