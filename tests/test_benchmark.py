@@ -294,3 +294,16 @@ def test_a_methods_memory_child_is_given_the_parents_settings():
                 "device"):
         assert getattr(child, key) == getattr(parent, key), key
     assert child.data_dir == parent.data_dir or Path(child.data_dir) == Path(parent.data_dir).resolve()
+
+
+@pytest.mark.slow
+def test_layouts_time_each_layouts_runs_together(tmp_path, tiny_opt_dir, sst2_dir):
+    """scripts/layouts.py on a tiny model: one row per layout, as many runs as it says, the total their sum."""
+    import layouts
+    rows = layouts.main(["--model", str(tiny_opt_dir), "--data-dir", str(sst2_dir), "--examples", "4", "--steps",
+                         "1", "--warmup", "0", "--layouts", "1x1,2x1", "--run-flags=--zo_pair_batched",
+                         "--out", str(tmp_path / "l.json")])
+    assert [(r["layout"], r["runs"], r["threads"], len(r["steps_per_s_each"])) for r in rows] == [
+        ("1x1", 1, 1, 1), ("2x1", 2, 1, 2)]
+    assert all(r["steps_per_s_total"] == sum(r["steps_per_s_each"]) for r in rows)
+    assert json.loads((tmp_path / "l.json").read_text())["layouts"] == rows
