@@ -252,8 +252,8 @@ def test_local_queue_pins_each_run_to_its_slot(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_the_sweep_interrupts_running_runs_and_starts_no_more(tmp_path):
     sweep_file = write_sweep(tmp_path, '[fixed]\nOUTCOME = "wait_term"\n[grid]\nSEED = [0, 1]\n')
-    proc = subprocess.Popen([sys.executable, "scripts/sweep.py", str(sweep_file)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "scripts/sweep.py", str(sweep_file), "--jobs", "1"], cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # the second run queued
     first, second = load_sweep(sweep_file).points()
     for _ in range(300):
         if (first.output_dir / "started").exists():
@@ -306,3 +306,9 @@ def test_sweep_over_the_real_mezo_driver(tmp_path, tiny_opt_dir):
     assert result["tag"] == "mezo-xgblora-k1-2-4-1e-5-1e-3-0"  # the driver's own tag, from the sweep's variables
     assert (point.output_dir / "checkpoint-2").is_dir()  # run.py's default --output_dir: the result path
     assert read_state(point.result_file).action == "skip"
+
+
+def test_without_jobs_a_cpu_machine_runs_one_run_per_core():
+    from sweeps.local import default_jobs
+    import os
+    assert default_jobs(None) == default_jobs([]) == len(os.sched_getaffinity(0)) and default_jobs(["0"]) == 1

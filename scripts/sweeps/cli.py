@@ -13,7 +13,7 @@ from collections import Counter
 from mezo_engine.status import Kind, Status
 
 from .load import check_run_py_flags, load_sweep
-from .local import LocalQueue, SlotError, detect_gpus, make_slots
+from .local import LocalQueue, SlotError, default_jobs, detect_gpus, make_slots
 from .slurm import SlurmOptionError, executor_parameters, slurm_options, submit, wait
 from .spec import Point, Sweep, SweepError
 from .state import State, read_state
@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print each point's state and command; run nothing")
     p.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: a queue on this machine; slurm: one job array (default: local)")
-    p.add_argument("--jobs", type=int, help="runs at once (local default 1; slurm: the array's %%limit)")
+    p.add_argument("--jobs", type=int, help="runs at once (local default: one per CPU core without GPUs, else 1; slurm: the array's "
+                        "%%limit)")
     p.add_argument("--cpus-per-run", type=int, help="CPU cores per run (local default: the cores / --jobs)")
     p.add_argument("--gpus", help="local: GPU ids to share out, e.g. 0,1,2,3, or 'none' "
                                   "(default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists)")
@@ -58,7 +59,7 @@ def print_plan(rows: list[tuple[Point, State, Launch]]) -> None:
 def run_local(args, sweep: Sweep, launches: list[Launch]) -> dict[str, str] | None:
     """Run ``launches`` in a local queue of ``--jobs`` slots (with --dry-run: print the slots only)."""
     gpus = [] if args.gpus == "none" else args.gpus.split(",") if args.gpus else detect_gpus()
-    slots = make_slots(args.jobs or 1, args.cpus_per_run, gpus, args.gpus_per_run)
+    slots = make_slots(args.jobs or default_jobs(gpus), args.cpus_per_run, gpus, args.gpus_per_run)
     for i, slot in enumerate(slots):
         print(f"slot {i}: cores {','.join(map(str, slot.cpus))}" + (f", GPUs {','.join(slot.gpus) or 'none'}"
                                                                      if slot.gpus is not None else ""))

@@ -46,6 +46,13 @@ class Slot:
         return ["taskset", "-c", ",".join(map(str, self.cpus))] if shutil.which("taskset") else []
 
 
+def default_jobs(gpus: list[str] | None) -> int:
+    """Runs at once when ``--jobs`` is not given: one per GPU's share as before (1) with GPUs, else one per core
+    at one thread each, the fastest layout measured on a 2-core CPU (docs/benchmarks.md, "Layouts": 2 runs x 1
+    thread gave 1.13x the steps a second of 1 run x 2 threads)."""
+    return 1 if gpus else len(os.sched_getaffinity(0))
+
+
 def make_slots(jobs: int, cpus_per_run: int | None, gpus: list[str] | None, gpus_per_run: int | None = None,
                cores: list[int] | None = None) -> list[Slot]:
     """``jobs`` slots over ``cores`` (default: the cores this process may run on) and ``gpus`` (None: no GPU

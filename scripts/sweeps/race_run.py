@@ -18,7 +18,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .local import LocalQueue, SlotError, make_slots
+from .local import LocalQueue, SlotError, default_jobs, make_slots
 from .race import BUDGET_VARIABLE, Plan, Race, Search, Task, continued_runs, load_race, make_plan, progress, \
     snapshot_path, take_snapshots
 from .spec import Point, SweepError
@@ -31,7 +31,8 @@ logger = logging.getLogger("race")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="race.py", description=__doc__.split("\n\n")[0])
     p.add_argument("race", help="the race file (TOML), e.g. docs/race/sst2-lora.toml")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1), each on its share of the cores")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at once, each on its share of the cores (default: one per core, one thread each)")
     p.add_argument("--dry-run", action="store_true", help="print the next round's runs and commands; run nothing")
     p.add_argument("--report", action="store_true", help="only write race.json, race.md and the figures")
     p.add_argument("--checkpoints", action="store_true",
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_summary(race, plan)
                 return 0
             print_round(plan, race)
-            short = run_round(race, plan.tasks(), args.jobs)
+            short = run_round(race, plan.tasks(), args.jobs or default_jobs(None))
             if short:
                 write_summary(race, plan)
                 print("race.py: stopped: a run ended short of its budget:\n  " + "\n  ".join(short), file=sys.stderr)
