@@ -162,7 +162,8 @@ def build_trainer(args: Arguments, task, model, tokenizer, train_samples, dev_sa
 
 def train(args: Arguments, task, model, tokenizer, train_samples, dev_samples) -> tuple[MezoTrainer, dict, Status]:
     """Fine-tune ``model`` on ``train_samples`` (``runner.train``): the trainer, the summary and the status."""
-    return runner.train(args, build_trainer(args, task, model, tokenizer, train_samples, dev_samples))
+    return runner.train(args, build_trainer(args, task, model, tokenizer, train_samples, dev_samples),
+                        args.resume_from_checkpoint)
 
 
 def log_predictions(task, samples, predictions) -> None:

@@ -177,7 +177,7 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
         result["head"] = head_summary
     if args.trainer != "none":
         trainer = build_trainer(args, model, tokenizer, prompting, features, collator)
-        trainer, result["train"], status = runner.train(args, trainer)
+        trainer, result["train"], status = runner.train(args, trainer, args.resume_from_checkpoint)
         result.update(runner.ledger_record(trainer))
         model, result["status"] = trainer.model, status.format()
     else:

@@ -642,3 +642,9 @@ def adapter_path_off(model: PeftModel, layers: list[tuple[str, LoraLayer]]) -> I
     finally:
         for param, flag in trainable:
             param.requires_grad_(flag)
+
+
+def merges_row(history: list[dict]) -> dict[str, float]:
+    """What a merging callback adds to the logged rows: the merges in ``history`` so far and the last one's |dW|
+    (its ``delta_norm``); nothing before the first merge."""
+    return {"merges": len(history), "merge_delta_norm": history[-1]["delta_norm"]} if history else {}

@@ -195,9 +195,6 @@ def end_stalled_job(err: distributed.StalledRanks) -> None:
     os._exit(RESUMABLE_EXIT)
 
 
-RESUME_FLAG = object()  # runner.train's default: resume as --resume_from_checkpoint says
-
-
 def _callback(trainer, cls):
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
 
@@ -225,14 +222,13 @@ def expected_of(args, trainer: MezoTrainer) -> checkpoint_checks.Expected:
         base_sha256=run_state.identity["base_sha256"])
 
 
-def train(args, trainer: MezoTrainer, resume: str | None = RESUME_FLAG,
+def train(args, trainer: MezoTrainer, resume: str | None,
           fit: Callable | None = None) -> tuple[MezoTrainer, dict, Status]:
     """Fine-tune with ``trainer`` (resuming if asked, from a checkpoint that passes ``checkpoint_checks``); returns
     the trainer (``trainer.model`` is the trained model), a summary for the result JSON and the status: completed,
     budget reached, interrupted at step N or diverged at step N. ``resume``: a checkpoint folder, ``auto`` or None
-    (default: ``--resume_from_checkpoint``); ``fit(checkpoint)``: the Trainer's own ``train`` (default
+    (the apps pass ``--resume_from_checkpoint``); ``fit(checkpoint)``: the Trainer's own ``train`` (default
     ``trainer.train``; ``ZOTrainer``, which overrides ``train``, passes the Trainer's)."""
-    resume = args.resume_from_checkpoint if resume is RESUME_FLAG else resume
     fit = fit or (lambda checkpoint: trainer.train(resume_from_checkpoint=checkpoint))
     expected = expected_of(args, trainer) if resume else None
     checkpoint, state = resolve_resume(resume, args.output_dir, lambda folder: checkpoint_checks.check(folder, expected))

@@ -40,12 +40,12 @@ def spy(monkeypatch):
     seen = {}
     original = run.runner.train
 
-    def train(args, trainer):
+    def train(args, trainer, *rest):
         named = dict(trainer.model.named_parameters())
         seen["trainable"] = {n for n, p in named.items() if p.requires_grad}
         seen["names"] = set(named)
         seen["before"] = {n.removeprefix(PEFT): p.detach().clone() for n, p in named.items()}
-        out = original(args, trainer)
+        out = original(args, trainer, *rest)
         seen["after"] = {n.removeprefix(PEFT): p.detach().clone() for n, p in trainer.model.named_parameters()}
         return out
     monkeypatch.setattr(run.runner, "train", train)

@@ -31,9 +31,9 @@ def trained(monkeypatch, dirs, out, *flags) -> tuple[dict, dict]:
     """Parameters before and after one zo step of medium_models/run.py (through a spy on ``runner.train``)."""
     seen, original = {}, run.runner.train
 
-    def train(args, trainer):
+    def train(args, trainer, *rest):
         seen["before"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-        result = original(args, trainer)
+        result = original(args, trainer, *rest)
         seen["after"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         return result
     monkeypatch.setattr(run.runner, "train", train)

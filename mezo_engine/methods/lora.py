@@ -90,7 +90,7 @@ class PartialMergeCallback(TrainerCallback):
 
     def log_row(self) -> dict[str, float]:
         """What the logged rows carry (``MezoTrainer.log``): partial merges so far and the last one's |dW|."""
-        return {"merges": len(self.history), "merge_delta_norm": self.history[-1]["delta_norm"]} if self.history else {}
+        return lora.merges_row(self.history)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if merge_due(state.global_step, self.every):

@@ -151,7 +151,7 @@ class BoostingCallback(TrainerCallback):
 
     def log_row(self) -> dict[str, float]:
         """What the logged rows carry (``MezoTrainer.log``): merges so far and the last one's |dW|."""
-        return {"merges": len(self.history), "merge_delta_norm": self.history[-1]["delta_norm"]} if self.history else {}
+        return lora.merges_row(self.history)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self._resumed:  # the adapter was loaded from the checkpoint; only which blocks train is restored here
