@@ -50,6 +50,9 @@ SKIPPED = {
     "bash scripts/slurm_local_cluster.sh": ("starts or stops SLURM daemons: needs root", 2),
     "torchrun --standalone": ("the launcher the drivers use for NUM_GPU > 1, named without run.py", 1),
     "bash scripts/gpu_check.sh": ("needs a CUDA GPU; tests/test_gpu_check.py covers its flags and CPU refusal", 2),
+    "git worktree add ": ("makes a worktree of this repository (git, not the project)", 1),
+    "mkdir -p ": ("makes a folder; nothing to parse", 1),
+    "cp -r ": ("copies files; nothing to parse", 1),
 }
 DRIVERS = {"mezo.sh", "finetune.sh", "icl.sh", "finetune_fsdp.sh"}
 # Environment variables a command may set that no driver script reads.
@@ -58,6 +61,7 @@ OTHER_VARIABLES = {
     "MEZO_CACHE": "the converted-model cache (mezo_engine/models.py)",
     "CUDA_VISIBLE_DEVICES": "the GPUs a run sees",
     "SLURM_CONF": "where SLURM's tools find the cluster",
+    "PYTHONPATH": "where Python looks for the project's code first (a worktree's)",
 }
 # Refusals that only say "no CUDA on this machine": the commands that meet them are meant for GPU machines.
 CUDA_ONLY = ("without CUDA", "needs CUDA")
