@@ -33,7 +33,7 @@ ALIASES = {"zero_order_sample": "zo_num_samples", "zero_order_sample_scheduler":
 # Flags only --trainer zo reads besides each ZO method's own: a non-default value with another trainer would be
 # silently ignored.
 ZO_STEP_FLAGS = ("zo_num_samples", "zo_sample_scheduler", "zo_perturb", "zo_stall_timeout", "zo_weight_decay_all",
-                 "zo_pair_batched")
+                 "zo_pair_batched", "zo_reuse_activations")
 
 
 class ArgumentError(ValueError):
@@ -95,6 +95,11 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         "help": "zo with LoRA/XGBLoRA: run each adapted layer as one matmul with W + s B A (lora.folded_adapters) "
                 "instead of PEFT's adapter path; same losses within float rounding, base weights bit-identical. "
                 "Layers over an 8-bit base (--load_int8) keep PEFT's path: W + s B A would be a float copy."})
+    zo_reuse_activations: bool = field(default=True, metadata={
+        "help": "zo: the forwards of one step compute what lies below the lowest perturbed block once and reuse "
+                "it (mezo_engine/activation_reuse.py): the same losses bit for bit, one activation of the batch "
+                "kept during the step. Pays where nothing low is perturbed: --head_tuning --untie_emb, LoRA or "
+                "XGBLoRA on upper blocks (--lora_layers); a no-op otherwise."})
     zo_perturb: Literal["in_place", "out_of_place"] = field(default="in_place", metadata={
         "help": "How a full-parameter zo step perturbs the weights. in_place (MeZO's way): theta += eps z, "
                 "-= 2 eps z, += eps z in place, then the update; in fp16/bf16 the restore by arithmetic drifts a "

@@ -17,6 +17,8 @@ training loss's forwards; for regular training the whole forward and backward of
 ``between_steps_s`` (from a step's end to the next one's start, without evaluation and saving: the data loader,
 logging, callbacks), of which ``data_s`` is the collating of training batches, ``eval_s`` (dev evaluations) and
 ``checkpoint_s`` (saving checkpoints). ``loop_wall_s`` is the training loop's wall-clock from start to end;
+``reused_forwards`` counts the forwards (among ``forwards``) that took what lies below the perturbed blocks from
+the step's first forward instead of computing it (``--zo_reuse_activations``);
 ``summary()`` adds the CPU time over the wall time of the steps (``cpu_over_wall``: about the number of threads
 for a run that has its cores, well below it for one starved by other jobs).
 
@@ -47,6 +49,7 @@ class Ledger:
     eval_s: float = 0.0
     checkpoint_s: float = 0.0
     loop_wall_s: float = 0.0
+    reused_forwards: int = 0  # forwards that took the lower blocks' output from the step's first (activation_reuse)
 
     def count(self, forwards: int, backwards: int = 0) -> None:
         """Add the passes of one step (or micro-batch)."""

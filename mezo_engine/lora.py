@@ -86,6 +86,30 @@ def _check_targets(model: nn.Module, targets: list[str]) -> bool:
     return any(isinstance(modules[q], Conv1D) for q in linear if any(_matches(q, t) for t in targets))
 
 
+def parse_blocks(text: str) -> tuple[int, int] | None:
+    """``--lora_layers FIRST-LAST`` (0-based, inclusive; a single ``N`` is ``N-N``) as (first, last); "" is None
+    (every block). Raises ValueError naming the flag and value."""
+    if not text:
+        return None
+    parts = text.split("-")
+    if len(parts) > 2 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"--lora_layers {text}: give FIRST-LAST, two block indices from 0 (e.g. 20-29)")
+    first, last = int(parts[0]), int(parts[-1])
+    if first > last:
+        raise ValueError(f"--lora_layers {text}: FIRST {first} is above LAST {last}")
+    return first, last
+
+
+def blocks_targets(model: nn.Module, targets: list[str], blocks: tuple[int, int]) -> list[str]:
+    """The qualified names of the modules matching ``targets`` whose block index lies in ``blocks``."""
+    first, last = blocks
+    chosen = [q for q in _linear_names(model) if any(_matches(q, t) for t in targets)
+              and (i := layer_index(q)) is not None and first <= i <= last]
+    if not chosen:
+        raise ValueError(f"--lora_layers {first}-{last}: no target module ({', '.join(targets)}) in those blocks")
+    return chosen
+
+
 def _validate_lora_args(r: int, alpha: float, dropout: float, init: str) -> None:
     """Check the LoRA hyper-parameters, naming the flag and value of the first bad one."""
     if not isinstance(r, int) or r < 1:
@@ -110,16 +134,21 @@ def attach_lora(
     dropout: float = 0.0,
     target_modules: list[str] | None = None,
     init: str = "default",
+    blocks: tuple[int, int] | None = None,
 ) -> PeftModel:
     """Wrap `model` in a PEFT LoRA model; only the LoRA parameters stay trainable.
 
     init: "default" (A Kaiming-uniform, B zero), "gaussian" (A normal, B zero) or "lora_ga", which attaches the
     default init (so the model is unchanged) and expects the caller to follow with `lora_ga_reinit_` once it has
     gradient estimates. PEFT keeps float16/bfloat16 models' adapter weights in float32 (autocast_adapter_dtype).
+    blocks: (first, last), 0-based and inclusive: adapt only the target modules of those transformer blocks
+    (``--lora_layers``), named one by one to PEFT.
     """
     _validate_lora_args(r, alpha, dropout, init)
     targets = list(target_modules) if target_modules else default_target_modules(model)
     conv1d = _check_targets(model, targets)
+    if blocks is not None:
+        targets = blocks_targets(model, targets, blocks)
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
         fan_in_fan_out=conv1d, init_lora_weights="gaussian" if init == "gaussian" else True,

@@ -9,7 +9,8 @@
   Trainer's own loop applies them with ``optimizer.step()``, as after a backward. n-SPSA
   (``--zo_num_samples``, ``--zo_sample_scheduler``) draws several directions, seeded from the step's seed.
   ``--zo_perturb out_of_place`` (full-parameter ZO-SGD, one direction): ``zo_out_of_place.fused_sgd_step``, whose
-  forward hooks form each ``W + eps z`` as its module runs, so only the update writes the weights.
+  forward hooks form each ``W + eps z`` as its module runs, so only the update writes the weights. The forwards
+  of a step share what lies below the lowest perturbed block (``activation_reuse``, ``--zo_reuse_activations``).
   For ``regular``, the Trainer's own step.
 * ``create_optimizer``: zo gets the ZO optimizer of ``--zo_optimizer`` (``zo_methods``: SGD, momentum, Adam, ...)
   over every parameter that may train (frozen boosters included), in model order, weight decay on those the
@@ -58,6 +59,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import IntervalStrategy
 
 from mezo_engine import batched_queries, distributed, divergence, methods, zo
+from mezo_engine.activation_reuse import ActivationReuse, NoReuse
 from mezo_engine.batched_queries import StepLosses
 from mezo_engine.errors import DivergenceError
 from mezo_engine.ledger import Budget, Ledger, StepClock
@@ -133,6 +135,7 @@ class MezoTrainer(Trainer):
         if self.data_collator is not None:
             self.data_collator = TimedCollator(self.data_collator, self.ledger)
         self._total: int | None = None
+        self._activation_reuse: ActivationReuse | NoReuse | None = None
         self._projected: list[float] = []  # |projected gradient| of the zo steps since the last logged loss
         self._last_logged = (0, 0.0)  # (step, ledger's training seconds) at the last logged loss
 
@@ -174,7 +177,18 @@ class MezoTrainer(Trainer):
         self.ledger.count(forwards=optimizer.forwards_per_step(len(seeds)))
         if self.args.zo_perturb == "out_of_place":
             return optimizer.out_of_place_step(model, loss_fn, seeds, self.args.zo_eps)
-        return optimizer.zo_step(loss_fn, seeds, self.args.zo_eps, cache)
+        reuse = self._reuse(model)
+        replays = reuse.replays
+        with reuse.step(optimizer.zo_params()):
+            out = optimizer.zo_step(loss_fn, seeds, self.args.zo_eps, cache)
+        self.ledger.reused_forwards += reuse.replays - replays
+        return out
+
+    def _reuse(self, model) -> ActivationReuse | NoReuse:
+        """The step's shared lower forward (``--zo_reuse_activations``, ``activation_reuse``), built once."""
+        if self._activation_reuse is None:
+            self._activation_reuse = ActivationReuse(model) if self.args.zo_reuse_activations else NoReuse()
+        return self._activation_reuse
 
     def _zo_loss_fn(self, model, inputs) -> StepLosses:
         """One forward of the training loss as a float, in the mode's forward context (adapters folded into their

@@ -30,6 +30,11 @@ over float32 base (LoRA's target <= 0.6), and the int8 kernels on that model's M
 ``--data-dir``) over the peak of inference on the rows one of its forwards runs (B; batched FZOO with LoRA:
 (N + 1) B), each case in a child process counted from after the trainer is built (``bench/methods_memory.py``).
 
+``--activation-reuse`` measures the ZO step whose forwards share what lies below the lowest perturbed block
+(``--zo_reuse_activations``) with real weights (``--trainer-step-model``, ``--data-dir``): head tuning with an untied
+head (target <= 0.6x two forwards of the training loss on the same batch) and LoRA on the upper third of the
+blocks, each with and without reuse (``bench/reuse.py``).
+
 ``--masked-lm`` measures the masked-LM path of ``medium_models`` instead: on a RoBERTa config (random weights), a
 batch of SST-2-shaped prompts (64 rows of 32 to 48 tokens, one mask each, upstream's batch size), one forward of
 the label-word loss (``medium_models.scoring.LabelLoss``: encoder, MLM head on the mask rows only) against one
@@ -48,6 +53,8 @@ the parameters the trainer's zo step perturbs, with its weight decay and cache c
     python scripts/benchmark.py --device cuda --model opt-1.3b-config --dtype bf16
     python scripts/benchmark.py --masked-lm --model roberta-base-config --threads 1
     python scripts/benchmark.py --int8 --trainer-step-model smollm2-135m --data-dir ../shared/data --threads 1
+    python scripts/benchmark.py --activation-reuse --trainer-step-model smollm2-135m --data-dir ../shared/data \
+        --threads 1
     python scripts/benchmark.py --methods-memory --trainer-step-model smollm2-135m --data-dir ../shared/data \
         --threads 1 --mem-jobs 1
 """
@@ -57,7 +64,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import int8, masked_lm, memory, methods_memory, suite
+from bench import int8, masked_lm, memory, methods_memory, reuse, suite
 from bench.masked_lm import MASKED_LM_NAMES
 from bench.workload import DTYPES, MODEL_NAMES, TASKS, VARIANTS, make_context
 
@@ -72,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8", action="store_true",
                    help="time the ZO step with an int8 base (--load_int8 on the CPU) against float32, real weights "
                         "(--trainer-step-model) and SST-2 (--data-dir), and the int8 kernels (--variants lora,xgblora)")
+    p.add_argument("--activation-reuse", action="store_true",
+                   help="time the ZO step with --zo_reuse_activations (head tuning untied, LoRA on upper blocks) "
+                        "against two forwards and against no reuse, real weights (--trainer-step-model, --data-dir)")
+    p.add_argument("--reuse-variants", default="head,lora_upper", help="--activation-reuse: comma-separated variants")
     p.add_argument("--methods-memory", action="store_true",
                    help="peak memory of each ZO method's real Trainer step (--trainer-step-model, --data-dir) over "
                         "the peak of inference on as many rows, LoRA and full-parameter, a child process per case")
@@ -122,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.methods_memory:
         out = Path(args.out or ROOT / "result" / f"benchmark-methods-memory-{device.type}.json")
         return methods_memory.write_methods_memory(args, methods_memory.run_methods_memory(args, device), out)
+    if args.activation_reuse:
+        out = Path(args.out or ROOT / "result" / f"benchmark-reuse-{device.type}.json")
+        return reuse.write_reuse(args, reuse.run_reuse(args, device), out)
     if args.int8:
         out = Path(args.out or ROOT / "result" / "benchmark-int8-cpu.json")
         return int8.write_int8(args, int8.run_int8(args, device), out)

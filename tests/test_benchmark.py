@@ -250,6 +250,22 @@ def test_the_real_trainer_step_cases_run_each_layout(tmp_path, tiny_opt_dir, sst
             assert torch.isfinite(out)
 
 
+def test_activation_reuse_times_each_variant_with_and_without_reuse(tmp_path, tiny_opt_dir, sst2_dir):
+    """--activation-reuse on a tiny 2-block OPT: per variant the step with and without reuse and two forwards, the
+    ratios the quotients of the stored times, and the cut each variant's flags give (the head untied: the body;
+    LoRA on the upper third, block 1 of 2: below block 1)."""
+    result = benchmark.main(["--activation-reuse", "--device", "cpu", "--trainer-step-model", str(tiny_opt_dir),
+                             "--data-dir", str(sst2_dir), "--examples", "4", "--threads", "1", "--repeats", "1",
+                             "--warmup", "0", "--out", str(tmp_path / "r.json")])
+    assert result["cuts"]["head"]["cut"] == {"kind": "body", "first": 0}
+    assert result["cuts"]["lora_upper"]["cut"] == {"kind": "blocks", "first": 1}
+    assert result["cuts"]["lora_upper"]["flags"] == ["--lora", "--lora_layers", "1-1"]
+    for key, r in result["ratios"].items():
+        assert r["value"] == result["times"][r["num"][2:]]["median"] / result["times"][r["den"][2:]]["median"]
+    assert result["ratios"]["reuse_step_over_two_forwards/head"]["target"] == "<= 0.6"
+    assert json.loads((tmp_path / "r.json").read_text())["cuts"] == result["cuts"]
+
+
 def test_methods_memory_has_every_method_its_reference_rows_and_exact_ratios(tmp_path, tiny_opt_dir, sst2_dir):
     """--methods-memory on a tiny model (every case in this process, one step each): a ratio per method and mode,
     each the quotient of the stored peaks; every reference runs B rows but batched FZOO-LoRA's, (N + 1) B, as its
@@ -307,3 +323,19 @@ def test_layouts_time_each_layouts_runs_together(tmp_path, tiny_opt_dir, sst2_di
         ("1x1", 1, 1, 1), ("2x1", 2, 1, 2)]
     assert all(r["steps_per_s_total"] == sum(r["steps_per_s_each"]) for r in rows)
     assert json.loads((tmp_path / "l.json").read_text())["layouts"] == rows
+
+
+@pytest.mark.slow
+def test_real_step_speed_compares_a_real_run_with_the_bench_row(tmp_path, tiny_opt_dir, sst2_dir):
+    """scripts/real_step_speed.py on a tiny model, LoRA: the two real runs took the asked steps (their forwards),
+    the real seconds a step are the difference of their loops over the timed steps, the ratio their quotient."""
+    import real_step_speed
+    rows = real_step_speed.main(["--model", str(tiny_opt_dir), "--data-dir", str(sst2_dir), "--modes", "lora",
+                                 "--examples", "4", "--steps", "2", "--warmup", "1", "--out", str(tmp_path / "r.json")])
+    (row,) = rows
+    short, long = row["ledgers"]["short"], row["ledgers"]["long"]
+    assert (short["forwards"], long["forwards"]) == (2, 6)  # ZO-SGD: two forwards a step, 1 and 3 steps
+    loop = [real_step_speed.loop_seconds(x) for x in (short, long)]
+    assert row["real_s_per_step"] == (loop[1] - loop[0]) / 2
+    assert row["real_over_bench"] == row["real_s_per_step"] / row["bench_s_per_step"] and row["bench_s_per_step"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows

@@ -30,6 +30,10 @@ class LoraFlags:
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(default=None, metadata={
         "help": "Module names to adapt (default: the attention query and value projections)."})
+    lora_layers: str = field(default="", metadata={
+        "help": "LoRA and XGBLoRA: adapt only the transformer blocks FIRST-LAST (0-based, inclusive, e.g. 20-29; "
+                "default: every block). With adapters on upper blocks only, the zo step's forwards share the "
+                "blocks below (--zo_reuse_activations)."})
     lora_init: Literal["default", "lora_ga"] = field(default="default", metadata={
         "help": "default: A Kaiming-uniform, B zero; lora_ga: from the top singular vectors of an estimated gradient."})
     lora_ga_batches: int = field(default=4, metadata={"help": "Batches used to estimate the gradient for --lora_init lora_ga."})
@@ -41,6 +45,12 @@ def problems(args):
     """Yield one message per bad LoRA flag value (LoRA-GA also serves ``--xgblora``)."""
     if args.lora_r < 1:
         yield f"--lora_r {args.lora_r}: must be >= 1"
+    try:
+        lora.parse_blocks(args.lora_layers)
+    except ValueError as err:
+        yield str(err)
+    if args.lora_layers and args.mode not in ("lora", "xgblora"):
+        yield f"--lora_layers {args.lora_layers}: needs --lora or --xgblora"
     if args.lora_merge_every < 0:
         yield f"--lora_merge_every {args.lora_merge_every}: must be >= 0"
     if not 0 < args.lora_merge_alpha <= 1:
@@ -55,6 +65,14 @@ def problems(args):
     if args.lora_init == "lora_ga" and args.trainer == "zo":
         yield ("--lora_init lora_ga with --trainer zo: LoRA-GA needs backprop gradients, which would cost "
                "training memory; use --trainer regular, or --lora_init default with zo")
+
+
+def model_problems(args, config):
+    """``--lora_layers`` within the model's blocks (its config, before the model loads)."""
+    blocks = getattr(config, "num_hidden_layers", None)
+    chosen = lora.parse_blocks(args.lora_layers) if args.mode in ("lora", "xgblora") else None
+    if chosen is not None and isinstance(blocks, int) and chosen[1] >= blocks:
+        yield f"--lora_layers {args.lora_layers}: this model's blocks are 0-{blocks - 1}"
 
 
 def merge_due(step: int, kappa: int) -> bool:
@@ -118,7 +136,7 @@ class LoraMode(Mode):
         a = self.args
         try:
             model = lora.attach_lora(model, r=self.rank, alpha=a.lora_alpha, dropout=a.lora_dropout,
-                                     target_modules=a.lora_target_modules)
+                                     target_modules=a.lora_target_modules, blocks=lora.parse_blocks(a.lora_layers))
         except ValueError as err:  # a target module or LoRA setting this model cannot take
             raise ModeError(str(err)) from err
         self.gradient_estimator = self._lora_ga(objective, batches) if a.lora_init == "lora_ga" else None
@@ -184,4 +202,4 @@ class LoraMode(Mode):
         return {"partial_merges": cb.history} if cb is not None else {}
 
 
-METHOD = Method(LoraMode, problems, flags=LoraFlags)
+METHOD = Method(LoraMode, problems, flags=LoraFlags, model_problems=model_problems)

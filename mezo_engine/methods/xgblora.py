@@ -66,8 +66,14 @@ def problems(args):
 def model_problems(args, config):
     """The XGBLoRA flags against the model's config, before it loads: ``--xgblora_num_layers`` within its blocks."""
     blocks = getattr(config, "num_hidden_layers", None)
+    chosen = lora.parse_blocks(args.lora_layers) if args.xgblora else None
+    if chosen is not None:
+        blocks = chosen[1] - chosen[0] + 1
+        where = f"the {blocks} blocks of --lora_layers {args.lora_layers}"
+    else:
+        where = f"this model's {blocks} blocks"
     if args.xgblora and isinstance(blocks, int) and args.xgblora_num_layers > blocks:
-        yield f"--xgblora_num_layers {args.xgblora_num_layers}: larger than this model's {blocks} blocks"
+        yield f"--xgblora_num_layers {args.xgblora_num_layers}: larger than {where}"
 
 
 def _restart_problems(args):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import tempfile
 from pathlib import Path
 
@@ -139,12 +138,7 @@ def run_int8(args: argparse.Namespace, device: torch.device) -> dict:
 
 def write_int8(args: argparse.Namespace, result: dict, out: Path) -> dict:
     """Write the JSON to ``out``; print the run's line, the table and the weight bytes."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    other = result["meta"]["load"].get("other_processes_cores", float("nan"))
-    print(f"\n{args.trainer_step_model} int8 base / SST-2 x{args.examples} / cpu {result['meta']['device_name']} / "
-          f"{args.threads} threads / other processes ~{other:.2f} cores\n")
-    print(report.markdown(result["table"]))
+    report.write_and_print(args, result, out, "int8 base")
     for variant, sizes in result["weights"].items():
         print(f"\n{variant}: weights {sizes['float32']['bytes'] / 2**20:.0f} MiB in float32, "
               f"{sizes['int8']['bytes'] / 2**20:.0f} MiB with {sizes['int8']['int8_layers']} int8 layers")

@@ -2,6 +2,10 @@
 state, the raw times and peaks."""
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 from bench import memory, out_of_place, scoring, step
 from bench.ratios import Ratio
 
@@ -34,3 +38,14 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| measurement | value | value from CPU time | target | pass/fail |", "| --- | ---: | ---: | --- | --- |"]
     lines += [f"| {r['measurement']} | {r['value']} | {r['cpu']} | {r['target']} | {r['result']} |" for r in rows]
     return "\n".join(lines)
+
+
+def write_and_print(args: argparse.Namespace, result: dict, out: Path, what: str) -> None:
+    """Write ``result`` as JSON to ``out``, then print the run's line (the real model, ``what``, the CPU, the
+    threads and how busy other processes kept the machine) and the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    other = result["meta"]["load"].get("other_processes_cores", float("nan"))
+    print(f"\n{args.trainer_step_model} {what} / SST-2 x{args.examples} / cpu {result['meta']['device_name']} / "
+          f"{args.threads} threads / other processes ~{other:.2f} cores\n")
+    print(markdown(result["table"]))

@@ -22,6 +22,7 @@ from large_models.arguments import Arguments
 from large_models.tasks import get_task
 from mezo_engine import lora, zo
 from mezo_engine.data import TrainCollator
+from mezo_engine.modes import prepare_head
 from mezo_engine.models import load_model_and_tokenizer
 from mezo_engine.objectives import AnswerLoss
 from mezo_engine.trainer import MezoTrainer
@@ -132,6 +133,7 @@ def real_trainer(args: argparse.Namespace, out_dir: str, mode: tuple[str, ...] =
     task = get_task("SST2")
     samples = task.sample_train_sets(task.load("train", args.data_dir), args.examples, None, [0])[0]
     model, tokenizer = load_model_and_tokenizer(args.trainer_step_model)
+    prepare_head(targs, model)  # --untie_emb, as run.py does before it builds the trainer
     trainer = run.build_trainer(targs, task, model, tokenizer, samples, [])
     trainer.create_optimizer_and_scheduler(num_training_steps=targs.max_steps)
     return trainer, tokenizer
