@@ -361,6 +361,17 @@ def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: layer.get_base_layer().weight for name, layer in lora_layers(model)}
 
 
+def base_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every LoRA layer's base weight, by LoRA-layer name: the weight's, or (out, in) for a base
+    without a ``weight`` (``int8.Int8Linear``, whose int8 values a resumed run checks by shape all the same)."""
+    shapes = {}
+    for name, layer in lora_layers(model):
+        base = layer.get_base_layer()
+        weight = getattr(base, "weight", None)
+        shapes[name] = tuple(weight.shape) if weight is not None else (base.out_features, base.in_features)
+    return shapes
+
+
 def _base_tensors(layer: LoraLayer) -> list[torch.Tensor]:
     """The tensors that define a LoRA layer's base weight: the weight, or an 8-bit base's int8 values and scales."""
     base = layer.get_base_layer()

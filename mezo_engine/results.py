@@ -50,6 +50,8 @@ NOT_IN_HASH = frozenset({
     "torch_empty_cache_steps", "local_rank",
     # how long a rank waits for a stalled one: it ends a hung job, never changes a finished one
     "zo_stall_timeout",
+    # speed only: a step's forwards share the blocks below the perturbed ones, the same losses bit for bit (tested)
+    "zo_reuse_activations",
     # where the data files lie, not what they hold (local files and the hub give the same samples, tested)
     "data_dir",
     # aliases, copied into eval_strategy, zo_num_samples, zo_sample_scheduler and max_forwards

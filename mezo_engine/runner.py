@@ -218,7 +218,7 @@ def expected_of(args, trainer: MezoTrainer) -> checkpoint_checks.Expected:
         optimizer=None if groups is None else [[tuple(p.shape) for p in g["params"]] for g in groups],
         callbacks={k: set(cb.state_dict()) for k, cb in run_state.stateful.items()
                    if not getattr(cb, "optional_state", False)},  # the ledger: older checkpoints lack it
-        base={n: tuple(w.shape) for n, w in lora.base_weights(model).items()},
+        base=lora.base_shapes(model),
         base_sha256=run_state.identity["base_sha256"])
 
 

@@ -48,6 +48,12 @@ MODES = {
                          "1", "--zo_optimizer", "hizoo", "--hizoo_smooth", "0.5"],
     "zo-full-sparse_mezo-nspsa": ["--trainer", "zo", "--learning_rate", "1e-3", "--zo_optimizer", "sparse_mezo",
                                   "--zo_num_samples", "2"],
+    # an int8 base on the CPU (--load_int8): the adapted layers' bases have no float weight (LoRA), or stay float
+    # for XGBLoRA's merges beside int8 layers elsewhere
+    "zo-lora-int8": ["--trainer", "zo", "--lora", "--lora_r", "2", "--load_int8"],
+    "zo-xgblora-int8": ["--trainer", "zo", "--xgblora", "--xgblora_steps_per_iteration", "2", "--load_int8"],
+    # upper-block LoRA, whose forwards share the block below (--zo_reuse_activations)
+    "zo-lora-upper": ["--trainer", "zo", "--lora", "--lora_r", "2", "--lora_layers", "1-1"],
     "regular-xgblora-lora_ga": ["--trainer", "regular", "--xgblora", "--xgblora_steps_per_iteration", "2",
                                 "--lora_init", "lora_ga", "--lora_ga_batches", "1"],
     "regular-lora-partial": ["--trainer", "regular", "--lora", "--lora_r", "2", "--lora_merge_every", "2"],
