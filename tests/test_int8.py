@@ -7,6 +7,8 @@ each element is off by at most ``s_j / 2``; the kernel quantises each input row 
 plus the weight's norm times the activation's step.
 """
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -227,3 +229,23 @@ def test_the_int8_check_and_benchmark_run_on_a_tiny_model(tmp_path, tiny_opt_dir
     assert {f"int8_mlp_over_float32/{k}" for k in ("engine_per_row", "fbgemm_per_tensor")} <= set(bench["ratios"])
     weights = bench["weights"]
     assert weights["lora"]["int8"]["int8_layers"] == 12 and weights["xgblora"]["int8"]["int8_layers"] == 8
+
+
+def test_the_zo_noise_comparison_is_the_stated_statistics():
+    import int8_zo_noise
+    got = int8_zo_noise.compare([1.0, -2.0, 3.0], [1.5, -2.0, 2.0])
+    assert got["mean_abs_float32"] == 2.0 and got["mean_abs_int8"] == pytest.approx(5.5 / 3, rel=1e-15)
+    # rms of the differences (0.5, 0, -1) over the rms of (1, -2, 3): sqrt(1.25 / 14)
+    assert got["rms_diff_over_rms_float32"] == pytest.approx(math.sqrt(1.25 / 14), rel=1e-15)
+    assert got["correlation"] == pytest.approx(statistics.correlation([1.0, -2.0, 3.0], [1.5, -2.0, 2.0]), rel=1e-15)
+
+
+def test_the_zo_noise_script_compares_the_same_adapters_on_both_bases(tmp_path, tiny_opt_dir, sst2_dir):
+    """On a tiny model: the adapters start equal on both bases (the script refuses otherwise), one row per eps,
+    each with a projected gradient per direction for each base."""
+    import int8_zo_noise
+    result = int8_zo_noise.main(["--model", str(tiny_opt_dir), "--data-dir", str(sst2_dir), "--examples", "4",
+                                 "--eps", "1e-1,1", "--directions", "3", "--out", str(tmp_path / "n.json")])
+    assert [r["eps"] for r in result["rows"]] == [0.1, 1.0]
+    assert all(len(r["grads"][b]) == 3 for r in result["rows"] for b in ("float32", "int8"))
+    assert json.loads((tmp_path / "n.json").read_text()) == result
