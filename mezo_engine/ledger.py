@@ -23,7 +23,9 @@ the step's first forward instead of computing it (``--zo_reuse_activations``);
 for a run that has its cores, well below it for one starved by other jobs).
 
 ``Budget``: ``--max_forwards`` and ``--max_time`` (0: none); a run stops after the first step at which its
-ledger reaches one of them (the last step may pass the forward budget by less than its own cost).
+ledger reaches one of them (the last step may pass the forward budget by less than its own cost); a checkpoint
+written at that step ends the run's training, so a run stopped during its final evaluation is finished from it
+without another step (``runner.train``).
 ``results.py`` reads the ledger a result records to decide whether a new budget continues it.
 """
 from __future__ import annotations
@@ -121,6 +123,12 @@ class Budget:
         if self.max_time and ledger.train_wall_s >= self.max_time:
             return "max_time"
         return None
+
+    def stopped_at(self, before: Ledger, after: Ledger) -> str | None:
+        """The flag whose limit a step from ``before`` to ``after`` reached first (the step a run with this budget
+        stops after), or None: reached by ``after`` and not yet by ``before``."""
+        flag = self.reached_by(after)
+        return flag if flag and not self.reached_by(before) else None
 
     def spent(self, ledger: Ledger, flag: str) -> str:
         """What ``ledger`` has spent of ``flag``'s limit, in words."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 
 from mezo_engine import checkpoint_checks, disk, distributed, int8, lora, resources, run_lock
 from mezo_engine.arguments import ArgumentError, default_config_of, launched_world_size
@@ -234,7 +236,8 @@ def train(args, trainer: MezoTrainer, resume: str | None,
     checkpoint, state = resolve_resume(resume, args.output_dir, lambda folder: checkpoint_checks.check(folder, expected))
     if checkpoint:
         _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint, state)
-        check_budget_left(checkpoint, _callback(trainer, LedgerCallback))
+        if check_budget_left(checkpoint, _callback(trainer, LedgerCallback)) == "stopped":
+            return finish_at_budget(trainer, checkpoint)
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
     status, summary = Status.completed(), {}
@@ -263,14 +266,35 @@ def train(args, trainer: MezoTrainer, resume: str | None,
     return trainer, train_summary(trainer, summary), status
 
 
-def check_budget_left(checkpoint: str, ledger: LedgerCallback) -> None:
-    """Refuse to resume from a checkpoint whose restored ledger has reached this run's budget already (the Trainer
-    would take one more step before the budget could stop it)."""
-    flag = ledger.budget.reached_by(ledger.ledger)
-    if flag:
+def check_budget_left(checkpoint: str, ledger: LedgerCallback) -> str:
+    """``ledger.budget_at_restore()``: ``open`` or ``stopped`` (the checkpoint was written at the step where this
+    budget stops the run: nothing is left to train). Refuse a checkpoint past the budget (the Trainer would take
+    one more step before the budget could stop it, and the run would be judged at a budget it exceeded)."""
+    where = ledger.budget_at_restore()
+    if where == "past":
+        flag = ledger.budget.reached_by(ledger.ledger)
         raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: the run has spent "
                               f"{ledger.budget.spent(ledger.ledger, flag)} already; raise --{flag} (0: no limit) "
                               f"to continue it")
+    return where
+
+
+def finish_at_budget(trainer: MezoTrainer, checkpoint: str) -> tuple[MezoTrainer, dict, Status]:
+    """End a run whose ``checkpoint`` (its run state restored) was written at the step where its budget stopped it,
+    as that process would have ended had it not been stopped during its final evaluation: the checkpoint's weights
+    and Trainer state, then the best dev model put back; no training step."""
+    trainer._load_from_checkpoint(checkpoint)  # the Trainer's own loader: full weights, shards or adapters
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, BestModelCallback):
+            cb.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    ledger = _callback(trainer, LedgerCallback)
+    ledger.reached = (ledger.budget.reached_by(ledger.ledger), trainer.state.global_step)
+    logger.info("%s was written where the budget stopped the run (%s): nothing left to train, evaluating it",
+                checkpoint, ledger.budget.spent(ledger.ledger, ledger.reached[0]))
+    step = trainer.state.global_step
+    summary = {"global_step": step, **resources.training_speed(0.0, step, step)}  # no loss: no step here
+    return trainer, train_summary(trainer, summary), Status.budget_reached()
 
 
 def ledger_record(trainer: MezoTrainer) -> dict:

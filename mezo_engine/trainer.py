@@ -443,6 +443,7 @@ class LedgerCallback(TrainerCallback):
         self.reached: tuple[str, int] | None = None
         self.forwards_before = 0
         self.forward_s_before = 0.0
+        self.before_last_step: Ledger | None = None  # the counts at the last step's start (checkpoints keep them)
         self._loop = self._gap = self._save_from = None  # perf_counter marks; _gap: (time, eval_s, checkpoint_s)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -458,6 +459,7 @@ class LedgerCallback(TrainerCallback):
                 self.ledger.checkpoint_s - checkpoint_s)
         self.clock.start()
         self.forwards_before, self.forward_s_before = self.ledger.forwards, self.ledger.forward_s
+        self.before_last_step = Ledger(forwards=self.ledger.forwards, train_wall_s=self.ledger.train_wall_s)
 
     def on_step_end(self, args, state, control, **kwargs):
         wall, cpu = self.clock.stop()
@@ -504,10 +506,24 @@ class LedgerCallback(TrainerCallback):
         return flag or ("max_time" if anywhere else None)
 
     def state_dict(self) -> dict:
-        return self.ledger.state_dict()
+        before = self.before_last_step
+        last = {"forwards": before.forwards, "train_wall_s": before.train_wall_s} if before else None
+        return {**self.ledger.state_dict(), "before_last_step": last}
 
     def load_state_dict(self, state: dict) -> None:
         self.ledger.load_state_dict(state)
+        last = state.get("before_last_step")  # absent from checkpoints made before it was kept
+        self.before_last_step = Ledger.from_record(last) if last is not None else None
+
+    def budget_at_restore(self) -> str:
+        """Where the restored ledger stands against this run's budget: ``"open"`` (not reached: training goes on),
+        ``"stopped"`` (first reached by the checkpoint's last step, where this budget stops the run: its training
+        is over) or ``"past"`` (reached before that step, by a run with a larger budget; or not known, in a
+        checkpoint made before the ledger kept where its last step began)."""
+        if not self.budget.reached_by(self.ledger):
+            return "open"
+        before = self.before_last_step
+        return "stopped" if before is not None and self.budget.stopped_at(before, self.ledger) else "past"
 
 
 def forwards_pass_multiple(before: int, after: int, every: int) -> bool:

@@ -51,6 +51,7 @@ SKIPPED = {
     "torchrun --standalone": ("the launcher the drivers use for NUM_GPU > 1, named without run.py", 1),
     "bash scripts/gpu_check.sh": ("needs a CUDA GPU; tests/test_gpu_check.py covers its flags and CPU refusal", 2),
     "git worktree add ": ("makes a worktree of this repository (git, not the project)", 1),
+    "git -C ../race checkout ": ("copies the main checkout's race scheduler into that worktree (git)", 1),
     "mkdir -p ": ("makes a folder; nothing to parse", 1),
     "cp -r ": ("copies files; nothing to parse", 1),
 }

@@ -15,6 +15,7 @@ from mezo_engine import checkpoint
 from mezo_engine.arguments import ArgumentError
 from mezo_engine.ledger import Budget, Ledger, StepClock
 from mezo_engine.results import ResultPathError, check_result_path, config_hash, write_result
+from mezo_engine.trainer import LedgerCallback
 from mezo_engine.zo_methods.sgd import ZOSGD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -243,12 +244,62 @@ def test_a_forward_budget_stops_evaluates_and_a_larger_one_continues_exactly(tmp
         assert torch.equal(whole[name], continued[name]), name
 
 
-def test_a_resume_that_has_spent_its_budget_is_refused(tmp_path, tiny_opt_dir, sst2_dir):
-    _main(tmp_path, tiny_opt_dir, sst2_dir, *BUDGET_RUN, "--max_forwards", "4")
-    ckpt = tmp_path / "r" / "checkpoint-2"
-    with pytest.raises(SystemExit, match="checkpoint-2: the run has spent 4 forwards .*raise --max_forwards"):
+def test_a_resume_past_its_budget_is_refused(tmp_path, tiny_opt_dir, sst2_dir):
+    """A budget-6 run stops at step 3 (forwards 2, 4, 6). Budget 3 would have stopped at step 2 (4 forwards): its
+    checkpoint-3 began its last step at 4 forwards, past that budget, and is refused."""
+    _main(tmp_path, tiny_opt_dir, sst2_dir, *BUDGET_RUN, "--max_forwards", "6")
+    ckpt = tmp_path / "r" / "checkpoint-3"
+    with pytest.raises(SystemExit, match="checkpoint-3: the run has spent 6 forwards .*raise --max_forwards"):
         _main(tmp_path, tiny_opt_dir, sst2_dir, *BUDGET_RUN, "--max_forwards", "3", "--resume_from_checkpoint",
               str(ckpt), name="other")
+
+
+def test_where_a_restored_ledger_stands_against_the_budget():
+    """``stopped``: the checkpoint's last step first reached the budget (began under it, ended at or over it)."""
+    cases = [({"forwards": 4}, "open"),
+             ({"forwards": 6, "before_last_step": {"forwards": 4, "train_wall_s": 0.0}}, "stopped"),
+             ({"forwards": 5, "before_last_step": {"forwards": 3, "train_wall_s": 0.0}}, "stopped"),  # exactly
+             ({"forwards": 6, "before_last_step": {"forwards": 5, "train_wall_s": 0.0}}, "past"),
+             ({"forwards": 6, "before_last_step": None}, "past"),  # where the step began is not known
+             ({"forwards": 6}, "past")]  # a checkpoint made before it was kept
+    for state, where in cases:
+        callback = LedgerCallback(Budget(max_forwards=5))
+        callback.load_state_dict(state)
+        assert callback.budget_at_restore() == where, state
+    timed = LedgerCallback(Budget(max_time=10.0))
+    timed.load_state_dict({"train_wall_s": 10.5, "before_last_step": {"forwards": 0, "train_wall_s": 9.0}})
+    assert timed.budget_at_restore() == "stopped"
+    saved = LedgerCallback(Budget(max_forwards=5))
+    saved.on_step_begin(None, None, None)
+    saved.ledger.count(2)
+    assert saved.state_dict()["before_last_step"] == {"forwards": 0, "train_wall_s": 0.0}
+
+
+@pytest.mark.parametrize("mode", [[], ["--lora", "--lora_r", "2"],  # full weights; adapters (PEFT's files)
+                                  ["--xgblora", "--xgblora_steps_per_iteration", "2", "--xgblora_num_layers", "1"]])
+def test_a_run_stopped_during_its_final_evaluation_is_finished_from_its_budget_checkpoint(
+        tmp_path, tiny_opt_dir, sst2_dir, monkeypatch, mode):
+    """The budget's stop saves checkpoint-3, then the run evaluates and writes its result. A process killed
+    between the two (no result) is finished by the same command: no training step, the same best dev model, the
+    same test predictions, ledger and budget record as the run that was not killed (XGBLoRA: its merge at step
+    2 replayed, then the best dev model's merged base and booster put back)."""
+    flags = [*BUDGET_RUN, "--max_forwards", "6", "--num_dev", "4", "--eval_strategy", "steps", "--eval_steps", "2",
+             "--load_best_model_at_end", "--best_dev_ties", "first", *mode,
+             "--resume_from_checkpoint", "auto"]
+    whole, whole_params = _main(tmp_path, tiny_opt_dir, sst2_dir, *flags, monkeypatch=monkeypatch)
+    (tmp_path / "r.json").unlink()  # as if killed during the final evaluation (the best dev model: step 2)
+    finished, finished_params = _main(tmp_path, tiny_opt_dir, sst2_dir, *flags, monkeypatch=monkeypatch)
+    assert finished["status"] == whole["status"] == "budget reached"
+    assert finished["train"]["steps_this_process"] == 0 and finished["train"]["global_step"] == 3
+    assert finished["budget"] == whole["budget"] == {"max_forwards": 6, "max_time": 0.0, "reached": "max_forwards",
+                                                     "step": 3}
+    for key in ("forwards", "processes", "dev_evaluations", "train_cpu_s"):  # no step, no evaluation of dev
+        assert finished["ledger"][key] == whole["ledger"][key], key
+    assert finished["train"]["best_dev"] == whole["train"]["best_dev"]
+    assert finished["eval"] == whole["eval"]  # float64, the same weights and kernels: equal, not close
+    assert finished_params.keys() == whole_params.keys()
+    for name in whole_params:
+        assert torch.equal(finished_params[name], whole_params[name]), name
 
 
 def test_a_time_budget_stops_after_the_step_that_reaches_it(tmp_path, tiny_opt_dir, sst2_dir):

@@ -137,3 +137,20 @@ def test_the_checkpoints_the_race_continues_from(tmp_path, capsys):
     kept = [race.point(race.methods[0], lr, "0").result_file.with_suffix("") / "checkpoint-375" for lr in
             ("1e-3", "1e-2")]
     assert sorted(printed) == sorted(str(k) for k in kept)
+
+
+def test_a_run_interrupted_on_its_way_to_the_third_is_not_snapshotted(tmp_path):
+    """A process stopped by a signal before a third of the budget records the same --max_forwards as one that
+    reached it: only the one that reached it (status "budget reached") is copied to <name>.third.json."""
+    from sweeps.race import snapshot_path, take_snapshots
+    race = load_race(write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nLR = ["1e-3"]\n'))
+    point = race.point(race.methods[0], "1e-3", "0")
+    point.result_file.parent.mkdir(parents=True)
+    result = {"status": "interrupted at step 450", "config": {"max_forwards": race.third()},
+              "ledger": {"forwards": 900}, "train": {"log_history": []}}
+    point.result_file.write_text(json.dumps(result))
+    take_snapshots(race, [point])
+    assert progress(point.result_file).stopped_at_budget == 0 and not snapshot_path(point).exists()
+    point.result_file.write_text(json.dumps({**result, "status": "budget reached", "ledger": {"forwards": 1000}}))
+    take_snapshots(race, [point])
+    assert json.loads(snapshot_path(point).read_text())["ledger"]["forwards"] == 1000

@@ -48,6 +48,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mezo_engine.status import Kind, Status
+
 from .load import _args, _driver, _settings, read_toml
 from .spec import REPO, Campaign, Point, SweepError, point_name, settings_hash
 from .state import read_result
@@ -172,7 +174,7 @@ class Progress:
     dev: dict[int, float]
     last_loss: float
     status: str
-    stopped_at_budget: int  # the --max_forwards of the process that wrote the result (0: none)
+    stopped_at_budget: int  # the --max_forwards that ended the run (0: none, or a process stopped short of it)
 
     def dev_at(self, budget: int) -> float | None:
         """Dev accuracy at ``budget`` forwards: the first evaluation at or past it (a stop evaluates at the first
@@ -197,8 +199,11 @@ def progress(result_file: Path) -> Progress:
            if "eval_accuracy" in row and "forwards" in row}
     losses = [float(row["loss"]) for row in rows if "loss" in row]
     forwards = int(result.get("ledger", {}).get("forwards", 0))
-    budget = int(result.get("config", {}).get("max_forwards") or 0)
-    return Progress(forwards, dev, losses[-1] if losses else math.inf, str(result.get("status", "")), budget)
+    status = str(result.get("status", ""))
+    # an interrupted process (a signal, a session's end) also records its --max_forwards: it did not stop there
+    stopped = Status.parse(status).kind is Kind.BUDGET
+    budget = int(result.get("config", {}).get("max_forwards") or 0) if stopped else 0
+    return Progress(forwards, dev, losses[-1] if losses else math.inf, status, budget)
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
