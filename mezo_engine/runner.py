@@ -236,8 +236,9 @@ def train(args, trainer: MezoTrainer, resume: str | None,
     checkpoint, state = resolve_resume(resume, args.output_dir, lambda folder: checkpoint_checks.check(folder, expected))
     if checkpoint:
         _callback(trainer, RunStateCallback).restore(trainer.model, checkpoint, state)
-        if check_budget_left(checkpoint, _callback(trainer, LedgerCallback)) == "stopped":
-            return finish_at_budget(trainer, checkpoint)
+        at_budget = check_budget_left(checkpoint, _callback(trainer, LedgerCallback)) == "stopped"
+        if at_budget or checkpoint_step(checkpoint) == trainer.args.max_steps:  # (past it: checkpoint_checks)
+            return finish_without_training(trainer, checkpoint, at_budget)
     stopper = _callback(trainer, StopOnSignal)
     stopper.install()
     status, summary = Status.completed(), {}
@@ -279,22 +280,26 @@ def check_budget_left(checkpoint: str, ledger: LedgerCallback) -> str:
     return where
 
 
-def finish_at_budget(trainer: MezoTrainer, checkpoint: str) -> tuple[MezoTrainer, dict, Status]:
-    """End a run whose ``checkpoint`` (its run state restored) was written at the step where its budget stopped it,
-    as that process would have ended had it not been stopped during its final evaluation: the checkpoint's weights
-    and Trainer state, then the best dev model put back; no training step."""
+def finish_without_training(trainer: MezoTrainer, checkpoint: str, at_budget: bool
+                            ) -> tuple[MezoTrainer, dict, Status]:
+    """End a run whose ``checkpoint`` (its run state restored) was written where its training ended, at the step
+    where its budget stopped it (``at_budget``) or at ``--max_steps``, as that process would have ended had it not
+    been stopped during its final evaluation: the checkpoint's weights and Trainer state, then the best dev model
+    put back; no training step (the Trainer, resumed there, would take one more when ``--max_steps`` is not a whole
+    number of epochs)."""
     trainer._load_from_checkpoint(checkpoint)  # the Trainer's own loader: full weights, shards or adapters
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, BestModelCallback):
             cb.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
-    ledger = _callback(trainer, LedgerCallback)
-    ledger.reached = (ledger.budget.reached_by(ledger.ledger), trainer.state.global_step)
-    logger.info("%s was written where the budget stopped the run (%s): nothing left to train, evaluating it",
-                checkpoint, ledger.budget.spent(ledger.ledger, ledger.reached[0]))
     step = trainer.state.global_step
+    ledger = _callback(trainer, LedgerCallback)
+    if at_budget:
+        ledger.reached = (ledger.budget.reached_by(ledger.ledger), step)
+    logger.info("%s was written where training ended (%s): nothing left to train, evaluating it", checkpoint,
+                ledger.budget.spent(ledger.ledger, ledger.reached[0]) if at_budget else f"--max_steps {step}")
     summary = {"global_step": step, **resources.training_speed(0.0, step, step)}  # no loss: no step here
-    return trainer, train_summary(trainer, summary), Status.budget_reached()
+    return trainer, train_summary(trainer, summary), Status.budget_reached() if at_budget else Status.completed()
 
 
 def ledger_record(trainer: MezoTrainer) -> dict:

@@ -302,6 +302,30 @@ def test_a_run_stopped_during_its_final_evaluation_is_finished_from_its_budget_c
         assert torch.equal(finished_params[name], whole_params[name]), name
 
 
+def test_a_completed_run_stopped_during_its_final_evaluation_is_finished_without_another_step(
+        tmp_path, tiny_opt_dir, sst2_dir, monkeypatch):
+    """--max_steps 3 over 2 batches an epoch (not a whole number of epochs, where the Trainer resumed at its last
+    checkpoint would take a fourth step): the rerun of a run killed before its result evaluates checkpoint-3's
+    best dev model as the run that was not killed did; a checkpoint past --max_steps is refused."""
+    flags = ["--trainer", "zo", "--load_float64", "--learning_rate", "1e-2", "--max_steps", "3", "--num_dev", "4",
+             "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+             "--load_best_model_at_end", "--best_dev_ties", "first", "--lora", "--lora_r", "2",
+             "--resume_from_checkpoint", "auto"]
+    whole, whole_params = _main(tmp_path, tiny_opt_dir, sst2_dir, *flags, monkeypatch=monkeypatch)
+    assert (tmp_path / "r" / "checkpoint-3").is_dir()  # the Trainer saves at --max_steps
+    (tmp_path / "r.json").unlink()
+    finished, finished_params = _main(tmp_path, tiny_opt_dir, sst2_dir, *flags, monkeypatch=monkeypatch)
+    assert finished["status"] == whole["status"] == "completed"
+    assert finished["train"]["steps_this_process"] == 0 and finished["train"]["global_step"] == 3
+    assert finished["ledger"]["forwards"] == whole["ledger"]["forwards"] == 6
+    assert finished["eval"] == whole["eval"] and finished["train"]["best_dev"] == whole["train"]["best_dev"]
+    for name in whole_params:
+        assert torch.equal(finished_params[name], whole_params[name]), name
+    shorter = [f if f != "3" else "2" for f in flags]  # --max_steps 2 on the same folder: checkpoint-3 is past it
+    with pytest.raises(SystemExit, match="checkpoint-3: --max_steps 2 is below the checkpoint's step 3"):
+        _main(tmp_path, tiny_opt_dir, sst2_dir, *shorter, "--overwrite")
+
+
 def test_a_time_budget_stops_after_the_step_that_reaches_it(tmp_path, tiny_opt_dir, sst2_dir):
     result, _ = _main(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "regular", "--max_steps", "5",
                       "--max_time", "1e-9")  # any step takes longer than a nanosecond
