@@ -229,6 +229,11 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
         result["eval_scores"] = example_scores(scored["predictions"], task.metric)  # per example, for paired tests
         if args.verbose:
             log_predictions(task, eval_samples, scored["predictions"])
+        if args.eval_last_model:
+            def score(trained) -> dict:
+                last = evaluate_sharded(trained, tokenizer, task, eval_samples, demos, cfg, shard)
+                return {task.metric: last[task.metric], "scores": example_scores(last["predictions"], task.metric)}
+            result["eval_last"] = runner.evaluate_last(trainer, score)
     if dev_samples:
         dev = evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)
         result["dev"] = {task.metric: dev[task.metric]}

@@ -149,6 +149,10 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
         "help": "With --load_best_model_at_end, which of equal best dev scores is kept: later (the default here: "
                 "the model trained longer) or first (upstream MeZO's and the Trainer's rule; medium_models' "
                 "default)."})
+    eval_last_model: bool = field(default=False, metadata={
+        "help": "With --load_best_model_at_end, also evaluate the model of the last training step (before the best "
+                "dev model is restored) on the eval set: result key eval_last (its metric, per-example scores and "
+                "step), beside eval (the best dev model's)."})
     no_eval: bool = field(default=False, metadata={"help": "Skip the final evaluation."})
     tag: str = field(default="", metadata={"help": "Tag for the result file name."})
     overwrite: bool = field(default=False, metadata={
@@ -263,6 +267,7 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                 yield f"--{flag} {getattr(self, flag)}: must be >= 1"
         yield from self._training_problems()
         yield from self._budget_problems()
+        yield from self._eval_last_problems()
         yield from self._zo_problems()
         yield from self._mode_problems()
         yield from self._task_problems()
@@ -303,6 +308,15 @@ class EngineArguments(TrainingArguments, *methods.FLAGS, *zo_methods.FLAGS):
                    f"(or give --max_steps >= 1)")
         if not self.learning_rate > 0:
             yield f"--learning_rate {self.learning_rate} with --trainer {self.trainer}: must be > 0"
+
+    def _eval_last_problems(self):
+        if not self.eval_last_model:
+            return
+        if self.trainer == "none" or not self.load_best_model_at_end:
+            yield ("--eval_last_model needs training with --load_best_model_at_end: without a best dev model kept, "
+                   "the last model is the one evaluated")
+        if self.no_eval:
+            yield "--eval_last_model with --no_eval: there is no evaluation to repeat; drop one of them"
 
     def _budget_problems(self):
         """``--max_forwards`` and ``--max_time``: 0 (no limit) or positive, and only where training runs."""

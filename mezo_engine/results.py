@@ -52,6 +52,8 @@ NOT_IN_HASH = frozenset({
     "zo_stall_timeout",
     # speed only: a step's forwards share the blocks below the perturbed ones, the same losses bit for bit (tested)
     "zo_reuse_activations",
+    # one more evaluation, of the last step's model, recorded beside the best dev model's (training is the same)
+    "eval_last_model",
     # where the data files lie, not what they hold (local files and the hub give the same samples, tested)
     "data_dir",
     # aliases, copied into eval_strategy, zo_num_samples, zo_sample_scheduler and max_forwards

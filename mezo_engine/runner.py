@@ -122,7 +122,8 @@ def build_callbacks(args, metric: str, mode: Mode, run_state: RunStateCallback,
     stateful = mode.callbacks(run_state.record)
     if args.keep_best_model:
         stateful["best"] = BestModelCallback(f"eval_{metric}", mode.mutable_parameters, greater_is_better,
-                                             later_ties=args.best_dev_ties == "later")
+                                             later_ties=args.best_dev_ties == "later",
+                                             keep_last=args.eval_last_model)
     stall = stall if stall is not None else distributed.StallGuard()
     callbacks = [*stateful.values(), run_state, StallCallback(stall), StopOnSignal(args.save_on_interrupt, comm, stall),
                  DivergenceCallback(args.divergence_limits)]
@@ -307,6 +308,17 @@ def ledger_record(trainer: MezoTrainer) -> dict:
     (the limits, and which one ended training at which step, if one did)."""
     ledger = _callback(trainer, LedgerCallback)
     return {"ledger": ledger.ledger.summary(), "budget": ledger.budget.record(ledger.reached)}
+
+
+def evaluate_last(trainer: MezoTrainer | None, evaluate: Callable[[torch.nn.Module], dict]) -> dict | None:
+    """``--eval_last_model``: ``evaluate(model)`` on the model of the run's last step (swapped in for the block,
+    then the best dev model put back), with that step under ``step``; the result of the same call on the best dev
+    model where the two are one model (it ended training). None where no best dev model was kept."""
+    best = _callback(trainer, RunStateCallback).stateful.get("best") if trainer is not None else None
+    if best is None or best.last_step is None:
+        return None
+    with best.swap_in_last(trainer.model):
+        return {**evaluate(trainer.model), "step": best.last_step}
 
 
 def checkpoint_step(checkpoint: str | None) -> int:

@@ -48,6 +48,7 @@ two steps. Each has ``state_dict`` / ``load_state_dict`` for checkpoints (``chec
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -328,15 +329,19 @@ def _worst_over_ranks(loss: float) -> float:
 class BestModelCallback(TrainerCallback):
     """Keep, in memory, the parameters of the best dev evaluation, and put them back when training ends.
     ``mutable(model)``: the parameters training can change (the mode's ``mutable_parameters``); ``later_ties``: an
-    evaluation equal to the best takes its place (else the first best is kept, as upstream MeZO)."""
+    evaluation equal to the best takes its place (else the first best is kept, as upstream MeZO); ``keep_last``:
+    before restoring, keep the last step's parameters too (``--eval_last_model``; ``swap_in_last``)."""
 
     def __init__(self, metric_key: str, mutable: Callable[[torch.nn.Module], dict[str, torch.nn.Parameter]],
-                 greater_is_better: bool = True, later_ties: bool = True):
+                 greater_is_better: bool = True, later_ties: bool = True, keep_last: bool = False):
         self.metric_key, self.mutable, self.greater = metric_key, mutable, greater_is_better
         self.later_ties = later_ties  # an evaluation equal to the best replaces it (--best_dev_ties later)
+        self.keep_last = keep_last
         self.best: float | None = None
         self.best_step: int | None = None
+        self.last_step: int | None = None  # the step training ended at (set when training ends)
         self._snapshot: dict[str, torch.Tensor] | None = None
+        self._last: dict[str, torch.Tensor] | None = None  # the last step's parameters, where they are not the best's
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "snapshot": self._snapshot}
@@ -358,14 +363,36 @@ class BestModelCallback(TrainerCallback):
         return value > self.best if self.greater else value < self.best
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.last_step = state.global_step
         if self._snapshot is None:
             return
         params = self.mutable(model)
+        if self.keep_last and self.best_step != state.global_step:
+            self._last = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
         with torch.no_grad():
             for name, value in self._snapshot.items():
                 if name in params:  # a snapshot written before plain LoRA left its unchanged base weights out has them
                     params[name].copy_(value)
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
+
+    @contextlib.contextmanager
+    def swap_in_last(self, model: torch.nn.Module):
+        """Within the block, ``model`` holds the last step's parameters instead of the restored best dev model's
+        (nothing changes where they are the same model); the best's are put back after it."""
+        if self._last is None:
+            yield
+            return
+        params = self.mutable(model)
+        with torch.no_grad():
+            for name, value in self._last.items():
+                params[name].copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in self._snapshot.items():
+                    if name in params:
+                        params[name].copy_(value)
 
 
 class StallCallback(TrainerCallback):

@@ -54,6 +54,21 @@ def test_zo_xgblora_run_merges_every_kappa_steps_and_keeps_the_best_dev_model(ro
     assert result["dev"]["accuracy"] == written["dev"]["accuracy"]
 
 
+def test_eval_last_model_evaluates_the_last_steps_model_as_a_run_without_a_kept_best(roberta_dir, data_dir,
+                                                                                      tmp_path):
+    """The same 6 ZO-LoRA steps twice: with the best dev model kept and ``--eval_last_model``, and without a kept
+    model; the first's ``eval_last`` (step 6) has the second's test metrics and predictions."""
+    flags = ["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),
+             "--model_name", str(roberta_dir), "--trainer", "zo", "--lora", "--lora_r", "2", "--max_steps", "6",
+             "--per_device_train_batch_size", "4", "--learning_rate", "1e-1", "--zo_eps", "1e-2",
+             "--eval_strategy", "steps", "--eval_steps", "2", "--disable_tqdm", "True"]
+    kept = run.main([*flags, "--load_best_model_at_end", "--eval_last_model", "--result_file", str(tmp_path / "k.json")])
+    plain = run.main([*flags, "--result_file", str(tmp_path / "p.json")])
+    last = kept["eval_last"]
+    assert last["step"] == 6 and last["predictions"] == plain["eval_predictions"]
+    assert last["accuracy"] == plain["eval"]["accuracy"]
+
+
 def test_a_forward_budget_stops_the_masked_lm_run_and_the_sweeps_count_it_finished(roberta_dir, data_dir, tmp_path):
     out = tmp_path / "r.json"
     run.main(["--task_name", "SST-2", "--num_k", "4", "--seed", "42", "--data_dir", str(data_dir),

@@ -70,6 +70,10 @@ def test_result_file_name_follows_task_model_tag_hash(tmp_path):
     (["--lora", "--xgblora"], "choose one"),
     (["--trainer", "zo", "--lora", "--lora_init", "lora_ga"], "LoRA-GA needs backprop"),
     (["--task_name", "SQuAD", "--train_as_classification"], "generation"),
+    (["--trainer", "zo", "--num_train", "8", "--eval_last_model"],
+     "--eval_last_model needs training with --load_best_model_at_end"),
+    (["--trainer", "zo", "--num_train", "8", "--load_best_model_at_end", "--eval_last_model", "--no_eval"],
+     "--eval_last_model with --no_eval"),
 ])
 def test_bad_flags_name_the_flag_and_value(flags, message):
     with pytest.raises(ArgumentError, match=None) as err:
@@ -300,3 +304,62 @@ def test_which_of_tied_best_dev_scores_is_kept(later_ties, kept_step):
 def test_tied_best_dev_scores_keep_the_later_here_and_the_first_in_medium_models():
     from medium_models.arguments import Arguments as MediumArguments
     assert run.parse_args([]).best_dev_ties == "later" and MediumArguments().best_dev_ties == "first"
+
+
+def test_the_last_model_is_swapped_in_for_its_evaluation_and_the_best_put_back():
+    """Best dev at step 2 of 4: within ``swap_in_last`` the weight is step 4's, after it step 2's again; where the
+    best is the last model there is nothing to swap."""
+    from transformers import TrainerControl, TrainerState
+    from mezo_engine.trainer import BestModelCallback
+    for accuracies, best_step in (([0.5, 0.7, 0.6, 0.6], 2), ([0.5, 0.6, 0.6, 0.7], 4)):
+        weight = torch.nn.Parameter(torch.zeros(1))
+        callback = BestModelCallback("eval_accuracy", lambda model: {"w": weight}, keep_last=True)
+        state = TrainerState()
+        for step, accuracy in enumerate(accuracies, start=1):
+            state.global_step = step
+            with torch.no_grad():
+                weight.fill_(step)
+            callback.on_evaluate(None, state, TrainerControl(), metrics={"eval_accuracy": accuracy})
+        callback.on_train_end(None, state, TrainerControl(), model=None)
+        assert (callback.best_step, callback.last_step, weight.item()) == (best_step, 4, best_step)
+        with callback.swap_in_last(None):
+            assert weight.item() == 4
+        assert weight.item() == best_step
+
+
+def test_eval_last_model_scores_the_last_steps_model_as_a_run_that_keeps_no_best(tmp_path, tiny_opt_dir, sst2_dir,
+                                                                                 monkeypatch):
+    """Dev accuracy falls at every evaluation (a stub), so the best dev model is step 1's and the last is step 4's.
+    ``--eval_last_model`` evaluates the test set on both: the parameters each evaluation saw (their sum, float64)
+    are step 1's for ``eval`` and for the final dev evaluation (the best put back), and for ``eval_last`` those of
+    the same run without a kept best model, whose ``eval`` it equals exactly (same weights, same kernels)."""
+    from large_models import pipeline
+    seen = []
+    original = run.evaluate_sharded
+
+    def spy(model, tokenizer, task, samples, *rest):
+        lora = [p for n, p in model.named_parameters() if "lora_" in n]
+        seen.append((len(samples), sum(p.double().sum().item() for p in lora)))
+        return original(model, tokenizer, task, samples, *rest)
+
+    def falling_dev(args, tokenizer, task, dev_samples):
+        calls = []
+        def evaluate(model):
+            calls.append(1)
+            return {"accuracy": 1.0 - 0.1 * len(calls)}
+        return evaluate
+    monkeypatch.setattr(run, "evaluate_sharded", spy)
+    monkeypatch.setattr(run, "dev_evaluator", falling_dev)
+    flags = ["--trainer", "zo", "--load_float64", "--learning_rate", "1e-2", "--max_steps", "4", "--num_train", "12",
+             "--num_dev", "4", "--num_eval", "4", "--per_device_train_batch_size", "4", "--train_as_classification",
+             "--eval_strategy", "steps", "--eval_steps", "1", "--lora", "--lora_r", "2"]
+    kept = _run(tmp_path / "kept", tiny_opt_dir, sst2_dir, *flags, "--load_best_model_at_end", "--eval_last_model")
+    kept_seen, seen[:] = list(seen), []
+    plain = _run(tmp_path / "plain", tiny_opt_dir, sst2_dir, *flags)
+    assert kept["train"]["best_dev"] == {"value": 0.9, "step": 1} and kept["eval_last"]["step"] == 4
+    (_, best_sum), (_, last_sum), (_, dev_sum) = kept_seen  # test on the best, test on the last, dev on the best
+    assert [n for n, _ in kept_seen] == [4, 4, 4] and dev_sum == best_sum != last_sum
+    assert seen[0] == (4, last_sum)  # the plain run's test evaluation: its last model, the same parameters
+    assert kept["eval_last"]["accuracy"] == plain["eval"]["accuracy"]
+    assert kept["eval_last"]["scores"] == plain["eval_scores"]
+
