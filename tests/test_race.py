@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from pathlib import Path
 result = Path(sys.argv[sys.argv.index("--result_file") + 1])
 lr, seed, budget = float(os.environ["LR"]), int(os.environ["RUN_SEED"]), int(os.environ["MAX_FORWARDS"])
 best = float(os.environ.get("BEST_LR", "1e-3"))
+late = float(os.environ.get("BEST_LR_LATE", best))  # dev's peak past 1,000 forwards
 old = json.loads(result.read_text()) if result.exists() else {"train": {"log_history": []}, "ledger": {"forwards": 0}}
 start = old["ledger"]["forwards"]
 def dev(f):
-    return round(0.9 - 0.1 * abs(math.log10(lr / best)) - 20.0 / (100 + f) + 0.001 * seed, 6)
+    peak = late if f > 1000 else best
+    return round(0.9 - 0.1 * abs(math.log10(lr / peak)) - 20.0 / (100 + f) + 0.001 * seed, 6)
 rows = old["train"]["log_history"]
 for f in range(start + 2, budget + 1, 2):
     rows.append({"loss": 1.0 / (1 + f * lr), "forwards": f, "train_cpu_s": f * 0.1})
@@ -105,14 +108,68 @@ def test_a_method_raced_with_the_winner(tmp_path):
     assert point.variables["ZO"] == "sgd" and progress(point.result_file).forwards == 3000
 
 
+RECHECK = 'rungs = [600, 3000]\nkeep = "best_and_upper"\nselect_last = 3\nthird = false\nspacing = 2\n'
+
+
+def test_a_recheck_search_continues_the_best_lr_and_its_upper_neighbour(tmp_path):
+    """A controlled study's search: every LR to 600 forwards, ranked on the mean of its last three dev evaluations
+    (here the two it has: 500 and 600), then the best (4e-4) and the next larger LR (8e-4) to the full budget,
+    where the peak has moved to 2e-3 (BEST_LR_LATE): 8e-4 is kept and 1.6e-3, which halving would have continued,
+    is not; the other seeds run at 8e-4 without a stop at a third."""
+    race_file = write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nBEST_LR = "4e-4"\nBEST_LR_LATE = "2e-3"\n'
+                                     'LR = ["1e-4", "2e-4", "4e-4", "8e-4", "1.6e-3"]\n', RECHECK)
+    race = load_race(race_file)
+    assert race.rung_budgets() == [600, 3000] and race.third() == 0
+    assert main([str(race_file)]) == 0
+    summary = json.loads((tmp_path / "res" / "race.json").read_text())["methods"][0]
+    assert summary["grid"] == ["1e-4", "2e-4", "4e-4", "8e-4", "1.6e-3"] and summary["chosen_lr"] == "8e-4"
+
+    def dev(lr, peak, f, seed=0):
+        return round(0.9 - 0.1 * abs(math.log10(lr / peak)) - 20.0 / (100 + f) + 0.001 * seed, 6)
+    assert summary["rungs"][0]["dev"]["4e-4"] == pytest.approx((dev(4e-4, 4e-4, 500) + dev(4e-4, 4e-4, 600)) / 2)
+    assert summary["rungs"][1]["dev"]["8e-4"] == pytest.approx(sum(dev(8e-4, 2e-3, f) for f in (2000, 2500, 3000))
+                                                               / 3)
+    assert sorted(calls(tmp_path)) == sorted([("sgd:1e-4", 0, 0, 600), ("sgd:2e-4", 0, 0, 600),
+                                              ("sgd:4e-4", 0, 0, 600), ("sgd:8e-4", 0, 0, 600),
+                                              ("sgd:1.6e-3", 0, 0, 600),
+                                              ("sgd:4e-4", 0, 600, 3000), ("sgd:8e-4", 0, 600, 3000),
+                                              ("sgd:8e-4", 1, 0, 3000)])
+    assert not list((tmp_path / "res").glob("*.third.json"))
+
+
+def test_a_recheck_won_by_the_grids_top_adds_no_lr(tmp_path):
+    """The upper neighbour (8e-4) is the grid's top and wins the recheck: halving would now extend the grid past it
+    (and run the new LR to the full budget); a recheck keeps it."""
+    race_file = write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nBEST_LR = "4e-4"\nBEST_LR_LATE = "2e-3"\n'
+                                     'LR = ["2e-4", "4e-4", "8e-4"]\n', RECHECK)
+    assert main([str(race_file)]) == 0
+    summary = json.loads((tmp_path / "res" / "race.json").read_text())["methods"][0]
+    assert summary["grid"] == ["2e-4", "4e-4", "8e-4"] and summary["chosen_lr"] == "8e-4"
+    assert {lr for lr, _, _, _ in calls(tmp_path)} == {"sgd:2e-4", "sgd:4e-4", "sgd:8e-4"}
+
+
+def test_the_mean_of_the_last_dev_evaluations_up_to_a_budget():
+    """The first evaluation at or past the budget and those before it; an evaluation after it is not read."""
+    from sweeps.race import Progress
+    run = Progress(1500, {500: 0.6, 1000: 0.7, 1200: 0.5, 1500: 0.9}, 0.3, "budget reached", 1500)
+    assert run.dev_at(1200) == 0.5 and run.dev_at(1100) == 0.5 and run.dev_at(1300) == 0.9
+    assert run.dev_at(1200, 3) == pytest.approx(0.6) and run.dev_at(1200, 2) == pytest.approx(0.6)
+    assert run.dev_at(1000, 5) == pytest.approx(0.65) and run.dev_at(1600, 3) is None
+
+
 @pytest.mark.parametrize("body, message", [
     ('[[method]]\nlabel = "A"\nLR = []\n', "LR = []: give a list of learning rates"),
     ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "label 'A' appears twice"),
     ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "always_final 'Z': no [[method]] has that label"),
+    ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "rungs = [600, 2000]: must increase and end at the budget (3000)"),
+    ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "keep = 'quarter': give one of half, best_and_upper"),
+    ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "select_last = 0: give how many dev evaluations to average"),
 ])
 def test_bad_race_files_are_refused_by_name(tmp_path, body, message):
-    head = 'always_final = ["Z"]' if "always_final" in message else ""
-    with pytest.raises(SweepError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    heads = {"always_final": 'always_final = ["Z"]', "rungs": "rungs = [600, 2000]", "keep": 'keep = "quarter"',
+             "select_last": "select_last = 0"}
+    head = next((line for key, line in heads.items() if message.startswith(key) or key + " 'Z'" in message), "")
+    with pytest.raises(SweepError, match=re.escape(message)):
         load_race(write_race(tmp_path, body, head))
 
 

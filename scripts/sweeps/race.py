@@ -7,6 +7,10 @@ final runs with more seeds at the chosen rate. ``python scripts/race.py RACE.tom
     result_dir = "docs/race/sst2-lora" # default: result/races/<name>
     budget = 4000                      # training forwards of a final run (run.py --max_forwards)
     first_budget = 1000                # forwards of the first rung (default: budget / 4)
+    rungs = [1200, 6000]               # or every rung's budget, the last one the budget (default: doubling)
+    keep = "half"                      # who goes on from a rung: "half" or "best_and_upper" (see below)
+    select_last = 1                    # rank on the mean of the last N dev evaluations up to a rung's budget
+    third = true                       # stop every final run at a third of the budget and keep that result
     spacing = 3                        # LR ratio of a grid extension (the chosen LR must not be a grid end)
     max_extensions = 2                 # grid extensions per method at most
     finalists = 4                      # methods with the best dev accuracy at the full budget that get every seed
@@ -33,6 +37,11 @@ is an end of its grid, the grid is extended by one LR ``spacing`` beyond that en
 the halving), at most ``max_extensions`` times. Ties on dev go to the lower training loss of the last logged row,
 then to the smaller LR. Test accuracy is recorded at every stop and never read for a choice.
 
+**A recheck instead of halving** (``keep = "best_and_upper"``, as a controlled study's LR search: every LR to a
+short first rung, then the best and the next larger LR of the grid to the full budget, where the better is kept):
+only the first rung extends the grid. ``select_last = 3`` ranks on the mean of a run's last three dev evaluations
+up to the budget (the first evaluation at or past it and the two before), less noisy than the last alone.
+
 **Finals.** The chosen LR's search run is the final run of the first seed; each other seed gets one run of its
 own. Every final run stops once at a third of the budget, where its result (with test accuracy) is copied to
 ``<name>.third.json`` before it continues.
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +64,9 @@ from .load import _args, _driver, _settings, read_toml
 from .spec import REPO, Campaign, Point, SweepError, point_name, settings_hash
 from .state import read_result
 
-RACE_KEYS = {"name", "driver", "result_dir", "budget", "first_budget", "spacing", "max_extensions", "finalists",
-             "always_final", "seeds", "args"}
+RACE_KEYS = {"name", "driver", "result_dir", "budget", "first_budget", "rungs", "keep", "select_last", "third",
+             "spacing", "max_extensions", "finalists", "always_final", "seeds", "args"}
+KEEP = ("half", "best_and_upper")
 TABLES = {"race", "fixed", "method"}
 WINNER = "{winner}"
 BUDGET_VARIABLE = "MAX_FORWARDS"  # the drivers pass it as --max_forwards; it is not part of a point's name
@@ -88,16 +99,24 @@ class Race(Campaign):
     always_final: tuple[str, ...] = ()
     seeds: tuple[str, ...] = ("0",)
     args: list[str] = field(default_factory=list)
+    rungs: tuple[int, ...] = ()
+    keep: str = "half"
+    select_last: int = 1
+    third_stop: bool = True
 
     def rung_budgets(self) -> list[int]:
-        """The forward budget of each rung: ``first_budget`` doubled until ``budget`` (the last one)."""
+        """The forward budget of each rung: ``rungs`` as given, else ``first_budget`` doubled until ``budget``
+        (the last one)."""
+        if self.rungs:
+            return list(self.rungs)
         budgets = [self.first_budget]
         while budgets[-1] * 2 < self.budget:
             budgets.append(budgets[-1] * 2)
         return budgets + [self.budget] if budgets[-1] != self.budget else budgets
 
     def third(self) -> int:
-        return self.budget // 3
+        """Where final runs stop once on their way (0: nowhere)."""
+        return self.budget // 3 if self.third_stop else 0
 
     def point(self, method: Method, lr: str, seed: str, winner: str | None = None) -> Point:
         """The run of ``method`` at ``lr`` with RUN_SEED and SEED ``seed``; its name leaves the budget out."""
@@ -123,6 +142,16 @@ def load_race(path: str | Path) -> Race:
     first = _positive(head, "first_budget", (budget or 4) // 4, problems)
     if budget and first and first > budget:
         problems.append(f"[race] first_budget {first} exceeds budget {budget}")
+    rungs = _rungs(head, budget, problems)
+    keep = head.get("keep", "half")
+    if keep not in KEEP:
+        problems.append(f"[race] keep = {keep!r}: give one of {', '.join(KEEP)}")
+    select_last = head.get("select_last", 1)
+    if not isinstance(select_last, int) or isinstance(select_last, bool) or select_last < 1:
+        problems.append(f"[race] select_last = {select_last!r}: give how many dev evaluations to average (>= 1)")
+    third = head.get("third", True)
+    if not isinstance(third, bool):
+        problems.append(f"[race] third = {third!r}: give true or false")
     labels = [m.label for m in methods]
     problems += [f"[[method]] label {x!r} appears twice" for x in sorted({x for x in labels if labels.count(x) > 1})]
     always = tuple(str(x) for x in head.get("always_final", []))
@@ -140,7 +169,7 @@ def load_race(path: str | Path) -> Race:
     result_dir = Path(head["result_dir"]).resolve() if "result_dir" in head else REPO / "result" / "races" / name
     return Race(path, name, driver, str(head["driver"]), result_dir, fixed, methods, budget, first,
                 float(head.get("spacing", 3)), int(head.get("max_extensions", 2)), int(head.get("finalists", 4)),
-                always, tuple(str(s) for s in head.get("seeds", [0])), args)
+                always, tuple(str(s) for s in head.get("seeds", [0])), args, rungs, keep, select_last, third)
 
 
 def _positive(head: dict, key: str, default: int | None, problems: list[str]) -> int:
@@ -149,6 +178,19 @@ def _positive(head: dict, key: str, default: int | None, problems: list[str]) ->
         problems.append(f"[race] {key} = {value!r}: give a positive number of forwards")
         return 0
     return value
+
+
+def _rungs(head: dict, budget: int | None, problems: list[str]) -> tuple[int, ...]:
+    """``rungs``: increasing positive forward budgets ending at ``budget`` (absent: none given)."""
+    rungs = head.get("rungs", [])
+    if not isinstance(rungs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0
+                                               for r in rungs):
+        problems.append(f"[race] rungs = {rungs!r}: give a list of forward budgets, e.g. rungs = [1200, 6000]")
+        return ()
+    if rungs and (rungs != sorted(set(rungs)) or rungs[-1] != budget):
+        problems.append(f"[race] rungs = {rungs!r}: must increase and end at the budget ({budget})")
+        return ()
+    return tuple(rungs)
 
 
 def _method(index: int, table: dict, problems: list[str]) -> Method:
@@ -176,13 +218,15 @@ class Progress:
     status: str
     stopped_at_budget: int  # the --max_forwards that ended the run (0: none, or a process stopped short of it)
 
-    def dev_at(self, budget: int) -> float | None:
+    def dev_at(self, budget: int, last: int = 1) -> float | None:
         """Dev accuracy at ``budget`` forwards: the first evaluation at or past it (a stop evaluates at the first
-        step that reaches its budget, which a method costing several forwards a step may overshoot). A diverged
-        run counts 0 from where it stopped; a run not there yet, None."""
+        step that reaches its budget, which a method costing several forwards a step may overshoot), or the mean
+        of the ``last`` evaluations up to that one. A diverged run counts 0 from where it stopped; a run not there
+        yet, None."""
         reached = [f for f in self.dev if f >= budget]
         if reached:
-            return self.dev[min(reached)]
+            upto = sorted(f for f in self.dev if f <= min(reached))[-last:]
+            return statistics.fmean(self.dev[f] for f in upto)
         return 0.0 if self.status.startswith("diverged") else None
 
 
@@ -234,9 +278,19 @@ def _extend(grid: list[str], end: str, spacing: float) -> str:
     return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
-def _ranked(lrs: list[str], budget: int, runs: dict[str, Progress]) -> list[str]:
-    """``lrs`` best first: dev at ``budget`` (higher), then the last training loss (lower), then the LR (lower)."""
-    return sorted(lrs, key=lambda lr: (-(runs[lr].dev_at(budget) or 0.0), runs[lr].last_loss, float(lr)))
+def _ranked(lrs: list[str], budget: int, runs: dict[str, Progress], last: int = 1) -> list[str]:
+    """``lrs`` best first: dev at ``budget`` (higher; the mean of the ``last`` evaluations), then the last
+    training loss (lower), then the LR (lower)."""
+    return sorted(lrs, key=lambda lr: (-(runs[lr].dev_at(budget, last) or 0.0), runs[lr].last_loss, float(lr)))
+
+
+def _survivors(race: Race, ranked: list[str], budget: int) -> list[str]:
+    """Who goes on from a rung whose LRs are ``ranked`` (best first)."""
+    if budget == race.budget:
+        return ranked[:1]
+    if race.keep == "best_and_upper":
+        return ranked[:1] + sorted((lr for lr in ranked if float(lr) > float(ranked[0])), key=float)[:1]
+    return ranked[:math.ceil(len(ranked) / 2)]
 
 
 def search(race: Race, method: Method, winner: str | None = None) -> Search:
@@ -245,26 +299,27 @@ def search(race: Race, method: Method, winner: str | None = None) -> Search:
     state = Search(method, list(method.lrs))
     alive = list(state.grid)
     extensions = 0
-    for budget in race.rung_budgets():
+    last = race.select_last
+    for rung, budget in enumerate(race.rung_budgets()):
+        extends = race.keep == "half" or rung == 0  # a recheck extends the grid at its first rung only
         while True:
             runs = {lr: progress(race.point(method, lr, seed, winner).result_file) for lr in alive}
             waiting = [lr for lr in alive if runs[lr].dev_at(budget) is None]
             if waiting:
                 state.tasks = [task_to(race, method.label, race.point(method, lr, seed, winner), runs[lr], budget)
                                for lr in waiting]
-                state.rungs.append({lr: runs[lr].dev_at(budget) for lr in alive})
+                state.rungs.append({lr: runs[lr].dev_at(budget, last) for lr in alive})
                 return state
-            best = _ranked(alive, budget, runs)[0]
+            best = _ranked(alive, budget, runs, last)[0]
             ends = (min(state.grid, key=float), max(state.grid, key=float))
-            if best not in ends or extensions >= race.max_extensions:
+            if not extends or best not in ends or extensions >= race.max_extensions:
                 break
             new = _extend(state.grid, best, race.spacing)
             state.grid.append(new)
             alive.append(new)
             extensions += 1
-        state.rungs.append({lr: runs[lr].dev_at(budget) for lr in alive})
-        ranked = _ranked(alive, budget, runs)
-        alive = ranked[:1] if budget == race.budget else ranked[:math.ceil(len(ranked) / 2)]
+        state.rungs.append({lr: runs[lr].dev_at(budget, last) for lr in alive})
+        alive = _survivors(race, _ranked(alive, budget, runs, last), budget)
     state.chosen = alive[0]
     return state
 
@@ -272,7 +327,7 @@ def search(race: Race, method: Method, winner: str | None = None) -> Search:
 def task_to(race: Race, label: str, point: Point, done: Progress, budget: int) -> Task:
     """The next stop of ``point`` on its way to ``budget``: a third of the race's budget first, if it passes it."""
     third = race.third()
-    return Task(label, point, third if done.forwards < third < budget else budget)
+    return Task(label, point, third if 0 < third and done.forwards < third < budget else budget)
 
 
 def snapshot_path(point: Point) -> Path:
@@ -283,7 +338,8 @@ def snapshot_path(point: Point) -> Path:
 def take_snapshots(race: Race, points: list[Point]) -> None:
     """Copy each run's result that stands at a third of the budget, before it continues."""
     for point in points:
-        if progress(point.result_file).stopped_at_budget == race.third() and not snapshot_path(point).exists():
+        if race.third() and progress(point.result_file).stopped_at_budget == race.third() \
+                and not snapshot_path(point).exists():
             shutil.copyfile(point.result_file, snapshot_path(point))
 
 
@@ -313,7 +369,8 @@ def continued_runs(race: Race, plan: Plan) -> list[Point]:
 
 def full_dev(race: Race, state: Search) -> float:
     """Dev accuracy of a finished search's chosen run at the full budget."""
-    return progress(race.point(state.method, state.chosen, race.seeds[0]).result_file).dev_at(race.budget) or 0.0
+    run = progress(race.point(state.method, state.chosen, race.seeds[0]).result_file)
+    return run.dev_at(race.budget, race.select_last) or 0.0
 
 
 def make_plan(race: Race) -> Plan:

@@ -81,12 +81,14 @@ def run_round(race: Race, tasks: list[Task], jobs: int) -> list[str]:
 
 # ---- the summary -----------------------------------------------------------------------------------------------
 def run_summary(point: Point) -> dict:
-    """One run's numbers: dev and test accuracy, the ledger, peak RSS; test at a third of the budget if kept."""
+    """One run's numbers: dev and test accuracy (``test_last``: the last step's model, where the run evaluated it
+    with ``--eval_last_model``), the ledger, peak RSS; test at a third of the budget if kept."""
     result = read_result(point.result_file) or {}
     third = read_result(snapshot_path(point)) or {}
     ledger = result.get("ledger", {})
     return {"name": point.name, "status": result.get("status"), "dev": result.get("dev", {}).get("accuracy"),
             "test": result.get("eval", {}).get("accuracy"), "test_at_third": third.get("eval", {}).get("accuracy"),
+            "test_last": (result.get("eval_last") or {}).get("accuracy"),
             "forwards": ledger.get("forwards"), "train_wall_s": ledger.get("train_wall_s"),
             "train_cpu_s": ledger.get("train_cpu_s"),
             "peak_rss_mib": result.get("resources", {}).get("peak_rss_mib")}
@@ -110,17 +112,29 @@ def _mean(values: list) -> float | None:
 
 
 def table(summary: dict) -> str:
-    """The race as a Markdown table: one row per method, means over its final runs."""
-    cols = ["method", "LR", "seeds", "test", "test at 1/3", "dev", "forwards", "train CPU s", "train wall s",
-            "peak RSS MiB"]
+    """The race as Markdown: one row per method, means over its final runs; then each method's search, its LRs'
+    dev accuracy (as ranked) at each rung's budget ("..." for a run on its way)."""
+    cols = ["method", "LR", "seeds", "test", "test at 1/3", "test (last model)", "dev", "forwards", "train CPU s",
+            "train wall s", "peak RSS MiB"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in summary["methods"]:
         finals = m["finals"]
         cells = [m["label"], m["chosen_lr"] or "-", str(len(finals))]
-        for key, fmt in (("test", ".3f"), ("test_at_third", ".3f"), ("dev", ".3f"), ("forwards", ".0f"),
-                         ("train_cpu_s", ".0f"), ("train_wall_s", ".0f"), ("peak_rss_mib", ".0f")):
-            value = _mean([f[key] for f in finals])
+        for key, fmt in (("test", ".3f"), ("test_at_third", ".3f"), ("test_last", ".3f"), ("dev", ".3f"),
+                         ("forwards", ".0f"), ("train_cpu_s", ".0f"), ("train_wall_s", ".0f"),
+                         ("peak_rss_mib", ".0f")):
+            value = _mean([f.get(key) for f in finals])
             cells.append("-" if value is None else format(value, fmt))
+        lines.append("| " + " | ".join(cells) + " |")
+    budgets = summary["rung_budgets"]
+    lines += ["", "Search (dev accuracy by LR at each rung's budget of forwards):", "",
+              "| method | " + " | ".join(str(b) for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+    for m in summary["methods"]:
+        cells = [m["label"]]
+        for rung in m["rungs"]:
+            cells.append(", ".join(f"{lr} {'...' if dev is None else format(dev, '.3f')}"
+                                   for lr, dev in sorted(rung["dev"].items(), key=lambda item: float(item[0]))))
+        cells += [""] * (len(budgets) - len(m["rungs"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
