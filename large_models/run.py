@@ -91,6 +91,17 @@ def eval_subset(task, valid: list, seed: int, num: int | None) -> list:
     return task.sample_subset(valid, seed=seed, num=num) if num else valid
 
 
+def eval_samples_of(task, valid: list, train: list, num_train: int, num_dev: int | None, num_eval: int | None,
+                    seed: int | None, from_validation: bool) -> list:
+    """The evaluation examples, in order, of the run whose train set has seed ``seed`` (None: MeZO's in-context
+    mode, one demonstration set per example), drawn as ``main`` draws them (``scripts/eval_scores.py`` pairs a
+    result's predictions with their gold answers through it)."""
+    if seed is None:
+        return eval_subset(task, valid, 0, num_eval)
+    train_set = task.sample_train_sets(train, num_train, num_dev, [seed])[0] if train else []
+    return eval_subset(task, eval_pool(valid, train_set, from_validation), seed, num_eval)
+
+
 def train_pool(args: Arguments, task, valid: list) -> list:
     """The examples train/dev sets and demonstrations are drawn from: the train split, the validation split
     itself with ``--train_from_validation``, none with ``--num_train 0``."""

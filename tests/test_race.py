@@ -211,3 +211,30 @@ def test_a_run_interrupted_on_its_way_to_the_third_is_not_snapshotted(tmp_path):
     point.result_file.write_text(json.dumps({**result, "status": "budget reached", "ledger": {"forwards": 1000}}))
     take_snapshots(race, [point])
     assert json.loads(snapshot_path(point).read_text())["ledger"]["forwards"] == 1000
+
+
+def test_paired_tests_pool_the_seeds_both_methods_have_scores_for(tmp_path):
+    """A against B: seed 0 (A right alone on 2 examples), seed 1 (each right alone on 1): pooled 3 against 1 of 4
+    discordant examples, p = 2 P[Binomial(4, 1/2) <= 1] = 10/16. The last models were scored on seed 0 only; C's
+    results have no scores and pair with nothing."""
+    from sweeps.race_run import paired_tests
+    race = load_race(write_race(tmp_path, "".join(f'[[method]]\nlabel = "{x}"\nZO = "sgd"\nLR = ["1e-3"]\n'
+                                                  for x in "ABC")))
+    scores = {("A", "0"): [1, 1, 1, 0], ("B", "0"): [0, 1, 0, 0], ("A", "1"): [1, 0, 1], ("B", "1"): [0, 1, 1]}
+    points = {}
+    for method in race.methods:
+        points[method.label] = [race.point(method, "1e-3", seed) for seed in ("0", "1")]
+        for point in points[method.label]:
+            result = {"status": "budget reached"}
+            key = (method.label, point.variables["RUN_SEED"])
+            if key in scores:
+                result["eval_scores"] = [float(x) for x in scores[key]]
+                if key[1] == "0":
+                    result["eval_last"] = {"accuracy": 0.5, "scores": [1.0, 0.0, 0.0, 0.0] if key[0] == "A"
+                                           else [1.0, 1.0, 1.0, 0.0]}
+            point.result_file.parent.mkdir(parents=True, exist_ok=True)
+            point.result_file.write_text(json.dumps(result))
+    tests = paired_tests(points)
+    assert tests == [{"a": "A", "b": "B", "model": "best dev", "seeds": ["0", "1"], "a_only": 3, "b_only": 1,
+                      "p": 10 / 16},
+                     {"a": "A", "b": "B", "model": "last", "seeds": ["0"], "a_only": 0, "b_only": 2, "p": 0.5}]

@@ -22,6 +22,7 @@ from .local import LocalQueue, SlotError, default_jobs, make_slots
 from .race import BUDGET_VARIABLE, Plan, Race, Search, Task, continued_runs, load_race, make_plan, progress, \
     snapshot_path, take_snapshots
 from .spec import Point, SweepError
+from .stats import mcnemar, t_interval
 from .state import read_result
 from .worker import Launch, make_launch
 
@@ -106,6 +107,45 @@ def method_summary(race: Race, state: Search, winner: str | None) -> dict:
     return entry
 
 
+def final_points(race: Race, plan: Plan) -> dict[str, list[Point]]:
+    """Each decided method's final runs that have a result, by label."""
+    points = {}
+    for state in (s for s in plan.searches if s.chosen is not None):
+        zo = plan.winner.variables.get("ZO") if state.method.after_winner and plan.winner else None
+        runs = [race.point(state.method, state.chosen, seed, zo) for seed in race.seeds]
+        points[state.method.label] = [p for p in runs if p.result_file.exists()]
+    return points
+
+
+def _scores(point: Point, which: str) -> list[float] | None:
+    """A final run's per-example test scores: of the best dev model (``eval``) or of the last (``eval_last``)."""
+    result = read_result(point.result_file) or {}
+    return result.get("eval_scores") if which == "eval" else (result.get("eval_last") or {}).get("scores")
+
+
+def paired_tests(points: dict[str, list[Point]]) -> list[dict]:
+    """For every two methods, the exact McNemar test of their test predictions, pooled over the seeds both have
+    scores for (a run pairs with the other method's run of the same seed, whose test examples are the same);
+    for the best dev models (``eval``) and, where runs recorded them, the last models (``eval_last``). Results
+    without per-example scores (``scripts/eval_scores.py`` adds them) are left out."""
+    tests = []
+    labels = list(points)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            for which in ("eval", "eval_last"):
+                pairs, seeds = [], []
+                for pa in points[a]:
+                    pb = next((p for p in points[b] if p.variables["RUN_SEED"] == pa.variables["RUN_SEED"]), None)
+                    sa, sb = _scores(pa, which), pb and _scores(pb, which)
+                    if sa is not None and sb is not None:
+                        pairs.append((sa, sb))
+                        seeds.append(pa.variables["RUN_SEED"])
+                if pairs:
+                    tests.append({"a": a, "b": b, "model": "best dev" if which == "eval" else "last",
+                                  "seeds": seeds, **mcnemar(pairs)})
+    return tests
+
+
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
@@ -114,13 +154,16 @@ def _mean(values: list) -> float | None:
 def table(summary: dict) -> str:
     """The race as Markdown: one row per method, means over its final runs; then each method's search, its LRs'
     dev accuracy (as ranked) at each rung's budget ("..." for a run on its way)."""
-    cols = ["method", "LR", "seeds", "test", "test at 1/3", "test (last model)", "dev", "forwards", "train CPU s",
-            "train wall s", "peak RSS MiB"]
+    cols = ["method", "LR", "seeds", "test", "95% CI", "test at 1/3", "test (last model)", "dev", "forwards",
+            "train CPU s", "train wall s", "peak RSS MiB"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in summary["methods"]:
         finals = m["finals"]
         cells = [m["label"], m["chosen_lr"] or "-", str(len(finals))]
-        for key, fmt in (("test", ".3f"), ("test_at_third", ".3f"), ("test_last", ".3f"), ("dev", ".3f"),
+        tests = [f["test"] for f in finals if f.get("test") is not None]
+        mean, half = t_interval(tests) if tests else (None, None)
+        cells += ["-" if mean is None else f"{mean:.3f}", "-" if half is None else f"+-{half:.3f}"]
+        for key, fmt in (("test_at_third", ".3f"), ("test_last", ".3f"), ("dev", ".3f"),
                          ("forwards", ".0f"), ("train_cpu_s", ".0f"), ("train_wall_s", ".0f"),
                          ("peak_rss_mib", ".0f")):
             value = _mean([f.get(key) for f in finals])
@@ -136,6 +179,12 @@ def table(summary: dict) -> str:
                                    for lr, dev in sorted(rung["dev"].items(), key=lambda item: float(item[0]))))
         cells += [""] * (len(budgets) - len(m["rungs"]))
         lines.append("| " + " | ".join(cells) + " |")
+    if summary.get("paired"):
+        lines += ["", "Paired tests (exact McNemar on the test examples, pooled over the seeds both methods have; "
+                      "A only / B only: examples only that method's run got right):", "",
+                  "| A | B | model | seeds | A only | B only | p |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['a']} | {t['b']} | {t['model']} | {', '.join(t['seeds'])} | {t['a_only']} | {t['b_only']} | "
+                  f"{t['p']:.3g} |" for t in summary["paired"]]
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +221,7 @@ def write_summary(race: Race, plan: Plan) -> dict:
     summary = {"race": race.name, "budget": race.budget, "rung_budgets": race.rung_budgets(),
                "winner": plan.winner.label if plan.winner else None,
                "methods": [method_summary(race, s, winner) for s in plan.searches],
+               "paired": paired_tests(final_points(race, plan)),
                "decided": not plan.tasks()}
     race.result_dir.mkdir(parents=True, exist_ok=True)
     (race.result_dir / "race.json").write_text(json.dumps(summary, indent=1) + "\n")
