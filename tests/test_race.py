@@ -148,6 +148,14 @@ def test_a_recheck_won_by_the_grids_top_adds_no_lr(tmp_path):
     assert {lr for lr, _, _, _ in calls(tmp_path)} == {"sgd:2e-4", "sgd:4e-4", "sgd:8e-4"}
 
 
+def test_an_added_lr_keeps_the_significant_digits_asked_for():
+    """One digit (the first race's rule): 2.7e-3 is written 3e-3; three: the x2 grid of a study stays x2."""
+    from sweeps.race import _extend
+    assert _extend(["3e-4", "9e-4"], "9e-4", 3) == "3e-3" and _extend(["3e-4", "9e-4"], "9e-4", 3, 3) == "2.7e-3"
+    assert _extend(["6.4e-2", "1.28e-1"], "1.28e-1", 2, 3) == "2.56e-1"
+    assert _extend(["1.6e-2", "3.2e-2"], "1.6e-2", 2, 3) == "8e-3" and _extend(["1e-3", "1e-2"], "1e-3", 3) == "3e-4"
+
+
 def test_the_mean_of_the_last_dev_evaluations_up_to_a_budget():
     """The first evaluation at or past the budget and those before it; an evaluation after it is not read."""
     from sweeps.race import Progress
@@ -164,10 +172,11 @@ def test_the_mean_of_the_last_dev_evaluations_up_to_a_budget():
     ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "rungs = [600, 2000]: must increase and end at the budget (3000)"),
     ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "keep = 'quarter': give one of half, best_and_upper"),
     ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "select_last = 0: give how many dev evaluations to average"),
+    ('[[method]]\nlabel = "A"\nLR = ["1e-3"]\n', "lr_digits = 0: give the significant digits of an added LR"),
 ])
 def test_bad_race_files_are_refused_by_name(tmp_path, body, message):
     heads = {"always_final": 'always_final = ["Z"]', "rungs": "rungs = [600, 2000]", "keep": 'keep = "quarter"',
-             "select_last": "select_last = 0"}
+             "select_last": "select_last = 0", "lr_digits": "lr_digits = 0"}
     head = next((line for key, line in heads.items() if message.startswith(key) or key + " 'Z'" in message), "")
     with pytest.raises(SweepError, match=re.escape(message)):
         load_race(write_race(tmp_path, body, head))

@@ -12,6 +12,7 @@ final runs with more seeds at the chosen rate. ``python scripts/race.py RACE.tom
     select_last = 1                    # rank on the mean of the last N dev evaluations up to a rung's budget
     third = true                       # stop every final run at a third of the budget and keep that result
     spacing = 3                        # LR ratio of a grid extension (the chosen LR must not be a grid end)
+    lr_digits = 1                      # significant digits of an added LR (1: 3e-3 * 3 is written 9e-3)
     max_extensions = 2                 # grid extensions per method at most
     finalists = 4                      # methods with the best dev accuracy at the full budget that get every seed
     always_final = ["MeZO-SGD"]        # labels that get every seed whatever their rank
@@ -65,7 +66,7 @@ from .spec import REPO, Campaign, Point, SweepError, point_name, settings_hash
 from .state import read_result
 
 RACE_KEYS = {"name", "driver", "result_dir", "budget", "first_budget", "rungs", "keep", "select_last", "third",
-             "spacing", "max_extensions", "finalists", "always_final", "seeds", "args"}
+             "lr_digits", "spacing", "max_extensions", "finalists", "always_final", "seeds", "args"}
 KEEP = ("half", "best_and_upper")
 TABLES = {"race", "fixed", "method"}
 WINNER = "{winner}"
@@ -103,6 +104,7 @@ class Race(Campaign):
     keep: str = "half"
     select_last: int = 1
     third_stop: bool = True
+    lr_digits: int = 1
 
     def rung_budgets(self) -> list[int]:
         """The forward budget of each rung: ``rungs`` as given, else ``first_budget`` doubled until ``budget``
@@ -152,6 +154,9 @@ def load_race(path: str | Path) -> Race:
     third = head.get("third", True)
     if not isinstance(third, bool):
         problems.append(f"[race] third = {third!r}: give true or false")
+    digits = head.get("lr_digits", 1)
+    if not isinstance(digits, int) or isinstance(digits, bool) or not 1 <= digits <= 6:
+        problems.append(f"[race] lr_digits = {digits!r}: give the significant digits of an added LR (1 to 6)")
     labels = [m.label for m in methods]
     problems += [f"[[method]] label {x!r} appears twice" for x in sorted({x for x in labels if labels.count(x) > 1})]
     always = tuple(str(x) for x in head.get("always_final", []))
@@ -169,7 +174,7 @@ def load_race(path: str | Path) -> Race:
     result_dir = Path(head["result_dir"]).resolve() if "result_dir" in head else REPO / "result" / "races" / name
     return Race(path, name, driver, str(head["driver"]), result_dir, fixed, methods, budget, first,
                 float(head.get("spacing", 3)), int(head.get("max_extensions", 2)), int(head.get("finalists", 4)),
-                always, tuple(str(s) for s in head.get("seeds", [0])), args, rungs, keep, select_last, third)
+                always, tuple(str(s) for s in head.get("seeds", [0])), args, rungs, keep, select_last, third, digits)
 
 
 def _positive(head: dict, key: str, default: int | None, problems: list[str]) -> int:
@@ -272,9 +277,13 @@ class Search:
     tasks: list[Task] = field(default_factory=list)
 
 
-def _extend(grid: list[str], end: str, spacing: float) -> str:
-    """The LR ``spacing`` beyond ``end`` (the smallest or largest of ``grid``), written like the grid's."""
+def _extend(grid: list[str], end: str, spacing: float, digits: int = 1) -> str:
+    """The LR ``spacing`` beyond ``end`` (the smallest or largest of ``grid``), written like the grid's with
+    ``digits`` significant digits (trailing zeros dropped: 2.56e-1, 9e-3)."""
     value = float(end) * spacing if float(end) == max(map(float, grid)) else float(end) / spacing
+    if digits > 1:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
@@ -314,7 +323,7 @@ def search(race: Race, method: Method, winner: str | None = None) -> Search:
             ends = (min(state.grid, key=float), max(state.grid, key=float))
             if not extends or best not in ends or extensions >= race.max_extensions:
                 break
-            new = _extend(state.grid, best, race.spacing)
+            new = _extend(state.grid, best, race.spacing, race.lr_digits)
             state.grid.append(new)
             alive.append(new)
             extensions += 1
