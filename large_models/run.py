@@ -244,7 +244,8 @@ def run_one(parsed: Arguments, task, train_set, eval_samples, set_seed_: int | N
             def score(trained) -> dict:
                 last = evaluate_sharded(trained, tokenizer, task, eval_samples, demos, cfg, shard)
                 return {task.metric: last[task.metric], "scores": example_scores(last["predictions"], task.metric)}
-            result["eval_last"] = runner.evaluate_last(trainer, score)
+            result["eval_last"] = runner.evaluate_last(trainer, score, {**result["eval"],
+                                                                        "scores": result["eval_scores"]})
     if dev_samples:
         dev = evaluate_sharded(model, tokenizer, task, dev_samples, [], cfg, shard)
         result["dev"] = {task.metric: dev[task.metric]}

@@ -193,7 +193,7 @@ def run_one(parsed: Arguments, splits: dict, path: Path, output_dir: str) -> dic
                 metrics, last = evaluate(args, trained, features["test"], collator, prompting.objective,
                                          prompting.copies)
                 return {**metrics, "predictions": last}
-            result["eval_last"] = runner.evaluate_last(trainer, score)
+            result["eval_last"] = runner.evaluate_last(trainer, score, {**result["eval"], "predictions": predicted})
     result["dev"] = evaluate(args, model, features["dev"], collator, prompting.objective, prompting.copies)[0]
     written = finish(args, result, path, start, model, tokenizer, trainer)
     logger.info("test %s, dev %s -> %s", result.get("eval"), result["dev"], written)

@@ -310,15 +310,18 @@ def ledger_record(trainer: MezoTrainer) -> dict:
     return {"ledger": ledger.ledger.summary(), "budget": ledger.budget.record(ledger.reached)}
 
 
-def evaluate_last(trainer: MezoTrainer | None, evaluate: Callable[[torch.nn.Module], dict]) -> dict | None:
+def evaluate_last(trainer: MezoTrainer | None, evaluate: Callable[[torch.nn.Module], dict],
+                  best: dict) -> dict | None:
     """``--eval_last_model``: ``evaluate(model)`` on the model of the run's last step (swapped in for the block,
-    then the best dev model put back), with that step under ``step``; the result of the same call on the best dev
-    model where the two are one model (it ended training). None where no best dev model was kept."""
-    best = _callback(trainer, RunStateCallback).stateful.get("best") if trainer is not None else None
-    if best is None or best.last_step is None:
+    then the best dev model put back), with that step under ``step``; where the best dev model is the last one,
+    ``best`` (what the same evaluation gave it) instead. None where no best dev model was kept."""
+    kept = _callback(trainer, RunStateCallback).stateful.get("best") if trainer is not None else None
+    if kept is None or kept.last_step is None:
         return None
-    with best.swap_in_last(trainer.model):
-        return {**evaluate(trainer.model), "step": best.last_step}
+    if not kept.last_differs:
+        return {**best, "step": kept.last_step}
+    with kept.swap_in_last(trainer.model):
+        return {**evaluate(trainer.model), "step": kept.last_step}
 
 
 def checkpoint_step(checkpoint: str | None) -> int:

@@ -375,6 +375,11 @@ class BestModelCallback(TrainerCallback):
                     params[name].copy_(value)
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
 
+    @property
+    def last_differs(self) -> bool:
+        """Whether the last step's model is not the restored best dev model (``keep_last`` kept it)."""
+        return self._last is not None
+
     @contextlib.contextmanager
     def swap_in_last(self, model: torch.nn.Module):
         """Within the block, ``model`` holds the last step's parameters instead of the restored best dev model's

@@ -327,6 +327,23 @@ def test_the_last_model_is_swapped_in_for_its_evaluation_and_the_best_put_back()
         assert weight.item() == best_step
 
 
+def test_eval_last_model_reuses_the_evaluation_where_the_best_is_the_last_model(tmp_path, tiny_opt_dir, sst2_dir,
+                                                                                monkeypatch):
+    """Dev accuracy rises at every evaluation (a stub): the best dev model is the last one, so ``eval_last`` is
+    ``eval`` with its step, and the test set is evaluated once (then dev once)."""
+    calls = []
+    original = run.evaluate_sharded
+    monkeypatch.setattr(run, "evaluate_sharded", lambda *a, **k: calls.append(len(a[3])) or original(*a, **k))
+    rising = iter(range(1, 100))
+    monkeypatch.setattr(run, "dev_evaluator", lambda *a: lambda model: {"accuracy": 0.01 * next(rising)})
+    result = _run(tmp_path, tiny_opt_dir, sst2_dir, "--trainer", "zo", "--learning_rate", "1e-2", "--max_steps", "3",
+                  "--num_train", "12", "--num_dev", "4", "--num_eval", "4", "--per_device_train_batch_size", "4",
+                  "--train_as_classification", "--eval_strategy", "steps", "--eval_steps", "1", "--lora",
+                  "--lora_r", "2", "--load_best_model_at_end", "--eval_last_model")
+    assert result["train"]["best_dev"]["step"] == 3 and calls == [4, 4]
+    assert result["eval_last"] == {**result["eval"], "scores": result["eval_scores"], "step": 3}
+
+
 def test_eval_last_model_scores_the_last_steps_model_as_a_run_that_keeps_no_best(tmp_path, tiny_opt_dir, sst2_dir,
                                                                                  monkeypatch):
     """Dev accuracy falls at every evaluation (a stub), so the best dev model is step 1's and the last is step 4's.
