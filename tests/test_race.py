@@ -18,14 +18,22 @@ from sweeps.spec import SweepError
 # step, dev evaluated every 500 forwards and at the stop. Dev accuracy peaks at BEST_LR (log scale), test accuracy
 # is dev - 0.05; each call appends "<ZO>:<LR> <RUN_SEED> <from> <to>" to calls.txt beside the result.
 FAKE = r'''#!/usr/bin/env python3
-import json, math, os, sys
+import json, math, os, sys, time
 from pathlib import Path
+began = time.time()
 result = Path(sys.argv[sys.argv.index("--result_file") + 1])
 lr, seed, budget = float(os.environ["LR"]), int(os.environ["RUN_SEED"]), int(os.environ["MAX_FORWARDS"])
 best = float(os.environ.get("BEST_LR", "1e-3"))
 late = float(os.environ.get("BEST_LR_LATE", best))  # dev's peak past 1,000 forwards
 old = json.loads(result.read_text()) if result.exists() else {"train": {"log_history": []}, "ledger": {"forwards": 0}}
 start = old["ledger"]["forwards"]
+release = result.parent / "release"  # HOLD_LR's first run waits (60 s at most) for a run from RELEASE_AT
+if os.environ.get("RELEASE_AT") == str(start):
+    release.parent.mkdir(parents=True, exist_ok=True)
+    release.touch()
+if os.environ.get("HOLD_LR") == os.environ["LR"] and start == 0:
+    while not release.exists() and time.time() - began < 60:
+        time.sleep(0.05)
 def dev(f):
     peak = late if f > 1000 else best
     return round(0.9 - 0.1 * abs(math.log10(lr / peak)) - 20.0 / (100 + f) + 0.001 * seed, 6)
@@ -42,6 +50,8 @@ result.parent.mkdir(parents=True, exist_ok=True)
 result.write_text(json.dumps(out))
 with open(result.parent / "calls.txt", "a") as calls:
     calls.write(f"{os.environ['ZO']}:{os.environ['LR']} {seed} {start} {budget}\n")
+with open(result.parent / "times.txt", "a") as times:
+    times.write(f"{os.environ['ZO']}:{os.environ['LR']} {start} {began} {time.time()}\n")
 '''
 
 
@@ -247,3 +257,21 @@ def test_paired_tests_pool_the_seeds_both_methods_have_scores_for(tmp_path):
     assert tests == [{"a": "A", "b": "B", "model": "best dev", "seeds": ["0", "1"], "a_only": 3, "b_only": 1,
                       "p": 10 / 16},
                      {"a": "A", "b": "B", "model": "last", "seeds": ["0"], "a_only": 0, "b_only": 2, "p": 0.5}]
+
+
+def test_a_free_core_takes_the_next_task_without_waiting_for_the_slowest_run(tmp_path, monkeypatch):
+    """A's LR 1e-4 holds its slot at rung 0 until a run of B continues from 750 forwards (B's second rung,
+    which needs only B's own first rung): with a plan made whenever a slot is free, that run starts while A's run
+    still goes (run in rounds, it would wait for it; two slots, here on one core)."""
+    import sweeps.race_run as race_run
+    from sweeps.local import Slot
+    core = min(os.sched_getaffinity(0))
+    monkeypatch.setattr(race_run, "make_slots", lambda jobs, *rest: [Slot((core,), None), Slot((core,), None)])
+    race_file = write_race(tmp_path, '[[method]]\nlabel = "A"\nZO = "sgd"\nHOLD_LR = "1e-4"\nLR = ["1e-4", "1e-3"]\n'
+                                     '[[method]]\nlabel = "B"\nZO = "lozo"\nRELEASE_AT = "750"\n'
+                                     'LR = ["1e-4", "1e-3"]\n')
+    assert main([str(race_file), "--jobs", "2"]) == 0
+    rows = [line.split() for line in (tmp_path / "res" / "times.txt").read_text().splitlines()]
+    slow_end = next(float(end) for lr, start, _, end in rows if lr == "sgd:1e-4" and start == "0")
+    b_second = [float(began) for lr, start, began, _ in rows if lr.startswith("lozo:") and start == "750"]
+    assert b_second and b_second[0] < slow_end

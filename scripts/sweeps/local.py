@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -102,14 +103,18 @@ class LocalQueue:
         self.running: dict[int, tuple[Launch, subprocess.Popen, object]] = {}
         self.stopping = False
 
-    def run(self, launches: list[Launch]) -> dict[str, str]:
-        """Run every launch (in order, as slots free up); ``{name: outcome}``."""
+    def run(self, launches: list[Launch], more: Callable[[set[str]], list[Launch]] | None = None) -> dict[str, str]:
+        """Run every launch (in order, as slots free up); ``{name: outcome}``. ``more(running)``: asked, whenever
+        a slot is free and no launch is left, for what to run next (its first launch not named in ``running``, the
+        names of the runs going on, takes the slot; an empty list: nothing more)."""
         pending, outcomes = list(launches), {}
         handlers = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with tqdm(total=len(launches), desc="sweep", unit="run") as bar:
-                while (pending and not self.stopping) or self.running:
-                    self._fill(pending)
+            with tqdm(total=None if more else len(launches), desc="sweep", unit="run") as bar:
+                while not self.stopping or self.running:
+                    self._fill(pending, more)
+                    if not self.running:
+                        break
                     self._reap(outcomes, bar)
                     time.sleep(self.poll_s)
         finally:
@@ -118,9 +123,14 @@ class LocalQueue:
         outcomes.update({launch.name: "not started (the sweep was stopped)" for launch in pending})
         return outcomes
 
-    def _fill(self, pending: list[Launch]) -> None:
+    def _fill(self, pending: list[Launch], more: Callable[[set[str]], list[Launch]] | None = None) -> None:
         for i, slot in enumerate(self.slots):
-            if i in self.running or not pending or self.stopping:
+            if i in self.running or self.stopping:
+                continue
+            if not pending and more is not None:
+                running = {launch.name for launch, _, _ in self.running.values()}
+                pending = [launch for launch in more(running) if launch.name not in running][:1]
+            if not pending:
                 continue
             launch = pending.pop(0)
             log = open_log(launch)

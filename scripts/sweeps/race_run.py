@@ -2,9 +2,10 @@
 its summary: ``race.json`` (every search and final run), ``race.md`` (the table) and two figures, dev accuracy
 against training forwards and against training CPU seconds, one band (min to max over the seeds) per method.
 
-Each round plans from the result files, runs the round's tasks in a local queue (``--jobs`` runs at once, each
-pinned to its cores, as ``sweep.py``), and plans again; a task that ends short of its budget stops the race (fix
-and run again: everything done is kept).
+Whenever a slot of the local queue is free (``--jobs`` runs at once, each pinned to its cores, as ``sweep.py``),
+the race plans again from the result files and starts the first task not already running, so no core waits for a
+round's slowest run; a task that ends short of its budget stops the race once the running ones end (fix and run
+again: everything done is kept).
 """
 from __future__ import annotations
 
@@ -68,16 +69,46 @@ def print_round(plan: Plan, race: Race) -> None:
               f"to {task.budget} forwards\n      {launch(race, task).shell_line()}")
 
 
-def run_round(race: Race, tasks: list[Task], jobs: int) -> list[str]:
-    """Run ``tasks``; the problems of those that ended short of their budget."""
-    LocalQueue(make_slots(jobs, None, None)).run([launch(race, t) for t in tasks])
-    short = []
-    for task in tasks:
-        done = progress(task.point.result_file)
-        if done.forwards < task.budget and not done.status.startswith("diverged"):
-            short.append(f"{task.point.name}: {done.forwards} of {task.budget} forwards ({done.status or 'no result'})"
-                         f"; log {race.result_dir / 'logs' / (task.point.name + '.log')}")
-    return short
+def ended_short(race: Race, task: Task) -> str | None:
+    """What is wrong with a finished task that stopped short of its budget (None: it reached it, or diverged)."""
+    done = progress(task.point.result_file)
+    if done.forwards < task.budget and not done.status.startswith("diverged"):
+        return (f"{task.point.name}: {done.forwards} of {task.budget} forwards ({done.status or 'no result'}); "
+                f"log {race.result_dir / 'logs' / (task.point.name + '.log')}")
+    return None
+
+
+def run_tasks(race: Race, jobs: int) -> tuple[list[str], bool]:
+    """Run the race's tasks until it is decided, a task ends short of its budget or a signal stops the queue,
+    planning again each time a slot is free; the problems of the tasks that ended short, and whether a signal
+    stopped it."""
+    started: dict[str, Task] = {}
+    short: list[str] = []
+
+    def check_ended(running: set[str]) -> None:
+        for name in [n for n in started if n not in running]:
+            problem = ended_short(race, started.pop(name))
+            if problem:
+                short.append(problem)
+
+    def more(running: set[str]) -> list[Launch]:
+        check_ended(running)
+        if short:
+            return []
+        plan = make_plan(race)
+        take_snapshots(race, plan.points())
+        task = next((t for t in plan.tasks() if t.point.name not in running), None)
+        if task is None:
+            return []
+        started[task.point.name] = task
+        logger.info("next: %s LR=%s seed=%s to %d forwards", task.label, task.point.variables["LR"],
+                    task.point.variables["RUN_SEED"], task.budget)
+        return [launch(race, task)]
+
+    queue = LocalQueue(make_slots(jobs, None, None))
+    queue.run([], more)
+    check_ended(set())
+    return short, queue.stopping
 
 
 # ---- the summary -----------------------------------------------------------------------------------------------
@@ -236,22 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         race = load_race(args.race)
-        while True:
-            plan = make_plan(race)
-            if args.checkpoints:
-                print("\n".join(str(p) for p in latest_checkpoints(continued_runs(race, plan))))
-                return 0
-            take_snapshots(race, plan.points())
-            if args.report or args.dry_run or not plan.tasks():
-                if args.dry_run:
-                    print_round(plan, race)
-                write_summary(race, plan)
-                return 0
-            print_round(plan, race)
-            short = run_round(race, plan.tasks(), args.jobs or default_jobs(None))
-            if short:
-                write_summary(race, plan)
-                print("race.py: stopped: a run ended short of its budget:\n  " + "\n  ".join(short), file=sys.stderr)
-                return 1
+        plan = make_plan(race)
+        if args.checkpoints:
+            print("\n".join(str(p) for p in latest_checkpoints(continued_runs(race, plan))))
+            return 0
+        take_snapshots(race, plan.points())
+        if args.report or args.dry_run or not plan.tasks():
+            if args.dry_run:
+                print_round(plan, race)
+            write_summary(race, plan)
+            return 0
+        print_round(plan, race)
+        short, stopped = run_tasks(race, args.jobs or default_jobs(None))
+        write_summary(race, make_plan(race))
+        if short:
+            print(f"race.py: stopped{' by a signal' if stopped else ''}: a run ended short of its budget:\n  "
+                  + "\n  ".join(short), file=sys.stderr)
+            return 1
+        return 0
     except (SweepError, SlotError) as err:
         sys.exit(f"race.py: error: {err}")
