@@ -369,10 +369,7 @@ class BestModelCallback(TrainerCallback):
         params = self.mutable(model)
         if self.keep_last and self.best_step != state.global_step:
             self._last = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
-        with torch.no_grad():
-            for name, value in self._snapshot.items():
-                if name in params:  # a snapshot written before plain LoRA left its unchanged base weights out has them
-                    params[name].copy_(value)
+        _copy_into(params, self._snapshot)
         logger.info("restored the best dev model (%s = %.4f at step %d)", self.metric_key, self.best, self.best_step)
 
     @property
@@ -388,16 +385,20 @@ class BestModelCallback(TrainerCallback):
             yield
             return
         params = self.mutable(model)
-        with torch.no_grad():
-            for name, value in self._last.items():
-                params[name].copy_(value)
+        _copy_into(params, self._last)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, value in self._snapshot.items():
-                    if name in params:
-                        params[name].copy_(value)
+            _copy_into(params, self._snapshot)
+
+
+def _copy_into(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` into the parameters of the same names (a snapshot written before plain LoRA left its
+    unchanged base weights out has names ``params`` lacks: skipped)."""
+    with torch.no_grad():
+        for name, value in values.items():
+            if name in params:
+                params[name].copy_(value)
 
 
 class StallCallback(TrainerCallback):
