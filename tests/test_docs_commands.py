@@ -59,7 +59,7 @@ DRIVERS = {"mezo.sh", "finetune.sh", "icl.sh", "finetune_fsdp.sh"}
 # Environment variables a command may set that no driver script reads.
 OTHER_VARIABLES = {
     "OMP_NUM_THREADS": "torch's threads",
-    "MEZO_CACHE": "the converted-model cache (mezo_engine/models.py)",
+    "MEZO_CACHE": "the downloaded- and converted-model cache (mezo_engine/cache.py)",
     "CUDA_VISIBLE_DEVICES": "the GPUs a run sees",
     "SLURM_CONF": "where SLURM's tools find the cluster",
     "PYTHONPATH": "where Python looks for the project's code first (a worktree's)",
